@@ -1,0 +1,299 @@
+"""The job schema, config loading, and the checks that run before any Ray work.
+
+Hydra composes `conf/` on top of the typed schema below, so unknown keys and
+wrong types are rejected by OmegaConf itself; `validate` adds the range and
+cross-key rules. Every failure becomes a `ConfigError` with one line that names
+the key and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+class ConfigError(ValueError):
+    """A job config that cannot run; the message is one line naming the key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"  # cifar10 | synthetic
+    root: Optional[str] = None  # null: ~/.cache/fedray/cifar10 (or $XDG_CACHE_HOME)
+    download: bool = True
+    check_integrity: bool = True
+    val_fraction: float = 0.1
+    num_train: Optional[int] = None  # synthetic: its size; cifar10: a seeded subsample
+    num_test: Optional[int] = None
+    seed: int = 0  # the data's own seed, so that changing `seed` keeps the dataset
+
+
+@dataclass
+class PartitionConfig:
+    name: str = "iid"  # iid | dirichlet
+    alpha: float = 0.5
+    min_samples: int = 10  # dirichlet redraws until every site has this many
+
+
+@dataclass
+class SiteConfig:
+    num_gpus: Optional[float] = None  # per site; null: cluster GPUs / num_clients
+    num_cpus: Optional[float] = None  # per site, for Ray's scheduler; null: cluster CPUs / num_clients
+    num_threads: Optional[int] = None  # torch threads per site; null: CPUs / sites training at once
+    max_concurrent: Optional[int] = None  # sites training at once; null: CPUs / num_threads, all on GPU
+    start_timeout: float = 180.0  # seconds for every site actor to be up
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = None  # null: $RAY_ADDRESS if set, else a private local Ray
+    num_cpus: Optional[int] = None  # local Ray only
+    num_gpus: Optional[int] = None  # local Ray only
+    dashboard: bool = False
+
+
+@dataclass
+class PreTrainConfig:
+    enabled: bool = True
+    task_name: str = "get_weights"
+    weight_method: str = "first"  # first | client
+    weights_client_name: Optional[str] = None
+    timeout: float = 0.0  # 0: no limit
+
+
+@dataclass
+class ScatterAndGatherConfig:
+    enabled: bool = True
+    min_clients: Optional[int] = None  # null: all sites
+    num_rounds: int = 5
+    start_round: int = 0
+    wait_time_after_min_received: float = 0.0
+    train_timeout: float = 0.0  # seconds per train task; 0: no limit
+    aggregation_weights: Dict[str, float] = field(default_factory=dict)
+    exclude_vars: Optional[str] = None  # regex of variables kept at their global values
+
+
+@dataclass
+class CrossSiteValidateConfig:
+    enabled: bool = False
+    submit_model_timeout: float = 0.0
+    validation_timeout: float = 0.0
+    participating_clients: Optional[list] = None
+
+
+@dataclass
+class WorkflowsConfig:
+    pre_train: PreTrainConfig = field(default_factory=PreTrainConfig)
+    scatter_and_gather: ScatterAndGatherConfig = field(default_factory=ScatterAndGatherConfig)
+    cross_site_validate: CrossSiteValidateConfig = field(default_factory=CrossSiteValidateConfig)
+
+
+@dataclass
+class JobConfig:
+    num_clients: int = 8
+    rounds: int = 5
+    min_clients: Optional[int] = None
+    seed: int = 0
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    eval_batch_size: int = 1000
+    model: Any = None
+    aggregator: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
+
+
+ConfigStore.instance().store(name="fedray_schema", node=JobConfig)
+
+_CHOICES = {
+    "data.name": ("cifar10", "synthetic"),
+    "partition.name": ("iid", "dirichlet"),
+    "workflows.pre_train.weight_method": ("first", "client"),
+}
+
+
+def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose `conf/config.yaml` with command-line style overrides, then validate.
+
+    This is what `python -m fedray.run` checks before Hydra starts the job, and
+    the programmatic way to build a job config (tests, notebooks).
+    """
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base=None, job_name="fedray"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err, list(overrides))) from None
+    validate(cfg)
+    return cfg
+
+
+def site_names(num_clients: int) -> list[str]:
+    return [f"site-{k}" for k in range(1, num_clients + 1)]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and cross-key checks that the typed schema cannot express."""
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err, [])) from None
+
+    def require(ok: bool, key: str, rule: str) -> None:
+        if not ok:
+            value = OmegaConf.select(cfg, key, default=None)
+            raise ConfigError(f"{key}={_show(value)}: {rule}")
+
+    require(cfg.num_clients >= 1, "num_clients", "must be at least 1")
+    require(cfg.rounds >= 1, "rounds", "must be at least 1")
+    require(cfg.local_epochs >= 1, "local_epochs", "must be at least 1")
+    require(cfg.batch_size >= 1, "batch_size", "must be at least 1")
+    require(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+    require(cfg.lr > 0, "lr", "must be positive")
+    require(0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)")
+    if cfg.min_clients is not None:
+        require(
+            1 <= cfg.min_clients <= cfg.num_clients,
+            "min_clients",
+            f"must be between 1 and num_clients={cfg.num_clients} (or null for all sites)",
+        )
+    for key, choices in _CHOICES.items():
+        require(OmegaConf.select(cfg, key) in choices, key, f"must be one of {', '.join(choices)}")
+
+    require(0 <= cfg.data.val_fraction < 1, "data.val_fraction", "must be in [0, 1)")
+    for key in ("data.num_train", "data.num_test"):
+        value = OmegaConf.select(cfg, key)
+        require(value is None or value >= 1, key, "must be at least 1 (or null for all)")
+    require(cfg.partition.alpha > 0, "partition.alpha", "must be positive, e.g. partition.alpha=0.5")
+    require(cfg.partition.min_samples >= 1, "partition.min_samples", "must be at least 1")
+
+    for key in ("num_gpus", "num_cpus"):
+        value = cfg.site[key]
+        require(value is None or value >= 0, f"site.{key}", "must be >= 0 (or null for automatic)")
+    for key in ("num_threads", "max_concurrent"):
+        value = cfg.site[key]
+        require(value is None or value >= 1, f"site.{key}", "must be at least 1 (or null for automatic)")
+    require(cfg.site.start_timeout > 0, "site.start_timeout", "must be positive (seconds)")
+
+    sites = site_names(cfg.num_clients)
+    pre = cfg.workflows.pre_train
+    if pre.enabled and pre.weight_method == "client":
+        require(
+            pre.weights_client_name in sites,
+            "workflows.pre_train.weights_client_name",
+            f"must name a site (site-1 ... site-{cfg.num_clients}) when weight_method=client",
+        )
+    require(pre.timeout >= 0, "workflows.pre_train.timeout", "must be >= 0 (0: no limit)")
+
+    sag = cfg.workflows.scatter_and_gather
+    require(sag.num_rounds >= 1, "workflows.scatter_and_gather.num_rounds", "must be at least 1")
+    require(
+        0 <= sag.start_round < sag.num_rounds,
+        "workflows.scatter_and_gather.start_round",
+        f"must be in [0, num_rounds={sag.num_rounds})",
+    )
+    if sag.min_clients is not None:
+        require(
+            1 <= sag.min_clients <= cfg.num_clients,
+            "workflows.scatter_and_gather.min_clients",
+            f"must be between 1 and num_clients={cfg.num_clients}",
+        )
+    for key in ("wait_time_after_min_received", "train_timeout"):
+        require(sag[key] >= 0, f"workflows.scatter_and_gather.{key}", "must be >= 0 seconds")
+    for site, weight in sag.aggregation_weights.items():
+        key = f"workflows.scatter_and_gather.aggregation_weights.{site}"
+        require(site in sites, key, f"names no site; sites are site-1 ... site-{cfg.num_clients}")
+        require(weight >= 0, key, "must be >= 0")
+    if sag.exclude_vars is not None:
+        try:
+            re.compile(sag.exclude_vars)
+        except re.error as err:
+            raise ConfigError(
+                f"workflows.scatter_and_gather.exclude_vars={sag.exclude_vars!r}: not a regular expression ({err})"
+            ) from None
+
+    for key in ("model", "aggregator"):
+        _require_importable_target(cfg, key)
+
+
+def _require_importable_target(cfg: DictConfig, key: str) -> None:
+    node = cfg.get(key)
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        raise ConfigError(f"{key}: needs a _target_ (e.g. {key}._target_=fedray.models.Net)")
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        getattr(importlib.import_module(module_name), attribute)
+    except Exception as err:  # ImportError, AttributeError, or whatever the module raises on import
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{key}._target_={target}: cannot be imported ({reason})") from None
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
+def _one_line(err: BaseException, overrides: list[str]) -> str:
+    """Turn Hydra/OmegaConf's multi-line composition errors into one line."""
+    chain = []
+    cause: BaseException | None = err
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(e) for e in chain)
+
+    missing_option = re.search(r"Could not find '([\w/]+)/(\w+)'", text)
+    if missing_option:
+        group, option = missing_option.groups()
+        options = re.findall(r"^\t(\S+)$", str(err), flags=re.M)
+        hint = f"; choose one of {', '.join(options)}" if options else ""
+        return f"{group}={option}: no such option in conf/{group}/{hint}"
+
+    for e in chain:
+        full_key = getattr(e, "full_key", None)
+        if not full_key:
+            continue
+        message = str(getattr(e, "msg", e)).splitlines()[0]
+        if "not in struct" in message or "Key '" in message and "not" in message:
+            return _unknown_key(full_key)
+        return f"{full_key}: {message}"
+
+    bad_override = re.search(r"Could not override '([^']+)'", text)
+    if bad_override:
+        return _unknown_key(bad_override.group(1))
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def _unknown_key(full_key: str) -> str:
+    known = _all_keys(OmegaConf.structured(JobConfig))
+    close = difflib.get_close_matches(full_key, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see conf/config.yaml for the keys"
+    return f"{full_key}: unknown config key; {hint}"
+
+
+def _all_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            keys.extend(_all_keys(child, path + "."))
+    return keys

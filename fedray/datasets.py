@@ -1,0 +1,110 @@
+"""Load the job's dataset once, in the driver, as uint8 arrays the sites share."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from fedray.synthetic import Dataset, make_synthetic
+
+ARCHIVE = "cifar-10-python.tar.gz"
+FOLDER = "cifar-10-batches-py"
+
+
+class DataError(RuntimeError):
+    """The dataset cannot be loaded; the message is one line naming the key or path."""
+
+
+def default_root() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "fedray", "cifar10")
+
+
+def load_dataset(data: DictConfig) -> Dataset:
+    if data.name == "synthetic":
+        dataset = make_synthetic(data.num_train or 50_000, data.num_test or 10_000, seed=data.seed)
+    else:
+        dataset = load_cifar10(data.root or default_root(), data.download, data.check_integrity)
+    return _subsample(dataset, data.num_train, data.num_test, data.seed)
+
+
+def load_cifar10(root: str, download: bool = True, check_integrity: bool = True) -> Dataset:
+    """CIFAR-10 through torchvision's loader, downloading into `root` on first use."""
+    import torchvision
+
+    root_path = Path(root).expanduser()
+    have_files = (root_path / FOLDER).is_dir()
+    have_archive = (root_path / ARCHIVE).is_file()
+    if not have_files and (download or have_archive):
+        _fetch(root_path, have_archive)
+    elif not have_files:
+        raise DataError(
+            f"data.root={root}: no CIFAR-10 there and data.download=false; put {ARCHIVE} in that folder, "
+            "set data.download=true, or run with data=synthetic"
+        )
+
+    loader = torchvision.datasets.CIFAR10 if check_integrity else _unchecked_loader()
+    try:
+        train = loader(str(root_path), train=True, download=False)
+        test = loader(str(root_path), train=False, download=False)
+    except RuntimeError as err:
+        if "corrupted" in str(err):
+            raise DataError(
+                f"data.root={root}: CIFAR-10 files there fail torchvision's md5 check; re-download them, "
+                "or set data.check_integrity=false for files you made in CIFAR-10's format"
+            ) from None
+        raise DataError(f"data.root={root}: cannot read CIFAR-10 ({err})") from None
+    except Exception as err:  # a truncated pickle, a missing batch file
+        raise DataError(f"data.root={root}: cannot read CIFAR-10 files ({type(err).__name__}: {err})") from None
+    return Dataset(
+        np.asarray(train.data, dtype=np.uint8),
+        np.asarray(train.targets, dtype=np.int64),
+        np.asarray(test.data, dtype=np.uint8),
+        np.asarray(test.targets, dtype=np.int64),
+    )
+
+
+def _fetch(root: Path, have_archive: bool) -> None:
+    import torchvision
+    from torchvision.datasets.utils import extract_archive
+
+    try:
+        if have_archive:
+            extract_archive(str(root / ARCHIVE), str(root))
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(
+            f"data.root={root}: CIFAR-10 is not there and could not be fetched ({reason}); "
+            f"put {ARCHIVE} in that folder, or run with data=synthetic"
+        ) from None
+
+
+def _unchecked_loader():
+    """torchvision's CIFAR10 without the md5 check, for files in its format that are not the official ones."""
+    import torchvision
+
+    class UncheckedCIFAR10(torchvision.datasets.CIFAR10):
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
+
+    return UncheckedCIFAR10
+
+
+def _subsample(dataset: Dataset, num_train: int | None, num_test: int | None, seed: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+
+    def pick(images, labels, count):
+        if count is None or count >= len(labels):
+            return images, labels
+        index = np.sort(rng.choice(len(labels), size=count, replace=False))
+        return images[index], labels[index]
+
+    return Dataset(*pick(dataset.train_images, dataset.train_labels, num_train),
+                   *pick(dataset.test_images, dataset.test_labels, num_test))

@@ -1,0 +1,184 @@
+"""The driver: check the job, load data, start Ray, the sites and the controller, and wait.
+
+`run_job` is the programmatic entry point; `python -m fedray.run` wraps it in Hydra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import ray
+from omegaconf import DictConfig, OmegaConf
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from fedray.config import site_names, validate
+from fedray.controller import ControllerActor
+from fedray.datasets import load_dataset
+from fedray.outputs import write_json
+from fedray.partition import partition
+from fedray.resources import plan_sites
+from fedray.site import SiteActor
+
+log = logging.getLogger("fedray")
+
+EVENT_POLL_SECONDS = 0.5
+
+
+class JobFailed(RuntimeError):
+    """The job stopped; the message is one line, and the run dir keeps what finished rounds produced."""
+
+
+def run_job(
+    cfg: DictConfig,
+    run_dir: str | os.PathLike,
+    on_event: Optional[Callable[[dict[str, Any]], None]] = None,
+) -> dict[str, Any]:
+    """Run one fedray job and return its summary (also written to `run_dir/summary.json`)."""
+    validate(cfg)
+    job = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report = on_event or log_event
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    dataset = load_dataset(cfg.data)  # before Ray: a bad data path fails in a second, not after start-up
+    shards = partition(
+        dataset.train_labels,
+        cfg.num_clients,
+        method=cfg.partition.name,
+        alpha=cfg.partition.alpha,
+        min_samples=cfg.partition.min_samples,
+        val_fraction=cfg.data.val_fraction,
+        seed=cfg.seed,
+    )
+    timings["data"], clock = _lap(clock)
+
+    started_ray = _connect(job["ray"])
+    timings["ray_start"], clock = _lap(clock)
+    actors: list[ray.actor.ActorHandle] = []
+    try:
+        cluster = ray.cluster_resources()
+        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
+        namespace = f"fedray-{uuid.uuid4().hex[:8]}"
+        sites = {
+            name: SiteActor.options(
+                name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus
+            ).remote(name, index, job, plan.num_threads)
+            for index, name in enumerate(site_names(cfg.num_clients))
+        }
+        actors.extend(sites.values())
+        # One copy of the dataset in the object store; each site slices its shard from it.
+        images_ref = ray.put(dataset.train_images)
+        labels_ref = ray.put(dataset.train_labels)
+        loading = {site.load_data.remote(images_ref, labels_ref, shard): name for (name, site), shard in zip(sites.items(), shards)}
+        _await_sites(loading, cfg.site.start_timeout)
+        timings["site_start"], clock = _lap(clock)
+
+        val_index = [index for shard in shards for index in shard.val]
+        controller = ControllerActor.options(
+            namespace=namespace,
+            # On the driver's node, so that it writes this run dir even on a cluster.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
+        ).remote(
+            job, str(run_dir), sites, images_ref, labels_ref, val_index,
+            ray.put(dataset.test_images), ray.put(dataset.test_labels),
+            plan.max_concurrent, max(1, int(cluster.get("CPU", 1))),
+        )
+        actors.append(controller)
+        log.info(
+            "%d sites on %s (%g CPU, %g GPU, %d threads each, %d at once); run dir %s",
+            cfg.num_clients, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
+            plan.num_threads, plan.max_concurrent, run_dir,
+        )
+        summary = _follow(controller, report)
+        timings["workflows"], clock = _lap(clock)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if started_ray:
+            ray.shutdown()
+    timings["shutdown"], clock = _lap(clock)
+    summary["timings"] = timings
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def log_event(event: dict[str, Any]) -> None:
+    """The default progress report: a log line per round."""
+    if event["type"] != "round":
+        return
+    metrics = event["global"]
+    log.info(
+        "round %d/%d  val_acc %.4f  test_acc %.4f  test_loss %.4f  sites %d/%d  %.1f s",
+        event["round"] + 1, event["num_rounds"], metrics["val_accuracy"], metrics["test_accuracy"],
+        metrics["test_loss"], len(event["sites"]), event["num_sites"], event["seconds"],
+    )
+
+
+def _connect(ray_cfg: dict[str, Any]) -> bool:
+    """Join `ray.address` or $RAY_ADDRESS, else start a private local Ray; True if we started it."""
+    if ray.is_initialized():
+        return False
+    address = ray_cfg["address"] or os.environ.get("RAY_ADDRESS")
+    options: dict[str, Any] = dict(
+        include_dashboard=ray_cfg["dashboard"],
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    if address:
+        ray.init(address=address, **options)
+    else:
+        # "local": never join a stale cluster someone else left on this machine.
+        ray.init(address="local", num_cpus=ray_cfg["num_cpus"], num_gpus=ray_cfg["num_gpus"], **options)
+    return True
+
+
+def _await_sites(loading: dict[ray.ObjectRef, str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(loading)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            waiting = ", ".join(sorted(loading[ref] for ref in pending))
+            raise JobFailed(
+                f"sites not up within site.start_timeout={timeout:g} s ({waiting}); "
+                "the cluster may lack the CPUs/GPUs they ask for (see site.num_cpus, site.num_gpus)"
+            )
+        try:
+            ray.get(ready[0], timeout=60)
+        except (RayTaskError, RayActorError) as err:
+            raise JobFailed(f"{loading[ready[0]]} failed to start: {_first_line(err)}") from None
+
+
+def _follow(controller: ray.actor.ActorHandle, report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Wait for the controller, relaying its progress events as they come."""
+    run_ref = controller.run.remote()
+    while True:
+        finished, _ = ray.wait([run_ref], timeout=EVENT_POLL_SECONDS)
+        for event in ray.get(controller.drain_events.remote(), timeout=60):
+            report(event)
+        if finished:
+            break
+    try:
+        return ray.get(run_ref, timeout=60)
+    except (RayTaskError, RayActorError) as err:
+        raise JobFailed(_first_line(err)) from None
+
+
+def _first_line(err: BaseException) -> str:
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[0] if text else ''}"
+
+
+def _lap(since: float) -> tuple[float, float]:
+    now = time.perf_counter()
+    return round(now - since, 3), now

@@ -1,0 +1,6 @@
+"""The server's workflows, as in FLARE's hello-pt job: each one a plain function."""
+
+from fedray.workflows.initialize_global_weights import initialize_global_weights
+from fedray.workflows.scatter_and_gather import RoundFailed, scatter_and_gather
+
+__all__ = ["initialize_global_weights", "scatter_and_gather", "RoundFailed"]

@@ -1,0 +1,34 @@
+"""InitializeGlobalWeights: the global model starts from weights a site initialized."""
+
+from __future__ import annotations
+
+import logging
+
+from ray.actor import ActorHandle
+
+from fedray.aggregation import Params
+from fedray.tasks import gather
+
+log = logging.getLogger(__name__)
+
+
+class InitializationFailed(RuntimeError):
+    pass
+
+
+def initialize_global_weights(
+    sites: dict[str, ActorHandle],
+    weight_method: str = "first",
+    weights_client_name: str | None = None,
+    timeout: float = 0.0,
+) -> Params:
+    """Send `get_weights`; `first` keeps the first answer, `client` the named site's."""
+    asked = sites if weight_method == "first" else {weights_client_name: sites[weights_client_name]}
+    calls = [(name, site.get_weights.remote) for name, site in asked.items()]
+    failures = []
+    for outcome in gather(calls, min_results=1, wait_after_min=0.0, timeout=timeout):
+        if outcome.ok:
+            log.info("pre_train: initial weights from %s", outcome.site)
+            return outcome.value.params
+        failures.append(f"{outcome.site}: {outcome.failure} ({outcome.message})")
+    raise InitializationFailed("pre_train: no site returned initial weights; " + "; ".join(failures))
