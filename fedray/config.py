@@ -274,6 +274,9 @@ def _one_line(err: BaseException, overrides: list[str]) -> str:
             return _unknown_key(full_key)
         return f"{full_key}: {message}"
 
+    unparsable = re.search(r"Error parsing override '([^']+)'", text)
+    if unparsable:
+        return f"{unparsable.group(1)}: cannot parse this override; quote a value with special characters, e.g. key='(a|b)'"
     bad_override = re.search(r"Could not override '([^']+)'", text)
     if bad_override:
         return _unknown_key(bad_override.group(1))

@@ -33,6 +33,9 @@ class Site:
         torch.manual_seed(job["seed"])
         self.model = instantiate(OmegaConf.create(job["model"])).to(self.device)
         self.local_params: dict[str, np.ndarray] | None = None
+        # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
+        # the actor starts, not inside the first round's train_timeout.
+        torch.optim.SGD(self.model.parameters(), lr=job["lr"])
 
     def ready(self) -> dict[str, Any]:
         return {"site": self.name, "device": str(self.device), "threads": torch.get_num_threads()}

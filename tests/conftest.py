@@ -1,0 +1,53 @@
+"""Shared fixtures: one private local Ray for the session, and a tiny CIFAR-10 on disk."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private test head on loopback needs no token
+
+import pytest
+import ray
+
+from fedray import load_config, make_synthetic, write_cifar10
+
+TINY_TRAIN = 900
+TINY_TEST = 300
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> str:
+    """A small, learnable CIFAR-10 in the real on-disk format (cifar-10-batches-py/)."""
+    root = tmp_path_factory.mktemp("cifar10")
+    write_cifar10(root, make_synthetic(TINY_TRAIN, TINY_TEST, seed=1))
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One private Ray for every test that runs jobs; jobs started inside it leave it running."""
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def job_config(tiny_cifar):
+    """Build a validated job config on the tiny dataset, with test-sized defaults."""
+
+    def build(*overrides: str):
+        base = [
+            f"data.root={tiny_cifar}",
+            "data.download=false",
+            "data.check_integrity=false",
+            "num_clients=3",
+            "rounds=2",
+            "lr=0.05",
+            "local_epochs=2",
+            "eval_batch_size=500",
+        ]
+        return load_config(base + list(overrides))
+
+    return build

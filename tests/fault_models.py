@@ -1,0 +1,50 @@
+"""Test-only models that misbehave in chosen sites, to inject faults through real Ray actors."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+import torch
+
+from fedray.models import Net
+
+
+def _site_name() -> str:
+    try:
+        return ray.get_runtime_context().get_actor_name() or ""
+    except Exception:
+        return ""
+
+
+class SiteTaggedNet(Net):
+    """Each site initializes fc3.bias to its own number, so tests can tell whose weights won."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        name = _site_name()
+        tag = float(name.split("-")[1]) if name.startswith("site-") else 0.0
+        with torch.no_grad():
+            self.fc3.bias.fill_(tag)
+
+
+class FaultyNet(Net):
+    """Sleeps `delay` s per training batch in `slow_sites`; raises after `fail_after_steps` in `fail_sites`."""
+
+    def __init__(self, slow_sites=(), delay: float = 0.0, fail_sites=(), fail_after_steps: int = 0) -> None:
+        super().__init__()
+        self.site = _site_name()
+        self.slow = self.site in slow_sites
+        self.delay = delay
+        self.fails = self.site in fail_sites
+        self.fail_after_steps = fail_after_steps
+        self.steps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.steps += 1
+            if self.slow:
+                time.sleep(self.delay)
+            if self.fails and self.steps > self.fail_after_steps:
+                raise RuntimeError(f"injected failure in {self.site}")
+        return super().forward(x)
