@@ -54,3 +54,11 @@ def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
         value = np.rint(value)
     return value.astype(dtype)
+
+
+def pool_metrics(*parts: Mapping[str, float]) -> dict[str, float]:
+    """Accuracy and mean loss from evaluation sums {"correct", "loss_sum", "count"} of one or more parts."""
+    count = sum(p["count"] for p in parts)
+    if count == 0:
+        return {"accuracy": float("nan"), "loss": float("nan")}
+    return {"accuracy": sum(p["correct"] for p in parts) / count, "loss": sum(p["loss_sum"] for p in parts) / count}

@@ -49,10 +49,10 @@ class PartitionConfig:
 
 @dataclass
 class SiteConfig:
-    num_gpus: Optional[float] = None  # per site; null: cluster GPUs / num_clients
-    num_cpus: Optional[float] = None  # per site, for Ray's scheduler; null: cluster CPUs / num_clients
-    num_threads: Optional[int] = None  # torch threads per site; null: CPUs / sites training at once
-    max_concurrent: Optional[int] = None  # sites training at once; null: CPUs / num_threads, all on GPU
+    num_actors: Optional[int] = None  # site actors; null: one per site on GPU, one per core on CPU
+    num_gpus: Optional[float] = None  # per actor; null: cluster GPUs / num_actors
+    num_cpus: Optional[float] = None  # per actor, for Ray's scheduler; null: num_threads
+    num_threads: Optional[int] = None  # torch threads per actor; null: 1 on CPU, CPUs / actors on GPU
     start_timeout: float = 180.0  # seconds for every site actor to be up
 
 
@@ -186,10 +186,12 @@ def validate(cfg: DictConfig) -> None:
     for key in ("num_gpus", "num_cpus"):
         value = cfg.site[key]
         require(value is None or value >= 0, f"site.{key}", "must be >= 0 (or null for automatic)")
-    for key in ("num_threads", "max_concurrent"):
+    for key in ("num_actors", "num_threads"):
         value = cfg.site[key]
         require(value is None or value >= 1, f"site.{key}", "must be at least 1 (or null for automatic)")
     require(cfg.site.start_timeout > 0, "site.start_timeout", "must be positive (seconds)")
+    if cfg.site.num_actors is not None:
+        require(cfg.site.num_actors <= cfg.num_clients, "site.num_actors", f"must be at most num_clients={cfg.num_clients}")
 
     sites = site_names(cfg.num_clients)
     pre = cfg.workflows.pre_train

@@ -12,18 +12,18 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedray.config import site_names, validate
 from fedray.controller import ControllerActor
 from fedray.datasets import load_dataset
-from fedray.outputs import write_json
+from fedray.outputs import RunRecorder
 from fedray.partition import partition
 from fedray.resources import plan_sites
-from fedray.site import SiteActor
+from fedray.sites import SiteWorkerActor
 
 log = logging.getLogger("fedray")
 
@@ -46,7 +46,7 @@ def run_job(
     run_dir.mkdir(parents=True, exist_ok=True)
     report = on_event or log_event
     timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    began = clock = time.perf_counter()
 
     dataset = load_dataset(cfg.data)  # before Ray: a bad data path fails in a second, not after start-up
     shards = partition(
@@ -63,52 +63,54 @@ def run_job(
     started_ray = _connect(job["ray"])
     timings["ray_start"], clock = _lap(clock)
     actors: list[ray.actor.ActorHandle] = []
+    recorder = RunRecorder(run_dir, job)
     try:
         cluster = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
+        sites = site_names(cfg.num_clients)
         namespace = f"fedray-{uuid.uuid4().hex[:8]}"
-        sites = {
-            name: SiteActor.options(
+        # One copy of the data in the object store, read zero-copy by every actor on a node.
+        shared = [
+            ray.put(dict(zip(sites, shards))),
+            ray.put(_chw(dataset.train_images)),
+            ray.put(dataset.train_labels),
+            ray.put(_chw(dataset.test_images)),
+            ray.put(dataset.test_labels),
+        ]
+        one_per_site = plan.num_actors == len(sites)
+        names = sites if one_per_site else [f"site-worker-{k}" for k in range(1, plan.num_actors + 1)]
+        workers = [
+            SiteWorkerActor.options(
                 name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus
-            ).remote(name, index, job, plan.num_threads)
-            for index, name in enumerate(site_names(cfg.num_clients))
-        }
-        actors.extend(sites.values())
-        # One copy of the dataset in the object store; each site slices its shard from it.
-        images_ref = ray.put(dataset.train_images)
-        labels_ref = ray.put(dataset.train_labels)
-        loading = {site.load_data.remote(images_ref, labels_ref, shard): name for (name, site), shard in zip(sites.items(), shards)}
-        _await_sites(loading, cfg.site.start_timeout)
+            ).remote(job, *shared, plan.num_threads)
+            for name in names
+        ]
+        actors.extend(workers)
+        _await_workers({worker.ready.remote(): name for worker, name in zip(workers, names)}, cfg.site.start_timeout)
         timings["site_start"], clock = _lap(clock)
+        site_workers = {site: [worker] for site, worker in zip(sites, workers)} if one_per_site else {site: workers for site in sites}
 
-        val_index = [index for shard in shards for index in shard.val]
-        controller = ControllerActor.options(
-            namespace=namespace,
-            # On the driver's node, so that it writes this run dir even on a cluster.
-            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
-        ).remote(
-            job, str(run_dir), sites, images_ref, labels_ref, val_index,
-            ray.put(dataset.test_images), ray.put(dataset.test_labels),
-            plan.max_concurrent, max(1, int(cluster.get("CPU", 1))),
+        val_index = np.concatenate([shard.val for shard in shards])
+        controller = ControllerActor.options(namespace=namespace).remote(
+            job, workers, site_workers, val_index, len(dataset.test_labels)
         )
         actors.append(controller)
         log.info(
-            "%d sites on %s (%g CPU, %g GPU, %d threads each, %d at once); run dir %s",
-            cfg.num_clients, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
-            plan.num_threads, plan.max_concurrent, run_dir,
+            "%d sites on %d %s actors (%g CPU, %g GPU, %d threads each); run dir %s",
+            len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
+            plan.num_threads, run_dir,
         )
-        summary = _follow(controller, report)
+        _follow(controller, recorder, report)
         timings["workflows"], clock = _lap(clock)
     finally:
         for actor in actors:
             ray.kill(actor)
         if started_ray:
             ray.shutdown()
-    timings["shutdown"], clock = _lap(clock)
-    summary["timings"] = timings
-    write_json(run_dir / "summary.json", summary)
-    return summary
+        timings["shutdown"], clock = _lap(clock)
+        recorder.write(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
+    return recorder.summary
 
 
 def log_event(event: dict[str, Any]) -> None:
@@ -141,36 +143,43 @@ def _connect(ray_cfg: dict[str, Any]) -> bool:
     return True
 
 
-def _await_sites(loading: dict[ray.ObjectRef, str], timeout: float) -> None:
+def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    pending = list(loading)
+    pending = list(ready)
     while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-        if not ready:
-            waiting = ", ".join(sorted(loading[ref] for ref in pending))
+        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            waiting = ", ".join(sorted(ready[ref] for ref in pending))
             raise JobFailed(
-                f"sites not up within site.start_timeout={timeout:g} s ({waiting}); "
+                f"site actors not up within site.start_timeout={timeout:g} s ({waiting}); "
                 "the cluster may lack the CPUs/GPUs they ask for (see site.num_cpus, site.num_gpus)"
             )
         try:
-            ray.get(ready[0], timeout=60)
+            ray.get(done[0], timeout=60)
         except (RayTaskError, RayActorError) as err:
-            raise JobFailed(f"{loading[ready[0]]} failed to start: {_first_line(err)}") from None
+            raise JobFailed(f"{ready[done[0]]} failed to start: {_first_line(err)}") from None
 
 
-def _follow(controller: ray.actor.ActorHandle, report: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Wait for the controller, relaying its progress events as they come."""
+def _follow(controller: ray.actor.ActorHandle, recorder: RunRecorder, report: Callable[[dict[str, Any]], None]) -> None:
+    """Wait for the controller, writing each finished round and relaying progress as events come."""
     run_ref = controller.run.remote()
     while True:
         finished, _ = ray.wait([run_ref], timeout=EVENT_POLL_SECONDS)
         for event in ray.get(controller.drain_events.remote(), timeout=60):
+            if event["type"] == "round":
+                recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
             report(event)
         if finished:
             break
     try:
-        return ray.get(run_ref, timeout=60)
+        ray.get(run_ref, timeout=60)
     except (RayTaskError, RayActorError) as err:
         raise JobFailed(_first_line(err)) from None
+
+
+def _chw(images: np.ndarray) -> np.ndarray:
+    """HWC (as CIFAR-10 stores them) to NCHW (as torch convolves them), once, in the driver."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
 
 def _first_line(err: BaseException) -> str:

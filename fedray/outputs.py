@@ -1,7 +1,8 @@
-"""What a run leaves in its run dir: FLARE-style model files and summary.json.
+"""The run dir's single writer: FLARE-style model files and summary.json.
 
-Every file is written to a temporary name and renamed, so a crash mid-write
-never leaves a torn file, and summary.json is rewritten after every round.
+The driver calls it as each round's event arrives, so whatever a finished
+round produced is on disk before the next one ends. Every file is written to a
+temporary name and renamed: a crash never leaves a torn file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,27 @@ import torch
 
 GLOBAL_MODEL = "FL_global_model.pt"
 BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
+
+
+class RunRecorder:
+    def __init__(self, run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+        self.run_dir = Path(run_dir)
+        self.summary: dict[str, Any] = {"config": config, "rounds": [], "best_round": None, "wall_seconds": None}
+
+    def record_round(self, event: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> None:
+        models = self.run_dir / "models"
+        save_model(models / GLOBAL_MODEL, params, round=event["round"])
+        if event["is_best"]:
+            save_model(models / BEST_GLOBAL_MODEL, params, round=event["round"])
+            self.summary["best_round"] = event["round"]
+        keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds")
+        self.summary["rounds"].append({key: event[key] for key in keep})
+        self.write()
+
+    def write(self, **fields: Any) -> dict[str, Any]:
+        self.summary.update(fields)
+        write_json(self.run_dir / "summary.json", self.summary)
+        return self.summary
 
 
 def save_model(path: str | os.PathLike, params: Mapping[str, np.ndarray], **extra: Any) -> None:

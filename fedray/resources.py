@@ -1,10 +1,13 @@
-"""How sites map onto the cluster: GPU fractions, CPU threads, and sites training at once."""
+"""How sites map onto the cluster: how many worker actors, their GPU fractions and CPU threads."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+# Sites per GPU that get an actor of their own before they share a pool.
+ACTORS_PER_GPU = 8
 
 
 class ResourceError(RuntimeError):
@@ -13,44 +16,54 @@ class ResourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class SitePlan:
-    num_cpus: float  # Ray's logical CPUs per site actor
-    num_gpus: float  # GPU fraction per site actor
-    num_threads: int  # torch threads inside each site
-    max_concurrent: int  # sites training at the same time
+    num_actors: int  # site worker actors; == num_sites means one actor per site
+    num_cpus: float  # Ray's logical CPUs per actor
+    num_gpus: float  # GPU fraction per actor
+    num_threads: int  # torch threads inside each actor
 
 
 def plan_sites(site: Mapping[str, Any], num_sites: int, cluster: Mapping[str, float], nodes: list[Mapping[str, float]]) -> SitePlan:
-    """Decide per-site resources from `site.*` and the cluster's totals, or explain why it cannot run."""
+    """Decide the site actors from `site.*` and the cluster's totals, or explain why it cannot run.
+
+    With GPUs, each site gets its own actor with a GPU fraction (up to
+    ACTORS_PER_GPU per GPU; more sites share them). On CPU, a pool of one
+    single-threaded actor per core serves all sites in turn: the tutorial-sized
+    models scale poorly across threads, and every extra process costs seconds
+    of start-up (torch import) and memory.
+    """
     cpus = float(cluster.get("CPU", 1))
     gpus = float(cluster.get("GPU", 0))
-    num_gpus = site["num_gpus"] if site["num_gpus"] is not None else (min(1.0, gpus / num_sites) if gpus else 0.0)
-    num_gpus = _floor4(num_gpus)  # Ray keeps 4 decimals; rounding up could strand the last site
-    num_cpus = site["num_cpus"] if site["num_cpus"] is not None else _floor4(min(1.0, cpus / num_sites))
+    use_gpu = gpus > 0 if site["num_gpus"] is None else site["num_gpus"] > 0
+    num_threads = site["num_threads"] or 1
+    if site["num_actors"] is not None:
+        num_actors = site["num_actors"]
+    elif use_gpu:
+        num_actors = max(1, int(ACTORS_PER_GPU * gpus))
+    else:
+        num_actors = max(1, int(cpus) // num_threads)
+    num_actors = min(num_actors, num_sites)
+    if use_gpu and site["num_threads"] is None:
+        num_threads = max(1, int(cpus) // num_actors)
+
+    num_gpus = site["num_gpus"] if site["num_gpus"] is not None else (_floor4(min(1.0, gpus / num_actors)) if gpus else 0.0)
+    # Ray keeps 4 decimals; rounding up could strand the last actor.
+    num_cpus = site["num_cpus"] if site["num_cpus"] is not None else _floor4(min(num_threads, cpus / num_actors))
 
     if num_gpus > 0 and gpus == 0:
         raise ResourceError(f"site.num_gpus={num_gpus:g}: the Ray cluster has no GPU; set site.num_gpus=0")
     if num_gpus > max((n.get("GPU", 0) for n in nodes), default=0) + 1e-9:
         raise ResourceError(f"site.num_gpus={num_gpus:g}: no node has that many GPUs; lower site.num_gpus")
-    if num_gpus * num_sites > gpus + 1e-6:
+    if num_gpus * num_actors > gpus + 1e-6:
         raise ResourceError(
-            f"site.num_gpus={num_gpus:g} x {num_sites} sites needs {num_gpus * num_sites:g} GPUs, "
-            f"the cluster has {gpus:g}; lower site.num_gpus or num_clients"
+            f"site.num_gpus={num_gpus:g} x {num_actors} site actors needs {num_gpus * num_actors:g} GPUs, "
+            f"the cluster has {gpus:g}; lower site.num_gpus or site.num_actors"
         )
-    if num_cpus * num_sites > cpus + 1e-6:
+    if num_cpus * num_actors > cpus + 1e-6:
         raise ResourceError(
-            f"site.num_cpus={num_cpus:g} x {num_sites} sites needs {num_cpus * num_sites:g} CPUs, "
-            f"the cluster has {cpus:g}; lower site.num_cpus or leave it null"
+            f"site.num_cpus={num_cpus:g} x {num_actors} site actors needs {num_cpus * num_actors:g} CPUs, "
+            f"the cluster has {cpus:g}; lower site.num_cpus or site.num_actors"
         )
-
-    if num_gpus > 0:
-        max_concurrent = site["max_concurrent"] or num_sites
-        num_threads = site["num_threads"] or max(1, int(cpus) // num_sites)
-    else:
-        # On CPU, one torch thread per site and as many sites at once as there are cores
-        # beats fewer sites with more threads: these small models scale poorly across threads.
-        num_threads = site["num_threads"] or 1
-        max_concurrent = site["max_concurrent"] or max(1, int(cpus) // num_threads)
-    return SitePlan(num_cpus, num_gpus, num_threads, min(max_concurrent, num_sites))
+    return SitePlan(num_actors, num_cpus, num_gpus, num_threads)
 
 
 def _floor4(value: float) -> float:

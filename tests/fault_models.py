@@ -1,4 +1,8 @@
-"""Test-only models that misbehave in chosen sites, to inject faults through real Ray actors."""
+"""Test-only models that misbehave in chosen sites, to inject faults through real Ray actors.
+
+They tell sites apart by their actor's name, so jobs using them run one actor per site
+(`site.num_actors=num_clients`, actors named site-k).
+"""
 
 from __future__ import annotations
 

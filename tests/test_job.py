@@ -8,7 +8,10 @@ import ray
 import torch
 
 from fedray import JobFailed, run_job
-from fedray.site import SiteActor
+from omegaconf import OmegaConf
+
+from fedray.partition import Shard
+from fedray.sites import SiteWorkerActor
 from fedray.workflows import initialize_global_weights
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -58,23 +61,23 @@ def test_exclude_vars_keep_global_values(job_config, tmp_path):
 
 @pytest.mark.parametrize("method, client, expected", [("client", "site-2", {2.0}), ("first", None, {1.0, 2.0, 3.0})])
 def test_initial_weights_come_from_the_chosen_site(job_config, method, client, expected):
-    job = job_config("model._target_=tests.fault_models.SiteTaggedNet")
-    from omegaconf import OmegaConf
-
-    plain = OmegaConf.to_container(job, resolve=True)
-    sites = {f"site-{k}": SiteActor.options(name=f"site-{k}", namespace=f"init-{method}", num_cpus=0).remote(f"site-{k}", k - 1, plain, 1)
-             for k in (1, 2, 3)}
+    job = OmegaConf.to_container(job_config("model._target_=tests.fault_models.SiteTaggedNet"), resolve=True)
+    images, labels = np.zeros((30, 3, 32, 32), np.uint8), np.zeros(30, np.int64)
+    shards = {f"site-{k}": Shard(np.arange(10 * k - 10, 10 * k - 2), np.arange(10 * k - 2, 10 * k)) for k in (1, 2, 3)}
+    workers = {name: SiteWorkerActor.options(name=name, namespace=f"init-{method}", num_cpus=0).remote(
+        job, shards, images, labels, images, labels, 1) for name in shards}
     try:
-        params = initialize_global_weights(sites, method, client, timeout=60)
-        assert set(np.unique(params["fc3.bias"])) <= expected and len(np.unique(params["fc3.bias"])) == 1
+        params = initialize_global_weights({name: [w] for name, w in workers.items()}, method, client, timeout=120)
+        tags = set(np.unique(params["fc3.bias"]).tolist())
+        assert len(tags) == 1 and tags <= expected
     finally:
-        for site in sites.values():
-            ray.kill(site)
+        for worker in workers.values():
+            ray.kill(worker)
 
 
 def test_round_ends_after_wait_time_once_min_clients_answered(job_config, tmp_path):
     job = job_config(
-        "rounds=1", "min_clients=2", "site.max_concurrent=3",
+        "rounds=1", "min_clients=2", "site.num_actors=3",
         "model._target_=tests.fault_models.FaultyNet", "+model.slow_sites=[site-3]", "+model.delay=2.0",
         "workflows.scatter_and_gather.wait_time_after_min_received=0.5",
     )
@@ -87,7 +90,7 @@ def test_round_ends_after_wait_time_once_min_clients_answered(job_config, tmp_pa
 
 def test_train_timeout_gives_up_on_a_slow_site(job_config, tmp_path):
     job = job_config(
-        "rounds=1", "min_clients=2", "site.max_concurrent=3",
+        "rounds=1", "min_clients=2", "site.num_actors=3",
         "model._target_=tests.fault_models.FaultyNet", "+model.slow_sites=[site-3]", "+model.delay=2.0",
         "workflows.scatter_and_gather.train_timeout=4",
         "workflows.scatter_and_gather.wait_time_after_min_received=60",  # only the timeout can end the round
@@ -102,7 +105,7 @@ def test_train_timeout_gives_up_on_a_slow_site(job_config, tmp_path):
 def test_too_few_results_stop_the_run_and_keep_earlier_rounds(job_config, tmp_path):
     # Each site takes 18 steps a round (2 epochs x 9 batches): sites 2 and 3 fail in round 1.
     job = job_config(
-        "rounds=3", "min_clients=2",
+        "rounds=3", "min_clients=2", "site.num_actors=3",
         "model._target_=tests.fault_models.FaultyNet", "+model.fail_sites=[site-2,site-3]", "+model.fail_after_steps=18",
     )
     with pytest.raises(JobFailed, match="round 1: 1 of 3 sites returned results, min_clients=2"):

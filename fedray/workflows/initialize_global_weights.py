@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from ray.actor import ActorHandle
 
@@ -17,18 +18,22 @@ class InitializationFailed(RuntimeError):
 
 
 def initialize_global_weights(
-    sites: dict[str, ActorHandle],
+    site_workers: dict[str, list[ActorHandle]],
     weight_method: str = "first",
     weights_client_name: str | None = None,
     timeout: float = 0.0,
 ) -> Params:
     """Send `get_weights`; `first` keeps the first answer, `client` the named site's."""
-    asked = sites if weight_method == "first" else {weights_client_name: sites[weights_client_name]}
-    calls = [(name, site.get_weights.remote) for name, site in asked.items()]
+    asked = list(site_workers) if weight_method == "first" else [weights_client_name]
+    calls = [(site, partial(_get_weights, site)) for site in asked]
     failures = []
-    for outcome in gather(calls, min_results=1, wait_after_min=0.0, timeout=timeout):
+    for outcome in gather(calls, site_workers, min_results=1, wait_after_min=0.0, timeout=timeout):
         if outcome.ok:
             log.info("pre_train: initial weights from %s", outcome.site)
             return outcome.value.params
         failures.append(f"{outcome.site}: {outcome.failure} ({outcome.message})")
     raise InitializationFailed("pre_train: no site returned initial weights; " + "; ".join(failures))
+
+
+def _get_weights(site: str, worker: ActorHandle):
+    return worker.get_weights.remote(site)

@@ -23,11 +23,11 @@ class RoundFailed(RuntimeError):
 
 
 def scatter_and_gather(
-    sites: dict[str, ActorHandle],
+    site_workers: dict[str, list[ActorHandle]],
     global_params: Params,
     *,
     aggregate: Callable[[Iterator[tuple[Params, float]]], Params],
-    on_round_end: Callable[[int, Params, dict, dict, float], None],
+    on_round_end: Callable[[int, ray.ObjectRef, dict, dict, float], None],
     num_rounds: int,
     start_round: int = 0,
     min_clients: int | None = None,
@@ -35,20 +35,21 @@ def scatter_and_gather(
     train_timeout: float = 0.0,
     aggregation_weights: dict[str, float] | None = None,
     exclude_vars: str | None = None,
-    max_in_flight: int | None = None,
 ) -> Params:
+    """Run FedAvg rounds; `on_round_end` gets each round's new global weights as one ObjectRef."""
+    sites = list(site_workers)
     min_clients = min_clients or len(sites)
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
 
+    # One copy of the global weights in the object store per round, shared by every site.
+    global_ref = ray.put(global_params)
     for current_round in range(start_round, num_rounds):
         started = time.perf_counter()
-        # One copy of the global weights in the object store, shared by every site.
-        global_ref = ray.put(global_params)
-        calls = [(name, partial(site.train.remote, global_ref, current_round, num_rounds)) for name, site in sites.items()]
+        calls = [(site, partial(_train, site, global_ref, current_round, num_rounds)) for site in sites]
         outcomes = gather(
             calls,
-            max_in_flight=max_in_flight,
+            site_workers,
             min_results=min_clients,
             wait_after_min=wait_time_after_min_received,
             timeout=train_timeout,
@@ -80,8 +81,13 @@ def scatter_and_gather(
                 f"min_clients={min_clients} needed ({_describe(failures)})"
             )
         global_params = {**global_params, **aggregated}
-        on_round_end(current_round, global_params, site_metrics, failures, time.perf_counter() - started)
+        global_ref = ray.put(global_params)
+        on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started)
     return global_params
+
+
+def _train(site: str, global_ref: ray.ObjectRef, current_round: int, num_rounds: int, worker: ActorHandle):
+    return worker.train.remote(site, global_ref, current_round, num_rounds)
 
 
 def _failure(outcome: Outcome) -> dict:

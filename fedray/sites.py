@@ -1,0 +1,116 @@
+"""Site workers: Ray actors that run FLARE's client tasks on behalf of federated sites.
+
+A worker hosts any site: the whole dataset sits once in Ray's object store and
+each worker reads it zero-copy (moved once to the GPU when it has one), so a
+site is just its shard's indices. Batches are drawn by indexing and normalized
+on the fly; no per-sample decoding, no per-site copies of the data.
+
+Tasks: `get_weights` (client-side model init), `train` (a FedAvg local
+update), `validate` (a model on a site's validation split), `evaluate` (a
+model on given indices, for the server's global metrics).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import ray
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel
+from fedray.partition import Shard
+from fedray.aggregation import pool_metrics
+from fedray.training import evaluate, get_params, load_params, to_device, train_epochs
+
+
+class SiteWorker:
+    def __init__(
+        self,
+        job: dict[str, Any],
+        shards: dict[str, Shard],
+        train_images: np.ndarray,
+        train_labels: np.ndarray,
+        test_images: np.ndarray,
+        test_labels: np.ndarray,
+        num_threads: int,
+    ) -> None:
+        self.job = job
+        self.shards = shards
+        use_gpu = torch.cuda.is_available() and len(ray.get_gpu_ids()) > 0
+        self.device = torch.device("cuda" if use_gpu else "cpu")
+        torch.set_num_threads(num_threads)
+        self.train_images, self.train_labels = to_device(train_images, train_labels, self.device)
+        self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
+        # Every site starts from the same seeded weights, so `first` in pre_train is deterministic.
+        torch.manual_seed(job["seed"])
+        self.model = instantiate(OmegaConf.create(job["model"])).to(self.device)
+        # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
+        # the actor starts, not inside the first round's train_timeout.
+        torch.optim.SGD(self.model.parameters(), lr=job["lr"])
+
+    def ready(self) -> dict[str, Any]:
+        return {"device": str(self.device), "threads": torch.get_num_threads()}
+
+    def get_weights(self, site: str) -> FLModel:
+        torch.manual_seed(self.job["seed"])
+        fresh = instantiate(OmegaConf.create(self.job["model"]))
+        return FLModel(params=get_params(fresh))
+
+    def train(self, site: str, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int) -> FLModel:
+        started = time.perf_counter()
+        shard = self.shards[site]
+        load_params(self.model, global_params)
+        batch = self.job["eval_batch_size"]
+        received = pool_metrics(evaluate(self.model, self.train_images, self.train_labels, shard.val, batch))
+        generator = torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
+        train_loss, steps = train_epochs(
+            self.model,
+            self.train_images,
+            self.train_labels,
+            shard.train,
+            epochs=self.job["local_epochs"],
+            batch_size=self.job["batch_size"],
+            lr=self.job["lr"],
+            momentum=self.job["momentum"],
+            generator=generator,
+        )
+        return FLModel(
+            params=get_params(self.model),
+            metrics={
+                "train_loss": train_loss,
+                "val_accuracy": received["accuracy"],  # of the global model this round started from
+                "val_loss": received["loss"],
+                "seconds": time.perf_counter() - started,
+            },
+            meta={NUM_STEPS_CURRENT_ROUND: steps},
+            current_round=current_round,
+            total_rounds=total_rounds,
+        )
+
+    def validate(self, site: str, params: Mapping[str, np.ndarray]) -> dict[str, float]:
+        load_params(self.model, params)
+        sums = evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
+                        self.job["eval_batch_size"])
+        result = pool_metrics(sums)
+        return {"val_accuracy": result["accuracy"], "val_loss": result["loss"]}
+
+    def evaluate_part(self, params: Mapping[str, np.ndarray], split: str, indices: np.ndarray) -> dict[str, float]:
+        """Sums (not means) over `indices` of `split`, so the server can pool several workers' parts."""
+        load_params(self.model, params)
+        images, labels = (self.test_images, self.test_labels) if split == "test" else (self.train_images, self.train_labels)
+        return evaluate(self.model, images, labels, indices, self.job["eval_batch_size"])
+
+
+def _site_number(site: str) -> int:
+    return int(site.rsplit("-", 1)[1])
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+SiteWorkerActor = ray.remote(SiteWorker)
