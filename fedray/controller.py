@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
 from fedray.aggregation import Params, pool_metrics
+from fedray.tasks import WorkerPool
 from fedray.workflows import initialize_global_weights, scatter_and_gather
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,15 @@ class Controller:
     def __init__(
         self,
         job: dict[str, Any],
+        sites: list[str],
         workers: list[ActorHandle],
-        site_workers: dict[str, list[ActorHandle]],
+        one_actor_per_site: bool,
         val_index: np.ndarray,
         num_test: int,
     ) -> None:
         self.job = job
-        self.workers = workers
-        self.site_workers = site_workers
+        self.sites = sites
+        self.pool = WorkerPool(workers, dict(zip(sites, workers)) if one_actor_per_site else None)
         self.val_index = val_index
         self.num_test = num_test
         self.best_val_accuracy = -math.inf
@@ -64,14 +66,15 @@ class Controller:
 
     def _pre_train(self, params: Params | None, args: dict[str, Any]) -> Params:
         return initialize_global_weights(
-            self.site_workers, args["weight_method"], args["weights_client_name"], args["timeout"]
+            self.sites, self.pool, args["weight_method"], args["weights_client_name"], args["timeout"]
         )
 
     def _scatter_and_gather(self, params: Params | None, args: dict[str, Any]) -> Params:
         if params is None:  # pre_train disabled: a site's seeded init is still the starting point
-            params = initialize_global_weights(self.site_workers, "first", None, 0.0)
+            params = initialize_global_weights(self.sites, self.pool, "first", None, 0.0)
         return scatter_and_gather(
-            self.site_workers,
+            self.sites,
+            self.pool,
             params,
             aggregate=instantiate(OmegaConf.create(self.job["aggregator"])),
             on_round_end=self._round_end,
@@ -95,7 +98,7 @@ class Controller:
             "type": "round",
             "round": current_round,
             "num_rounds": self.job["workflows"]["scatter_and_gather"]["num_rounds"],
-            "num_sites": len(self.site_workers),
+            "num_sites": len(self.sites),
             "global": {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "test_loss": test["loss"]},
             "sites": sites,
             "failures": failures,
@@ -107,9 +110,10 @@ class Controller:
         })
 
     def _evaluate(self, params_ref: ray.ObjectRef, split: str, indices: np.ndarray) -> dict[str, float]:
-        """The global model on `indices`, split over the workers so they score it in parallel."""
-        parts = [part for part in np.array_split(indices, len(self.workers)) if len(part)]
-        refs = [worker.evaluate_part.remote(params_ref, split, part) for worker, part in zip(self.workers, parts)]
+        """The global model on `indices`, split over the free workers so they score it in parallel."""
+        workers = self.pool.free() or self.pool.workers
+        parts = [part for part in np.array_split(indices, len(workers)) if len(part)]
+        refs = [worker.evaluate_part.remote(params_ref, split, part) for worker, part in zip(workers, parts)]
         done, late = ray.wait(refs, num_returns=len(refs), timeout=EVALUATION_TIMEOUT)
         for ref in late:
             ray.cancel(ref)

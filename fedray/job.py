@@ -89,11 +89,10 @@ def run_job(
         actors.extend(workers)
         _await_workers({worker.ready.remote(): name for worker, name in zip(workers, names)}, cfg.site.start_timeout)
         timings["site_start"], clock = _lap(clock)
-        site_workers = {site: [worker] for site, worker in zip(sites, workers)} if one_per_site else {site: workers for site in sites}
 
         val_index = np.concatenate([shard.val for shard in shards])
         controller = ControllerActor.options(namespace=namespace).remote(
-            job, workers, site_workers, val_index, len(dataset.test_labels)
+            job, sites, workers, one_per_site, val_index, len(dataset.test_labels)
         )
         actors.append(controller)
         log.info(

@@ -4,7 +4,8 @@ Every workflow uses this one loop, with FLARE's stopping rules: a task that
 passes `timeout` (counted from when a worker started it) is given up, and once
 `min_results` answers are in, the loop waits at most `wait_after_min` seconds
 more. A worker runs one task at a time, so the pool's size bounds how many
-sites train at once. Every `ray.wait` here has a bound.
+sites train at once, and a worker still busy with a task given up on gets no
+new one until it finishes. Every `ray.wait` here has a bound.
 """
 
 from __future__ import annotations
@@ -36,23 +37,48 @@ class Outcome:
         return self.failure is None
 
 
+class WorkerPool:
+    """The site actors, which of them each site may use, and which are busy with abandoned tasks."""
+
+    def __init__(self, workers: Sequence[ActorHandle], home: Mapping[str, ActorHandle] | None = None) -> None:
+        self.workers = list(workers)
+        self.home = dict(home or {})  # site -> its own actor, when each site has one
+        self.stuck: dict[ActorHandle, ray.ObjectRef] = {}
+
+    def candidates(self, site: str) -> list[ActorHandle]:
+        return [self.home[site]] if site in self.home else self.workers
+
+    def free(self) -> list[ActorHandle]:
+        """Workers not running a task that was given up on (those that finished it are free again)."""
+        if self.stuck:
+            refs = list(self.stuck.values())
+            finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            self.stuck = {w: r for w, r in self.stuck.items() if r not in finished}
+        return [w for w in self.workers if w not in self.stuck]
+
+    def give_up(self, worker: ActorHandle, ref: ray.ObjectRef) -> None:
+        ray.cancel(ref)  # drops it if still queued; a running actor task runs on
+        self.stuck[worker] = ref
+
+
 def gather(
     calls: Sequence[tuple[str, Call]],
-    workers: Mapping[str, Sequence[ActorHandle]],
+    pool: WorkerPool,
     *,
     min_results: Optional[int] = None,
     wait_after_min: float = 0.0,
     timeout: float = 0.0,
 ) -> Iterator[Outcome]:
-    """Run `calls` (site, call(worker) -> ObjectRef), each on a free worker among `workers[site]`.
+    """Run `calls` (site, call(worker) -> ObjectRef), each on a free worker among `pool.candidates(site)`.
 
-    Yields one Outcome per site that was sent a task; sites still running when
-    the loop stops early are cancelled and reported as "abandoned".
+    Yields one Outcome per site. Sites still running when the loop stops early
+    are reported as "abandoned"; sites whose workers stayed busy (with tasks
+    given up on earlier) longer than `timeout` are reported as "timeout".
     """
     queue = deque(calls)
-    idle = {worker for site, _ in calls for worker in workers[site]}
     in_flight: dict[ray.ObjectRef, tuple[str, ActorHandle, float]] = {}
     successes = 0
+    began = time.monotonic()
     enough_at: Optional[float] = None
 
     try:
@@ -60,12 +86,17 @@ def gather(
             now = time.monotonic()
             if enough_at is not None and now >= enough_at + wait_after_min:
                 break
-            _dispatch(queue, workers, idle, in_flight)
+            busy = {worker for _, worker, _ in in_flight.values()}
+            _dispatch(queue, pool, set(pool.free()) - busy, in_flight)
+
             if not in_flight:
-                # Every worker these sites may use is stuck on a task we gave up on.
-                for site, _ in queue:
-                    yield Outcome(site, failure="no_worker", message="its workers are all busy with timed-out tasks")
-                return
+                # Every worker the queued sites may use is still busy with a task given up on.
+                if timeout > 0 and now - began >= timeout:
+                    for site, _ in queue:
+                        yield Outcome(site, failure="timeout", message=f"no free worker in {timeout:g} s")
+                    return
+                ray.wait(list(pool.stuck.values()), num_returns=1, timeout=POLL_SECONDS)
+                continue
 
             deadlines = [started + timeout for _, _, started in in_flight.values()] if timeout > 0 else []
             if enough_at is not None:
@@ -75,7 +106,6 @@ def gather(
 
             for ref in ready:
                 site, worker, started = in_flight.pop(ref)
-                idle.add(worker)
                 outcome = _collect(ref, site, started)
                 if outcome.ok:
                     successes += 1
@@ -85,30 +115,30 @@ def gather(
 
             if timeout > 0:
                 now = time.monotonic()
-                for ref, (site, _, started) in list(in_flight.items()):
+                for ref, (site, worker, started) in list(in_flight.items()):
                     if now - started >= timeout:
-                        del in_flight[ref]  # its worker stays busy, so it is not returned to `idle`
-                        ray.cancel(ref)
+                        del in_flight[ref]
+                        pool.give_up(worker, ref)
                         yield Outcome(site, failure="timeout", message=f"no answer in {timeout:g} s", seconds=now - started)
 
         now = time.monotonic()
-        for ref, (site, _, started) in list(in_flight.items()):
+        for ref, (site, worker, started) in list(in_flight.items()):
             del in_flight[ref]
-            ray.cancel(ref)
+            pool.give_up(worker, ref)
             yield Outcome(site, failure="abandoned", message="still running when the round closed", seconds=now - started)
     finally:
         # A caller that stops reading early (first answer wins) leaves tasks behind.
-        for ref in in_flight:
-            ray.cancel(ref)
+        for ref, (_, worker, _) in in_flight.items():
+            pool.give_up(worker, ref)
 
 
-def _dispatch(queue: deque, workers, idle: set, in_flight: dict) -> None:
+def _dispatch(queue: deque, pool: WorkerPool, idle: set, in_flight: dict) -> None:
     """Start queued sites, in order, on idle workers they may use."""
     for _ in range(len(queue)):
         if not idle:
             return
         site, call = queue.popleft()
-        worker = next((w for w in workers[site] if w in idle), None)
+        worker = next((w for w in pool.candidates(site) if w in idle), None)
         if worker is None:
             queue.append((site, call))  # its workers are busy; it waits for them
             continue

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from fedray.partition import Shard
 from fedray.sites import SiteWorkerActor
+from fedray.tasks import WorkerPool
 from fedray.workflows import initialize_global_weights
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -67,7 +68,8 @@ def test_initial_weights_come_from_the_chosen_site(job_config, method, client, e
     workers = {name: SiteWorkerActor.options(name=name, namespace=f"init-{method}", num_cpus=0).remote(
         job, shards, images, labels, images, labels, 1) for name in shards}
     try:
-        params = initialize_global_weights({name: [w] for name, w in workers.items()}, method, client, timeout=120)
+        pool = WorkerPool(list(workers.values()), home=workers)
+        params = initialize_global_weights(list(workers), pool, method, client, timeout=120)
         tags = set(np.unique(params["fc3.bias"]).tolist())
         assert len(tags) == 1 and tags <= expected
     finally:

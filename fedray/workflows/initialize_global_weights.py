@@ -8,7 +8,7 @@ from functools import partial
 from ray.actor import ActorHandle
 
 from fedray.aggregation import Params
-from fedray.tasks import gather
+from fedray.tasks import WorkerPool, gather
 
 log = logging.getLogger(__name__)
 
@@ -18,16 +18,17 @@ class InitializationFailed(RuntimeError):
 
 
 def initialize_global_weights(
-    site_workers: dict[str, list[ActorHandle]],
+    sites: list[str],
+    pool: WorkerPool,
     weight_method: str = "first",
     weights_client_name: str | None = None,
     timeout: float = 0.0,
 ) -> Params:
     """Send `get_weights`; `first` keeps the first answer, `client` the named site's."""
-    asked = list(site_workers) if weight_method == "first" else [weights_client_name]
+    asked = sites if weight_method == "first" else [weights_client_name]
     calls = [(site, partial(_get_weights, site)) for site in asked]
     failures = []
-    for outcome in gather(calls, site_workers, min_results=1, wait_after_min=0.0, timeout=timeout):
+    for outcome in gather(calls, pool, min_results=1, wait_after_min=0.0, timeout=timeout):
         if outcome.ok:
             log.info("pre_train: initial weights from %s", outcome.site)
             return outcome.value.params

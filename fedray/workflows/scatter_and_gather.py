@@ -13,7 +13,7 @@ from ray.actor import ActorHandle
 
 from fedray.aggregation import Params
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND
-from fedray.tasks import Outcome, gather
+from fedray.tasks import Outcome, WorkerPool, gather
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ class RoundFailed(RuntimeError):
 
 
 def scatter_and_gather(
-    site_workers: dict[str, list[ActorHandle]],
+    sites: list[str],
+    pool: WorkerPool,
     global_params: Params,
     *,
     aggregate: Callable[[Iterator[tuple[Params, float]]], Params],
@@ -37,7 +38,6 @@ def scatter_and_gather(
     exclude_vars: str | None = None,
 ) -> Params:
     """Run FedAvg rounds; `on_round_end` gets each round's new global weights as one ObjectRef."""
-    sites = list(site_workers)
     min_clients = min_clients or len(sites)
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
@@ -49,7 +49,7 @@ def scatter_and_gather(
         calls = [(site, partial(_train, site, global_ref, current_round, num_rounds)) for site in sites]
         outcomes = gather(
             calls,
-            site_workers,
+            pool,
             min_results=min_clients,
             wait_after_min=wait_time_after_min_received,
             timeout=train_timeout,
