@@ -137,7 +137,9 @@ def _connect(ray_cfg: dict[str, Any]) -> bool:
     if address:
         ray.init(address=address, **options)
     else:
-        # "local": never join a stale cluster someone else left on this machine.
+        # "local": never join a stale cluster someone else left on this machine. Ray turns token
+        # auth on for it by default and says so at every start; that notice is noise here.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=ray_cfg["num_cpus"], num_gpus=ray_cfg["num_gpus"], **options)
     return True
 
