@@ -13,7 +13,7 @@ import importlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -87,10 +87,10 @@ class ScatterAndGatherConfig:
 
 @dataclass
 class CrossSiteValidateConfig:
-    enabled: bool = False
-    submit_model_timeout: float = 0.0
+    enabled: bool = True
+    submit_model_timeout: float = 0.0  # 0: no limit
     validation_timeout: float = 0.0
-    participating_clients: Optional[list] = None
+    participating_clients: Optional[List[str]] = None  # null: all sites
 
 
 @dataclass
@@ -229,6 +229,17 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"workflows.scatter_and_gather.exclude_vars={sag.exclude_vars!r}: not a regular expression ({err})"
             ) from None
+
+    csv = cfg.workflows.cross_site_validate
+    for key in ("submit_model_timeout", "validation_timeout"):
+        require(csv[key] >= 0, f"workflows.cross_site_validate.{key}", "must be >= 0 seconds (0: no limit)")
+    if csv.participating_clients is not None:
+        unknown = [site for site in csv.participating_clients if site not in sites]
+        require(
+            not unknown and len(csv.participating_clients) > 0,
+            "workflows.cross_site_validate.participating_clients",
+            f"must list sites among site-1 ... site-{cfg.num_clients} (unknown: {', '.join(unknown) or 'none'})",
+        )
 
     for key in ("model", "aggregator"):
         _require_importable_target(cfg, key)

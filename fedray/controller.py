@@ -21,7 +21,7 @@ from ray.actor import ActorHandle
 
 from fedray.aggregation import Params, pool_metrics
 from fedray.tasks import WorkerPool
-from fedray.workflows import initialize_global_weights, scatter_and_gather
+from fedray.workflows import SERVER_MODELS, cross_site_model_eval, initialize_global_weights, scatter_and_gather
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,10 @@ class Controller:
         self.val_index = val_index
         self.num_test = num_test
         self.best_val_accuracy = -math.inf
+        # ObjectRefs only: the models themselves stay in Ray's object store.
+        self.global_ref: ray.ObjectRef | None = None
+        self.best_global_ref: ray.ObjectRef | None = None
+        self.best_local_models: dict[str, ray.ObjectRef] = {}
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
@@ -52,6 +56,7 @@ class Controller:
         workflows = {
             "pre_train": self._pre_train,
             "scatter_and_gather": self._scatter_and_gather,
+            "cross_site_validate": self._cross_site_validate,
         }
         params: Params | None = None
         for workflow_id, args in self.job["workflows"].items():
@@ -85,7 +90,23 @@ class Controller:
             train_timeout=args["train_timeout"],
             aggregation_weights=args["aggregation_weights"],
             exclude_vars=args["exclude_vars"],
+            best_local_models=self.best_local_models,
         )
+
+    def _cross_site_validate(self, params: Params | None, args: dict[str, Any]) -> Params | None:
+        if self.global_ref is None:  # no FedAvg round ran: the server's model is the initial one
+            self.global_ref = self.best_global_ref = ray.put(params)
+        participating = args["participating_clients"] or self.sites
+        outcome = cross_site_model_eval(
+            participating,
+            self.pool,
+            self.best_local_models,
+            dict(zip(SERVER_MODELS, (self.global_ref, self.best_global_ref))),
+            submit_model_timeout=args["submit_model_timeout"],
+            validation_timeout=args["validation_timeout"],
+        )
+        self._emit({"type": "cross_site", **outcome})
+        return params
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float) -> None:
         started = time.perf_counter()
@@ -94,6 +115,9 @@ class Controller:
         evaluation_seconds = time.perf_counter() - started
         is_best = val["accuracy"] > self.best_val_accuracy
         self.best_val_accuracy = max(self.best_val_accuracy, val["accuracy"])
+        self.global_ref = params_ref
+        if is_best or self.best_global_ref is None:
+            self.best_global_ref = params_ref
         self._emit({
             "type": "round",
             "round": current_round,

@@ -20,7 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from fedray.config import site_names, validate
 from fedray.controller import ControllerActor
 from fedray.datasets import load_dataset
-from fedray.outputs import RunRecorder
+from fedray.outputs import RunRecorder, cross_site_table
 from fedray.partition import partition
 from fedray.resources import plan_sites
 from fedray.sites import SiteWorkerActor
@@ -113,7 +113,15 @@ def run_job(
 
 
 def log_event(event: dict[str, Any]) -> None:
-    """The default progress report: a log line per round."""
+    """The default progress report: a log line per round, and the cross-site table."""
+    if event["type"] == "cross_site":
+        for failure in event["failures"]:
+            log.warning("cross-site: %s failed to %s (%s: %s)", failure["site"], failure["task"], failure["kind"],
+                        failure["message"])
+        if event["results"]:
+            log.info("cross-site validation (val_accuracy; rows: data of, columns: model)\n%s",
+                     cross_site_table(event["results"]))
+        return
     if event["type"] != "round":
         return
     metrics = event["global"]
@@ -169,6 +177,8 @@ def _follow(controller: ray.actor.ActorHandle, recorder: RunRecorder, report: Ca
         for event in ray.get(controller.drain_events.remote(), timeout=60):
             if event["type"] == "round":
                 recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
+            elif event["type"] == "cross_site":
+                recorder.record_cross_site(event)
             report(event)
         if finished:
             break

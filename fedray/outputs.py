@@ -34,6 +34,16 @@ class RunRecorder:
         self.summary["rounds"].append({key: event[key] for key in keep})
         self.write()
 
+    def record_cross_site(self, event: Mapping[str, Any]) -> None:
+        """FLARE's cross_val_results.json (scripts written for FLARE read it unchanged) and a heatmap."""
+        from fedray.plots import cross_site_heatmap
+
+        folder = self.run_dir / "cross_site_val"
+        write_json(folder / "cross_val_results.json", event["results"])
+        if event["results"]:
+            cross_site_heatmap(event["results"], folder / "cross_val_results.png")
+        self.write(cross_site={"results": event["results"], "failures": event["failures"]})
+
     def write(self, **fields: Any) -> dict[str, Any]:
         self.summary.update(fields)
         write_json(self.run_dir / "summary.json", self.summary)
@@ -62,3 +72,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def cross_site_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """The cross-site matrix as text: a row per evaluating site, a column per model."""
+    columns = list(dict.fromkeys(owner for row in results.values() for owner in row))
+    names = [c.removeprefix("SRV_").removesuffix(".pt") for c in columns]
+    widths = [max(len(name), 6) + 2 for name in names]
+    lines = [" " * 8 + "".join(f"{name:>{w}}" for name, w in zip(names, widths))]
+    for site, row in results.items():
+        cells = [f"{row[c]['val_accuracy']:.4f}" if c in row else "-" for c in columns]
+        lines.append(f"{site:<8}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)))
+    return "\n".join(lines)

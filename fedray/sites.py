@@ -6,7 +6,8 @@ site is just its shard's indices. Batches are drawn by indexing and normalized
 on the fly; no per-sample decoding, no per-site copies of the data.
 
 Tasks: `get_weights` (client-side model init), `train` (a FedAvg local
-update), `validate` (a model on a site's validation split), `evaluate` (a
+update), `submit_model` (a site's best local model), `validate_models` (models
+on a site's validation split, for cross-site evaluation), `evaluate_part` (a
 model on given indices, for the server's global metrics).
 """
 
@@ -78,12 +79,16 @@ class SiteWorker:
             momentum=self.job["momentum"],
             generator=generator,
         )
+        # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
+        local = pool_metrics(evaluate(self.model, self.train_images, self.train_labels, shard.val, batch))
         return FLModel(
             params=get_params(self.model),
             metrics={
                 "train_loss": train_loss,
                 "val_accuracy": received["accuracy"],  # of the global model this round started from
                 "val_loss": received["loss"],
+                "local_val_accuracy": local["accuracy"],
+                "local_val_loss": local["loss"],
                 "seconds": time.perf_counter() - started,
             },
             meta={NUM_STEPS_CURRENT_ROUND: steps},
@@ -91,12 +96,22 @@ class SiteWorker:
             total_rounds=total_rounds,
         )
 
-    def validate(self, site: str, params: Mapping[str, np.ndarray]) -> dict[str, float]:
-        load_params(self.model, params)
-        sums = evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
-                        self.job["eval_batch_size"])
-        result = pool_metrics(sums)
-        return {"val_accuracy": result["accuracy"], "val_loss": result["loss"]}
+    def submit_model(self, site: str, best_local: FLModel | None) -> FLModel:
+        """The site's best local model; `best_local` is the train result it came from (resolved by Ray)."""
+        if best_local is None:
+            raise RuntimeError(f"{site} has no local model: it finished no train task")
+        return FLModel(params=best_local.params, meta={"submit_model_name": "best_model"})
+
+    def validate_models(self, site: str, models: dict[str, ray.ObjectRef]) -> dict[str, dict[str, float]]:
+        """Each model (an FLModel, or server weights) on this site's validation split."""
+        results = {}
+        for owner, model in zip(models, ray.get(list(models.values()), timeout=300)):
+            load_params(self.model, model.params if isinstance(model, FLModel) else model)
+            sums = evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
+                            self.job["eval_batch_size"])
+            metrics = pool_metrics(sums)
+            results[owner] = {"val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"]}
+        return results
 
     def evaluate_part(self, params: Mapping[str, np.ndarray], split: str, indices: np.ndarray) -> dict[str, float]:
         """Sums (not means) over `indices` of `split`, so the server can pool several workers' parts."""

@@ -31,6 +31,7 @@ class Outcome:
     failure: Optional[str] = None  # None: success; else "error", "timeout", "died", "abandoned" or "no_worker"
     message: str = ""
     seconds: float = 0.0
+    ref: Optional[ray.ObjectRef] = None  # the result in the object store, to pass on without a copy
 
     @property
     def ok(self) -> bool:
@@ -157,4 +158,4 @@ def _collect(ref: ray.ObjectRef, site: str, started: float) -> Outcome:
         return Outcome(site, failure="died", message=str(err).splitlines()[0], seconds=time.monotonic() - started)
     except GetTimeoutError:
         return Outcome(site, failure="timeout", message="result could not be fetched", seconds=time.monotonic() - started)
-    return Outcome(site, value=value, seconds=time.monotonic() - started)
+    return Outcome(site, value=value, seconds=time.monotonic() - started, ref=ref)

@@ -33,9 +33,11 @@ class SiteTaggedNet(Net):
 
 
 class FaultyNet(Net):
-    """Sleeps `delay` s per training batch in `slow_sites`; raises after `fail_after_steps` in `fail_sites`."""
+    """Sleeps `delay` s per training batch in `slow_sites`; raises after `fail_after_steps` in `fail_sites`,
+    and whenever it evaluates in `fail_eval_sites`."""
 
-    def __init__(self, slow_sites=(), delay: float = 0.0, fail_sites=(), fail_after_steps: int = 0) -> None:
+    def __init__(self, slow_sites=(), delay: float = 0.0, fail_sites=(), fail_after_steps: int = 0,
+                 fail_eval_sites=()) -> None:
         super().__init__()
         self.site = _site_name()
         self.slow = self.site in slow_sites
@@ -43,6 +45,7 @@ class FaultyNet(Net):
         self.fails = self.site in fail_sites
         self.fail_after_steps = fail_after_steps
         self.steps = 0
+        self.fails_eval = self.site in fail_eval_sites
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -51,4 +54,6 @@ class FaultyNet(Net):
                 time.sleep(self.delay)
             if self.fails and self.steps > self.fail_after_steps:
                 raise RuntimeError(f"injected failure in {self.site}")
+        elif self.fails_eval:
+            raise RuntimeError(f"injected evaluation failure in {self.site}")
         return super().forward(x)

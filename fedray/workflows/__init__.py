@@ -1,6 +1,7 @@
 """The server's workflows, as in FLARE's hello-pt job: each one a plain function."""
 
+from fedray.workflows.cross_site_model_eval import SERVER_MODELS, cross_site_model_eval
 from fedray.workflows.initialize_global_weights import initialize_global_weights
 from fedray.workflows.scatter_and_gather import RoundFailed, scatter_and_gather
 
-__all__ = ["initialize_global_weights", "scatter_and_gather", "RoundFailed"]
+__all__ = ["SERVER_MODELS", "cross_site_model_eval", "initialize_global_weights", "scatter_and_gather", "RoundFailed"]

@@ -36,8 +36,15 @@ def scatter_and_gather(
     train_timeout: float = 0.0,
     aggregation_weights: dict[str, float] | None = None,
     exclude_vars: str | None = None,
+    best_local_models: dict[str, ray.ObjectRef] | None = None,
 ) -> Params:
-    """Run FedAvg rounds; `on_round_end` gets each round's new global weights as one ObjectRef."""
+    """Run FedAvg rounds; `on_round_end` gets each round's new global weights as one ObjectRef.
+
+    `best_local_models` is updated in place: per site, the train result whose local model
+    scored best on the site's own validation split (an ObjectRef: the model stays in the object store).
+    """
+    best_local_models = {} if best_local_models is None else best_local_models
+    best_local_accuracy: dict[str, float] = {}
     min_clients = min_clients or len(sites)
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
@@ -66,6 +73,11 @@ def scatter_and_gather(
                 result = outcome.value
                 steps = result.meta[NUM_STEPS_CURRENT_ROUND]
                 site_metrics[outcome.site] = {**result.metrics, "num_steps": steps}
+                local_accuracy = result.metrics.get("local_val_accuracy", float("nan"))
+                # Written so that NaN (no validation split) keeps the latest model.
+                if not local_accuracy <= best_local_accuracy.get(outcome.site, float("-inf")):
+                    best_local_accuracy[outcome.site] = local_accuracy
+                    best_local_models[outcome.site] = outcome.ref
                 params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
                 yield params, factors.get(outcome.site, 1.0) * steps
 
