@@ -54,6 +54,8 @@ class SiteConfig:
     num_cpus: Optional[float] = None  # per actor, for Ray's scheduler; null: num_threads
     num_threads: Optional[int] = None  # torch threads per actor; null: 1 on CPU, CPUs / actors on GPU
     start_timeout: float = 180.0  # seconds for every site actor to be up
+    script: Optional[str] = None  # a Client API training script run in each site (one actor per site)
+    script_args: str = ""  # its command line, e.g. "--batch_size 16"
 
 
 @dataclass
@@ -192,6 +194,13 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.site.start_timeout > 0, "site.start_timeout", "must be positive (seconds)")
     if cfg.site.num_actors is not None:
         require(cfg.site.num_actors <= cfg.num_clients, "site.num_actors", f"must be at most num_clients={cfg.num_clients}")
+    if cfg.site.script is not None:
+        require(Path(cfg.site.script).is_file(), "site.script", "no such file; give the path of your training script")
+        require(
+            cfg.site.num_actors in (None, cfg.num_clients),
+            "site.num_actors",
+            "must be null (or num_clients) with site.script: each script runs in its own site's actor",
+        )
 
     sites = site_names(cfg.num_clients)
     pre = cfg.workflows.pre_train

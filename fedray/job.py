@@ -42,6 +42,9 @@ def run_job(
     """Run one fedray job and return its summary (also written to `run_dir/summary.json`)."""
     validate(cfg)
     job = OmegaConf.to_container(cfg, resolve=True)
+    job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
+    if job["site"]["script"]:
+        job["site"]["script"] = os.path.abspath(job["site"]["script"])
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     report = on_event or log_event
@@ -69,7 +72,7 @@ def run_job(
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
         sites = site_names(cfg.num_clients)
-        namespace = f"fedray-{uuid.uuid4().hex[:8]}"
+        namespace = job["job_id"]
         # One copy of the data in the object store, read zero-copy by every actor on a node.
         shared = [
             ray.put(dict(zip(sites, shards))),
@@ -83,7 +86,7 @@ def run_job(
         workers = [
             SiteWorkerActor.options(
                 name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus
-            ).remote(job, *shared, plan.num_threads)
+            ).remote(job, *shared, plan.num_threads, name if one_per_site else None)
             for name in names
         ]
         actors.extend(workers)
@@ -103,8 +106,7 @@ def run_job(
         _follow(controller, recorder, report)
         timings["workflows"], clock = _lap(clock)
     finally:
-        for actor in actors:
-            ray.kill(actor)
+        _stop(actors, wait_for_scripts=bool(job["site"]["script"]))
         if started_ray:
             ray.shutdown()
         timings["shutdown"], clock = _lap(clock)
@@ -186,6 +188,15 @@ def _follow(controller: ray.actor.ActorHandle, recorder: RunRecorder, report: Ca
         ray.get(run_ref, timeout=60)
     except (RayTaskError, RayActorError) as err:
         raise JobFailed(_first_line(err)) from None
+
+
+def _stop(actors: list[ray.actor.ActorHandle], wait_for_scripts: bool, timeout: float = 30.0) -> None:
+    """Kill every actor; first, let scripts leave their loop and run the code after it."""
+    if wait_for_scripts:
+        stopping = [actor.shutdown.remote() for actor in actors if hasattr(actor, "shutdown")]
+        ray.wait(stopping, num_returns=len(stopping), timeout=timeout)
+    for actor in actors:
+        ray.kill(actor)
 
 
 def _chw(images: np.ndarray) -> np.ndarray:

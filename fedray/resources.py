@@ -35,7 +35,9 @@ def plan_sites(site: Mapping[str, Any], num_sites: int, cluster: Mapping[str, fl
     gpus = float(cluster.get("GPU", 0))
     use_gpu = gpus > 0 if site["num_gpus"] is None else site["num_gpus"] > 0
     num_threads = site["num_threads"] or 1
-    if site["num_actors"] is not None:
+    if site.get("script"):
+        num_actors = num_sites  # a script's module state belongs to one site: one process each
+    elif site["num_actors"] is not None:
         num_actors = site["num_actors"]
     elif use_gpu:
         num_actors = max(1, int(ACTORS_PER_GPU * gpus))

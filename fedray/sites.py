@@ -13,6 +13,7 @@ model on given indices, for the server's global metrics).
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Mapping
 
@@ -22,8 +23,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel
+from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
+from fedray.script_site import ScriptError, ScriptSite
 from fedray.aggregation import pool_metrics
 from fedray.training import evaluate, get_params, load_params, to_device, train_epochs
 
@@ -38,6 +40,7 @@ class SiteWorker:
         test_images: np.ndarray,
         test_labels: np.ndarray,
         num_threads: int,
+        home_site: str | None = None,
     ) -> None:
         self.job = job
         self.shards = shards
@@ -52,6 +55,12 @@ class SiteWorker:
         # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
         # the actor starts, not inside the first round's train_timeout.
         torch.optim.SGD(self.model.parameters(), lr=job["lr"])
+        # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
+        self.script: ScriptSite | None = None
+        if job["site"]["script"]:
+            self.script = ScriptSite(home_site, job["site"]["script"], job["site"]["script_args"], job)
+            self.script.start()
+            self.last_global: Mapping[str, np.ndarray] | None = None
 
     def ready(self) -> dict[str, Any]:
         return {"device": str(self.device), "threads": torch.get_num_threads()}
@@ -62,6 +71,8 @@ class SiteWorker:
         return FLModel(params=get_params(fresh))
 
     def train(self, site: str, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int) -> FLModel:
+        if self.script:
+            return self._train_script(global_params, current_round, total_rounds)
         started = time.perf_counter()
         shard = self.shards[site]
         load_params(self.model, global_params)
@@ -98,6 +109,10 @@ class SiteWorker:
 
     def submit_model(self, site: str, best_local: FLModel | None) -> FLModel:
         """The site's best local model; `best_local` is the train result it came from (resolved by Ray)."""
+        if self.script:
+            asked = FLModel(params=_torch_copy(self.last_global), meta={"submit_model_name": "best_model"})
+            answer = self.script.ask("submit_model", asked)
+            return FLModel(params=self._checked_params(answer), meta={"submit_model_name": "best_model"})
         if best_local is None:
             raise RuntimeError(f"{site} has no local model: it finished no train task")
         return FLModel(params=best_local.params, meta={"submit_model_name": "best_model"})
@@ -106,7 +121,12 @@ class SiteWorker:
         """Each model (an FLModel, or server weights) on this site's validation split."""
         results = {}
         for owner, model in zip(models, ray.get(list(models.values()), timeout=300)):
-            load_params(self.model, model.params if isinstance(model, FLModel) else model)
+            params = model.params if isinstance(model, FLModel) else model
+            if self.script:
+                asked = FLModel(params=_torch_copy(params), meta={"model_owner": owner})
+                results[owner] = _validation_metrics(self.script.ask("validate", asked).metrics, self.script)
+                continue
+            load_params(self.model, params)
             sums = evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
                             self.job["eval_batch_size"])
             metrics = pool_metrics(sums)
@@ -118,6 +138,62 @@ class SiteWorker:
         load_params(self.model, params)
         images, labels = (self.test_images, self.test_labels) if split == "test" else (self.train_images, self.train_labels)
         return evaluate(self.model, images, labels, indices, self.job["eval_batch_size"])
+
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """The job is over: let a script leave its loop and run what follows it."""
+        if self.script:
+            self.script.stop(timeout)
+
+    def _train_script(self, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int) -> FLModel:
+        started = time.perf_counter()
+        self.last_global = global_params
+        asked = FLModel(params=_torch_copy(global_params), current_round=current_round, total_rounds=total_rounds,
+                        start_round=self.job["workflows"]["scatter_and_gather"]["start_round"],
+                        meta={"job_id": self.job["job_id"]})
+        answer = self.script.ask("train", asked)
+        params = self._checked_params(answer, global_params)
+        if answer.params_type == ParamsType.DIFF:
+            params = {name: (global_params[name] + diff).astype(global_params[name].dtype) for name, diff in params.items()}
+        steps = answer.meta.get(NUM_STEPS_CURRENT_ROUND)
+        if steps is None:
+            print(f"[{self.script.site}] result has no meta['{NUM_STEPS_CURRENT_ROUND}']: aggregated with weight 1",
+                  file=sys.stderr)
+            steps = 1
+        metrics = {name: float(value) for name, value in answer.metrics.items() if np.isscalar(value)}
+        return FLModel(params=params, metrics={**metrics, "seconds": time.perf_counter() - started},
+                       meta={NUM_STEPS_CURRENT_ROUND: steps}, current_round=current_round, total_rounds=total_rounds)
+
+    def _checked_params(self, answer: FLModel, expected: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """The script's params as numpy, with exactly the model's variables."""
+        if not answer.params:
+            raise ScriptError(f"{self.script.site}: script {self.script.script} sent no params for "
+                              f"'{self.script.task_name}'")
+        params = {name: _to_numpy(value) for name, value in answer.params.items()}
+        expected_keys = set(expected) if expected is not None else set(self.model.state_dict())
+        if set(params) != expected_keys:
+            missing, extra = sorted(expected_keys - set(params)), sorted(set(params) - expected_keys)
+            raise ScriptError(f"{self.script.site}: script {self.script.script} sent params that do not match the "
+                              f"model (missing: {missing[:5]}, unexpected: {extra[:5]})")
+        return params
+
+
+def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+    """Writable tensors for the script (the object store's arrays are read-only)."""
+    return None if params is None else {name: torch.tensor(np.array(value)) for name, value in params.items()}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _validation_metrics(metrics: Mapping[str, Any], script: ScriptSite) -> dict[str, float]:
+    """A script's `validate` answer as cross-site cells: FLARE's scripts send "accuracy"."""
+    accuracy = metrics.get("val_accuracy", metrics.get("accuracy"))
+    if accuracy is None:
+        raise ScriptError(f"{script.site}: script {script.script} sent no 'accuracy' metric for 'validate'")
+    loss = metrics.get("val_loss", metrics.get("loss"))
+    return {"val_accuracy": float(accuracy), "val_loss": None if loss is None else float(loss)}
 
 
 def _site_number(site: str) -> int:

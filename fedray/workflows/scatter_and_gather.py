@@ -107,4 +107,4 @@ def _failure(outcome: Outcome) -> dict:
 
 
 def _describe(failures: dict[str, dict]) -> str:
-    return "; ".join(f"{site}: {failure['kind']}" for site, failure in failures.items()) or "no failures reported"
+    return "; ".join(f"{site}: {f['kind']}: {f['message']}" for site, f in failures.items()) or "no failures reported"

@@ -1,0 +1,113 @@
+"""Run a user's Client API training script inside a site's actor and feed it FLARE's tasks.
+
+The script runs once, in a thread of the site's actor process, with `sys.argv`
+set from `site.script_args` and its folder importable. Each task the server
+sends becomes a `fedray.client.receive()` in the script; its `send()` is the
+task's answer. When the job ends, `receive()` returns None and `is_running()`
+turns False, so the code after the script's loop runs before the actor goes.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import runpy
+import shlex
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from fedray.fl_model import FLModel
+
+POLL_SECONDS = 0.5
+_ENDED = object()  # put in the answers queue when the script's thread ends
+
+
+class ScriptError(RuntimeError):
+    """The script failed, returned, or answered wrongly; the message names the site and the script."""
+
+
+class ScriptSite:
+    def __init__(self, site: str, script: str, script_args: str, job: dict[str, Any],
+                 stream: Optional[Callable[[str, str, float, int], None]] = None) -> None:
+        self.site = site
+        self.script = os.path.abspath(script)
+        self.script_args = script_args
+        self.job = job
+        self.stream = stream  # where tracking.SummaryWriter points go: (site, tag, value, step)
+        self.tasks: queue.Queue = queue.Queue()
+        self.answers: queue.Queue = queue.Queue()
+        self.running = True
+        self.task_name: Optional[str] = None
+        self.failure: Optional[str] = None
+        self.thread = threading.Thread(target=self._main, name=f"fedray-script-{site}", daemon=True)
+
+    def start(self) -> None:
+        """Launch the script now, so its own set-up (data loading) overlaps the other actors' start."""
+        from fedray import client
+
+        client._bind(self)
+        self.thread.start()
+
+    def ask(self, task_name: str, model: FLModel, timeout: float = 0.0) -> FLModel:
+        """Hand `model` to the script as task `task_name`; return what it sends back."""
+        if not self.thread.is_alive():
+            raise ScriptError(self._describe("is not running any more", self.failure or "it returned"))
+        self.tasks.put((task_name, model))
+        began = time.monotonic()
+        answer = None
+        while True:
+            try:
+                answer = self.answers.get(timeout=POLL_SECONDS)
+                if answer is not _ENDED:
+                    return answer
+            except queue.Empty:
+                pass
+            if answer is _ENDED or not self.thread.is_alive():
+                reason = self.failure or f"returned without sending a result for task '{task_name}'"
+                raise ScriptError(self._describe("failed", reason))
+            if timeout and time.monotonic() - began > timeout:
+                raise ScriptError(self._describe("failed", f"no result for task '{task_name}' in {timeout:g} s"))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the job for the script: a pending receive() returns None, then its epilogue runs."""
+        self.running = False
+        self.tasks.put(None)
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    # Called by fedray.client, from the script's thread.
+    def next_task(self, timeout: Optional[float]) -> Optional[tuple[str, FLModel]]:
+        try:
+            task = self.tasks.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if task is None:
+            self.running = False
+            return None
+        self.task_name = task[0]
+        return task
+
+    def answer(self, model: FLModel) -> None:
+        self.answers.put(model)
+
+    def _main(self) -> None:
+        sys.argv = [self.script, *shlex.split(self.script_args)]
+        folder = os.path.dirname(self.script)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # `from net import Net` beside the script
+        try:
+            runpy.run_path(self.script, run_name="__main__")
+        except SystemExit as exit_:
+            if exit_.code not in (None, 0):
+                self.failure = f"exited with status {exit_.code}"
+        except BaseException as err:  # the script's own error: its traceback goes to this site's log
+            print(f"[{self.site}] script {self.script} raised:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            self.failure = f"raised {type(err).__name__}: {err}".splitlines()[0]
+        finally:
+            self.answers.put(_ENDED)  # wakes a waiting ask() at once
+
+    def _describe(self, what: str, reason: Optional[str]) -> str:
+        return f"{self.site}: script {self.script} {what}" + (f": {reason}" if reason else "")
