@@ -56,6 +56,7 @@ class SiteConfig:
     start_timeout: float = 180.0  # seconds for every site actor to be up
     script: Optional[str] = None  # a Client API training script run in each site (one actor per site)
     script_args: str = ""  # its command line, e.g. "--batch_size 16"
+    max_restarts: int = 2  # times Ray restarts a site actor that died or hung, before the site is given up
 
 
 @dataclass
@@ -85,6 +86,7 @@ class ScatterAndGatherConfig:
     train_timeout: float = 0.0  # seconds per train task; 0: no limit
     aggregation_weights: Dict[str, float] = field(default_factory=dict)
     exclude_vars: Optional[str] = None  # regex of variables kept at their global values
+    ignore_result_error: Optional[bool] = None  # FLARE's: null ignores failures while min_clients can answer
 
 
 @dataclass
@@ -113,6 +115,7 @@ class JobConfig:
     lr: float = 0.01
     momentum: float = 0.9
     eval_batch_size: int = 1000
+    resume: Optional[str] = None  # a stopped run's dir: continue it from its last finished round
     model: Any = None
     aggregator: Any = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -192,6 +195,7 @@ def validate(cfg: DictConfig) -> None:
         value = cfg.site[key]
         require(value is None or value >= 1, f"site.{key}", "must be at least 1 (or null for automatic)")
     require(cfg.site.start_timeout > 0, "site.start_timeout", "must be positive (seconds)")
+    require(cfg.site.max_restarts >= 0, "site.max_restarts", "must be >= 0")
     if cfg.site.num_actors is not None:
         require(cfg.site.num_actors <= cfg.num_clients, "site.num_actors", f"must be at most num_clients={cfg.num_clients}")
     if cfg.site.script is not None:

@@ -21,7 +21,7 @@ from ray.actor import ActorHandle
 
 from fedray.aggregation import Params, pool_metrics
 from fedray.tasks import WorkerPool
-from fedray.workflows import SERVER_MODELS, cross_site_model_eval, initialize_global_weights, scatter_and_gather
+from fedray.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, scatter_and_gather
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,24 @@ class Controller:
         one_actor_per_site: bool,
         val_index: np.ndarray,
         num_test: int,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         self.job = job
         self.sites = sites
-        self.pool = WorkerPool(workers, dict(zip(sites, workers)) if one_actor_per_site else None)
+        self.pool = WorkerPool(workers, dict(zip(sites, workers)) if one_actor_per_site else None,
+                               max_restarts=job["site"]["max_restarts"])
         self.val_index = val_index
         self.num_test = num_test
-        self.best_val_accuracy = -math.inf
         # ObjectRefs only: the models themselves stay in Ray's object store.
         self.global_ref: ray.ObjectRef | None = None
         self.best_global_ref: ray.ObjectRef | None = None
-        self.best_local_models: dict[str, ray.ObjectRef] = {}
+        self.best_val_accuracy = -math.inf
+        self.best_local_models: dict[str, LocalModel] = {}
+        self.resume = resume
+        if resume:  # a stopped run's last finished round: see fedray/checkpoint.py
+            self.global_ref, self.best_global_ref = resume["global"], resume["best_global"]
+            self.best_val_accuracy = resume["best_val_accuracy"]
+            self.best_local_models = {site: LocalModel(*model) for site, model in resume["best_local"].items()}
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
@@ -58,8 +65,10 @@ class Controller:
             "scatter_and_gather": self._scatter_and_gather,
             "cross_site_validate": self._cross_site_validate,
         }
-        params: Params | None = None
+        params: Params | None = ray.get(self.global_ref, timeout=300) if self.resume else None
         for workflow_id, args in self.job["workflows"].items():
+            if self.resume and workflow_id == "pre_train":
+                continue  # the global model comes from the checkpoint
             if args.get("enabled", True) and workflow_id in workflows:
                 self._emit({"type": "workflow", "id": workflow_id})
                 params = workflows[workflow_id](params, args)
@@ -84,12 +93,13 @@ class Controller:
             aggregate=instantiate(OmegaConf.create(self.job["aggregator"])),
             on_round_end=self._round_end,
             num_rounds=args["num_rounds"],
-            start_round=args["start_round"],
+            start_round=self.resume["next_round"] if self.resume else args["start_round"],
             min_clients=args["min_clients"],
             wait_time_after_min_received=args["wait_time_after_min_received"],
             train_timeout=args["train_timeout"],
             aggregation_weights=args["aggregation_weights"],
             exclude_vars=args["exclude_vars"],
+            ignore_result_error=args["ignore_result_error"],
             best_local_models=self.best_local_models,
         )
 
@@ -100,7 +110,7 @@ class Controller:
         outcome = cross_site_model_eval(
             participating,
             self.pool,
-            self.best_local_models,
+            {site: model.result for site, model in self.best_local_models.items()},
             dict(zip(SERVER_MODELS, (self.global_ref, self.best_global_ref))),
             submit_model_timeout=args["submit_model_timeout"],
             validation_timeout=args["validation_timeout"],
@@ -108,7 +118,8 @@ class Controller:
         self._emit({"type": "cross_site", **outcome})
         return params
 
-    def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float) -> None:
+    def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
+                   improved: dict[str, LocalModel]) -> None:
         started = time.perf_counter()
         val = self._evaluate(params_ref, "train", self.val_index)
         test = self._evaluate(params_ref, "test", np.arange(self.num_test))
@@ -130,7 +141,9 @@ class Controller:
             "train_seconds": seconds,
             "evaluation_seconds": evaluation_seconds,
             "is_best": is_best,
+            "best_val_accuracy": self.best_val_accuracy,
             "params": params_ref,
+            "improved_local_models": {site: tuple(model) for site, model in improved.items()},
         })
 
     def _evaluate(self, params_ref: ray.ObjectRef, split: str, indices: np.ndarray) -> dict[str, float]:

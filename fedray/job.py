@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -17,9 +19,11 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
+from fedray import checkpoint
 from fedray.config import site_names, validate
 from fedray.controller import ControllerActor
 from fedray.datasets import load_dataset
+from fedray.fl_model import FLModel
 from fedray.outputs import RunRecorder, cross_site_table
 from fedray.partition import partition
 from fedray.resources import plan_sites
@@ -34,17 +38,31 @@ class JobFailed(RuntimeError):
     """The job stopped; the message is one line, and the run dir keeps what finished rounds produced."""
 
 
+class JobInterrupted(JobFailed):
+    """Ctrl-C or SIGTERM: the actors are gone, Ray is shut down, finished rounds are on disk."""
+
+
 def run_job(
     cfg: DictConfig,
     run_dir: str | os.PathLike,
     on_event: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    """Run one fedray job and return its summary (also written to `run_dir/summary.json`)."""
+    """Run one fedray job and return its summary (also written to `run_dir/summary.json`).
+
+    With `resume=RUN_DIR` in `cfg`, that stopped run continues in its own dir, with its own config.
+    """
     validate(cfg)
+    saved = checkpoint.load(cfg.resume) if cfg.resume else None  # before Ray: a bad checkpoint fails fast
+    if saved:
+        cfg = OmegaConf.create({key: value for key, value in saved["config"].items() if key != "job_id"})
+        run_dir = saved["run_dir"]
+        log.info("resuming %s at round %d with its own config", run_dir, saved["next_round"] + 1)
     job = OmegaConf.to_container(cfg, resolve=True)
     job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
     if job["site"]["script"]:
         job["site"]["script"] = os.path.abspath(job["site"]["script"])
+    if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
+        raise JobFailed(f"resume={run_dir}: that run already finished all its rounds")
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     report = on_event or log_event
@@ -66,7 +84,8 @@ def run_job(
     started_ray = _connect(job["ray"])
     timings["ray_start"], clock = _lap(clock)
     actors: list[ray.actor.ActorHandle] = []
-    recorder = RunRecorder(run_dir, job)
+    recorder = RunRecorder(run_dir, job, saved["summary"] if saved else None)
+    interrupt = _raise_on_sigterm()
     try:
         cluster = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
@@ -85,7 +104,8 @@ def run_job(
         names = sites if one_per_site else [f"site-worker-{k}" for k in range(1, plan.num_actors + 1)]
         workers = [
             SiteWorkerActor.options(
-                name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus
+                name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+                max_restarts=cfg.site.max_restarts, max_task_retries=0,
             ).remote(job, *shared, plan.num_threads, name if one_per_site else None)
             for name in names
         ]
@@ -95,7 +115,7 @@ def run_job(
 
         val_index = np.concatenate([shard.val for shard in shards])
         controller = ControllerActor.options(namespace=namespace).remote(
-            job, sites, workers, one_per_site, val_index, len(dataset.test_labels)
+            job, sites, workers, one_per_site, val_index, len(dataset.test_labels), _resume_state(saved)
         )
         actors.append(controller)
         log.info(
@@ -105,10 +125,16 @@ def run_job(
         )
         _follow(controller, recorder, report)
         timings["workflows"], clock = _lap(clock)
+    except KeyboardInterrupt:
+        rounds = len(recorder.summary["rounds"])
+        raise JobInterrupted(
+            f"interrupted; {rounds} finished round(s) kept in {run_dir}" + (f", resume={run_dir} continues it" if rounds else "")
+        ) from None
     finally:
         _stop(actors, wait_for_scripts=bool(job["site"]["script"]))
         if started_ray:
             ray.shutdown()
+        interrupt.restore()
         timings["shutdown"], clock = _lap(clock)
         recorder.write(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
     return recorder.summary
@@ -179,6 +205,9 @@ def _follow(controller: ray.actor.ActorHandle, recorder: RunRecorder, report: Ca
         for event in ray.get(controller.drain_events.remote(), timeout=60):
             if event["type"] == "round":
                 recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
+                for site, (accuracy, result) in event.pop("improved_local_models").items():
+                    checkpoint.save_local_model(recorder.run_dir, site, accuracy, ray.get(result, timeout=60).params)
+                checkpoint.save_state(recorder.run_dir, event, recorder.summary["best_round"])
             elif event["type"] == "cross_site":
                 recorder.record_cross_site(event)
             report(event)
@@ -197,6 +226,37 @@ def _stop(actors: list[ray.actor.ActorHandle], wait_for_scripts: bool, timeout: 
         ray.wait(stopping, num_returns=len(stopping), timeout=timeout)
     for actor in actors:
         ray.kill(actor)
+
+
+def _resume_state(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The checkpoint's models, put into the object store for the controller."""
+    if not saved:
+        return None
+    return {
+        "next_round": saved["next_round"],
+        "global": ray.put(saved["global"]),
+        "best_global": ray.put(saved["best_global"]),
+        "best_val_accuracy": saved["best_val_accuracy"],
+        "best_local": {site: (accuracy, ray.put(FLModel(params=params)))
+                       for site, (accuracy, params) in saved["best_local"].items()},
+    }
+
+
+class _raise_on_sigterm:
+    """SIGTERM stops the job like Ctrl-C does: through the same clean-up (Ray's own handler just exits)."""
+
+    def __init__(self) -> None:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._interrupt)
+
+    @staticmethod
+    def _interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def _chw(images: np.ndarray) -> np.ndarray:

@@ -20,9 +20,11 @@ BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
 
 
 class RunRecorder:
-    def __init__(self, run_dir: str | os.PathLike, config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: str | os.PathLike, config: dict[str, Any], resumed: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.summary: dict[str, Any] = {"config": config, "rounds": [], "best_round": None, "wall_seconds": None}
+        if resumed:  # a resumed run goes on from the rounds it had finished
+            self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
 
     def record_round(self, event: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> None:
         models = self.run_dir / "models"

@@ -11,13 +11,14 @@ from omegaconf import DictConfig
 
 from fedray.config import ConfigError, load_config
 from fedray.datasets import DataError
-from fedray.job import JobFailed, run_job
+from fedray.checkpoint import ResumeError
+from fedray.job import JobFailed, JobInterrupted, run_job
 from fedray.resources import ResourceError
 
 log = logging.getLogger("fedray")
 
 # Errors that end a job with a one-line reason instead of a traceback.
-EXPECTED_ERRORS = (ConfigError, DataError, ResourceError, JobFailed)
+EXPECTED_ERRORS = (ConfigError, DataError, ResourceError, ResumeError, JobFailed)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
@@ -48,7 +49,7 @@ def main() -> None:
 
 def _exit(err: Exception) -> None:
     print(f"fedray: {err}", file=sys.stderr)
-    sys.exit(2 if isinstance(err, ConfigError) else 1)
+    sys.exit(2 if isinstance(err, ConfigError) else 130 if isinstance(err, JobInterrupted) else 1)
 
 
 if __name__ == "__main__":

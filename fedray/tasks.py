@@ -39,27 +39,54 @@ class Outcome:
 
 
 class WorkerPool:
-    """The site actors, which of them each site may use, and which are busy with abandoned tasks."""
+    """The site actors, which of them each site may use, and which cannot take work now.
 
-    def __init__(self, workers: Sequence[ActorHandle], home: Mapping[str, ActorHandle] | None = None) -> None:
+    A worker is *stuck* while it runs a task that was given up on (it gets no new
+    work until that task ends), *restarted* when a task of its timed out (Ray
+    starts it afresh with the same data), and *retired* once it died more often
+    than Ray may restart it.
+    """
+
+    def __init__(self, workers: Sequence[ActorHandle], home: Mapping[str, ActorHandle] | None = None,
+                 max_restarts: int = 0) -> None:
         self.workers = list(workers)
         self.home = dict(home or {})  # site -> its own actor, when each site has one
+        self.max_restarts = max_restarts
         self.stuck: dict[ActorHandle, ray.ObjectRef] = {}
+        self.deaths: dict[ActorHandle, int] = {}
 
     def candidates(self, site: str) -> list[ActorHandle]:
         return [self.home[site]] if site in self.home else self.workers
 
     def free(self) -> list[ActorHandle]:
-        """Workers not running a task that was given up on (those that finished it are free again)."""
+        """Workers that can take a task now (those that finished a given-up task are free again)."""
         if self.stuck:
             refs = list(self.stuck.values())
             finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            self.stuck = {w: r for w, r in self.stuck.items() if r not in finished}
-        return [w for w in self.workers if w not in self.stuck]
+            for worker, ref in list(self.stuck.items()):
+                if ref in finished:
+                    del self.stuck[worker]
+                    if _actor_failed(ref):  # the abandoned task went down with its actor: Ray restarts it
+                        self.died(worker)
+        return [w for w in self.workers if w not in self.stuck and not self.retired(w)]
 
-    def give_up(self, worker: ActorHandle, ref: ray.ObjectRef) -> None:
+    def retired(self, worker: ActorHandle) -> bool:
+        return self.deaths.get(worker, 0) > self.max_restarts
+
+    def give_up(self, worker: ActorHandle, ref: ray.ObjectRef, restart: bool = False) -> None:
+        """Stop waiting for `ref`; with `restart`, end it by restarting its actor (a hung task)."""
         ray.cancel(ref)  # drops it if still queued; a running actor task runs on
-        self.stuck[worker] = ref
+        if restart and self.max_restarts > 0:
+            ray.kill(worker, no_restart=self.deaths.get(worker, 0) + 1 > self.max_restarts)
+            self.died(worker)
+        else:
+            self.stuck[worker] = ref
+
+    def died(self, worker: ActorHandle) -> None:
+        """Ray restarts a dead actor; until it answers again, it is busy (calls would fail at once)."""
+        self.deaths[worker] = self.deaths.get(worker, 0) + 1
+        if not self.retired(worker):
+            self.stuck[worker] = worker.ready.options(max_task_retries=-1).remote()
 
 
 def gather(
@@ -91,11 +118,17 @@ def gather(
             _dispatch(queue, pool, set(pool.free()) - busy, in_flight)
 
             if not in_flight:
-                # Every worker the queued sites may use is still busy with a task given up on.
-                if timeout > 0 and now - began >= timeout:
+                # Every worker the queued sites may use is busy with a task given up on, or retired.
+                retired = [site for site, _ in queue if all(pool.retired(w) for w in pool.candidates(site))]
+                for site in retired:
+                    yield Outcome(site, failure="died", message="its actor died more often than site.max_restarts")
+                queue = deque(call for call in queue if call[0] not in retired)
+                if queue and timeout > 0 and now - began >= timeout:
                     for site, _ in queue:
                         yield Outcome(site, failure="timeout", message=f"no free worker in {timeout:g} s")
                     return
+                if not queue or not pool.stuck:
+                    continue
                 ray.wait(list(pool.stuck.values()), num_returns=1, timeout=POLL_SECONDS)
                 continue
 
@@ -108,6 +141,8 @@ def gather(
             for ref in ready:
                 site, worker, started = in_flight.pop(ref)
                 outcome = _collect(ref, site, started)
+                if outcome.failure == "died":
+                    pool.died(worker)
                 if outcome.ok:
                     successes += 1
                     if min_results is not None and successes >= min_results and enough_at is None:
@@ -119,7 +154,7 @@ def gather(
                 for ref, (site, worker, started) in list(in_flight.items()):
                     if now - started >= timeout:
                         del in_flight[ref]
-                        pool.give_up(worker, ref)
+                        pool.give_up(worker, ref, restart=True)
                         yield Outcome(site, failure="timeout", message=f"no answer in {timeout:g} s", seconds=now - started)
 
         now = time.monotonic()
@@ -145,6 +180,16 @@ def _dispatch(queue: deque, pool: WorkerPool, idle: set, in_flight: dict) -> Non
             continue
         idle.discard(worker)
         in_flight[call(worker)] = (site, worker, time.monotonic())
+
+
+def _actor_failed(ref: ray.ObjectRef) -> bool:
+    try:
+        ray.get(ref, timeout=0)
+    except RayActorError:
+        return True
+    except Exception:  # the task's own error, or a cancellation: the actor is fine
+        return False
+    return False
 
 
 def _collect(ref: ray.ObjectRef, site: str, started: float) -> Outcome:

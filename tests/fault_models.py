@@ -6,6 +6,7 @@ They tell sites apart by their actor's name, so jobs using them run one actor pe
 
 from __future__ import annotations
 
+import os
 import time
 
 import ray
@@ -37,7 +38,7 @@ class FaultyNet(Net):
     and whenever it evaluates in `fail_eval_sites`."""
 
     def __init__(self, slow_sites=(), delay: float = 0.0, fail_sites=(), fail_after_steps: int = 0,
-                 fail_eval_sites=()) -> None:
+                 fail_eval_sites=(), crash_sites=(), crash_once_file: str = "") -> None:
         super().__init__()
         self.site = _site_name()
         self.slow = self.site in slow_sites
@@ -46,10 +47,15 @@ class FaultyNet(Net):
         self.fail_after_steps = fail_after_steps
         self.steps = 0
         self.fails_eval = self.site in fail_eval_sites
+        # The process dies (as from out-of-memory) the first time it trains; the file remembers it did.
+        self.crash_file = f"{crash_once_file}.{self.site}" if self.site in crash_sites else ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.steps += 1
+            if self.crash_file and not os.path.exists(self.crash_file):
+                open(self.crash_file, "w").close()
+                os._exit(1)
             if self.slow:
                 time.sleep(self.delay)
             if self.fails and self.steps > self.fail_after_steps:

@@ -110,7 +110,7 @@ def test_too_few_results_stop_the_run_and_keep_earlier_rounds(job_config, tmp_pa
         "rounds=3", "min_clients=2", "site.num_actors=3",
         "model._target_=tests.fault_models.FaultyNet", "+model.fail_sites=[site-2,site-3]", "+model.fail_after_steps=18",
     )
-    with pytest.raises(JobFailed, match="round 1: 1 of 3 sites returned results, min_clients=2"):
+    with pytest.raises(JobFailed, match="round 1: only 1 sites can still answer, min_clients=2 needed"):
         run_job(job, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import ray
 from ray.actor import ActorHandle
@@ -19,7 +20,17 @@ log = logging.getLogger(__name__)
 
 
 class RoundFailed(RuntimeError):
-    """A round got fewer results than `min_clients`; earlier rounds' outputs are kept."""
+    """A round cannot go on (too few results, or an error with ignore_result_error=false).
+
+    Earlier rounds' outputs are kept; the message is one line with each site's failure.
+    """
+
+
+class LocalModel(NamedTuple):
+    """A site's best local model so far: the train result it came from, left in the object store."""
+
+    accuracy: float
+    result: ray.ObjectRef
 
 
 def scatter_and_gather(
@@ -28,7 +39,7 @@ def scatter_and_gather(
     global_params: Params,
     *,
     aggregate: Callable[[Iterator[tuple[Params, float]]], Params],
-    on_round_end: Callable[[int, ray.ObjectRef, dict, dict, float], None],
+    on_round_end: Callable[..., None],
     num_rounds: int,
     start_round: int = 0,
     min_clients: int | None = None,
@@ -36,15 +47,18 @@ def scatter_and_gather(
     train_timeout: float = 0.0,
     aggregation_weights: dict[str, float] | None = None,
     exclude_vars: str | None = None,
-    best_local_models: dict[str, ray.ObjectRef] | None = None,
+    ignore_result_error: Optional[bool] = None,
+    best_local_models: dict[str, LocalModel] | None = None,
 ) -> Params:
-    """Run FedAvg rounds; `on_round_end` gets each round's new global weights as one ObjectRef.
+    """Run FedAvg rounds `start_round .. num_rounds-1`.
 
-    `best_local_models` is updated in place: per site, the train result whose local model
-    scored best on the site's own validation split (an ObjectRef: the model stays in the object store).
+    After each round, `on_round_end(round, global_ref, sites, failures, seconds, improved)`
+    gets the new global weights as one ObjectRef and the sites whose best local model improved.
+    `ignore_result_error` is FLARE's: None ignores failed sites while `min_clients` can still
+    answer, False stops at the first failure, True always goes on with whatever arrived.
+    `best_local_models` is updated in place (ObjectRefs: the models stay in the object store).
     """
     best_local_models = {} if best_local_models is None else best_local_models
-    best_local_accuracy: dict[str, float] = {}
     min_clients = min_clients or len(sites)
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
@@ -63,39 +77,54 @@ def scatter_and_gather(
         )
         site_metrics: dict[str, dict] = {}
         failures: dict[str, dict] = {}
+        improved: dict[str, LocalModel] = {}
+        stop: list[str] = []
 
         def arriving_updates() -> Iterator[tuple[Params, float]]:
             for outcome in outcomes:
                 if not outcome.ok:
                     failures[outcome.site] = _failure(outcome)
                     log.warning("round %d: %s %s: %s", current_round, outcome.site, outcome.failure, outcome.message)
+                    reason = _must_stop(ignore_result_error, outcome, len(sites) - len(failures), min_clients)
+                    if reason:
+                        stop.append(reason)
+                        outcomes.close()  # gives up the tasks still running
+                        return
                     continue
                 result = outcome.value
                 steps = result.meta[NUM_STEPS_CURRENT_ROUND]
                 site_metrics[outcome.site] = {**result.metrics, "num_steps": steps}
                 local_accuracy = result.metrics.get("local_val_accuracy", float("nan"))
-                # Written so that NaN (no validation split) keeps the latest model.
-                if not local_accuracy <= best_local_accuracy.get(outcome.site, float("-inf")):
-                    best_local_accuracy[outcome.site] = local_accuracy
-                    best_local_models[outcome.site] = outcome.ref
+                best = best_local_models.get(outcome.site)
+                # Written so that NaN (no validation split, or a script site) keeps the latest model.
+                if best is None or not local_accuracy <= best.accuracy:
+                    best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, outcome.ref)
                 params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
                 yield params, factors.get(outcome.site, 1.0) * steps
 
-        try:
-            aggregated = aggregate(arriving_updates())
-        except Exception:
-            if site_metrics:
-                raise
-            aggregated = {}  # nobody answered: reported as a failed round just below
-        if len(site_metrics) < min_clients:
-            raise RoundFailed(
-                f"round {current_round}: {len(site_metrics)} of {len(sites)} sites returned results, "
-                f"min_clients={min_clients} needed ({_describe(failures)})"
-            )
+        aggregated = _aggregate_any(aggregate, arriving_updates())
+        if stop or (len(site_metrics) < min_clients and ignore_result_error is not True):
+            reason = stop[0] if stop else f"{len(site_metrics)} of {len(sites)} sites returned results, min_clients={min_clients} needed"
+            raise RoundFailed(f"round {current_round}: {reason} ({_describe(failures)})")
         global_params = {**global_params, **aggregated}
         global_ref = ray.put(global_params)
-        on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started)
+        on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved)
     return global_params
+
+
+def _must_stop(ignore_result_error: Optional[bool], outcome: Outcome, still_possible: int, min_clients: int) -> str:
+    """FLARE's ignore_result_error: why this failure ends the run, or "" to go on without the site."""
+    if ignore_result_error is False:
+        return f"{outcome.site} {outcome.failure} and ignore_result_error=false"
+    if ignore_result_error is None and still_possible < min_clients:
+        return f"only {still_possible} sites can still answer, min_clients={min_clients} needed"
+    return ""
+
+
+def _aggregate_any(aggregate: Callable, updates: Iterator[tuple[Params, float]]) -> Params:
+    """`aggregate(updates)`, or nothing when no site answered (aggregators need one update at least)."""
+    first = next(updates, None)
+    return {} if first is None else aggregate(itertools.chain([first], updates))
 
 
 def _train(site: str, global_ref: ray.ObjectRef, current_round: int, num_rounds: int, worker: ActorHandle):

@@ -1,0 +1,95 @@
+"""What a stopped run needs to continue, and reading it back for `resume=RUN_DIR`.
+
+After every round the driver has already written `models/FL_global_model.pt`
+(with its round number) and `models/best_FL_global_model.pt`; here it adds each
+site's best local model when it improves (`checkpoint/local_models/site-k.pt`)
+and, last, `checkpoint/state.json`. Training is seeded by (seed, round, site) and
+FedAvg does not depend on arrival order, so a resumed run ends with the same
+weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fedray.outputs import BEST_GLOBAL_MODEL, GLOBAL_MODEL, save_model, write_json
+
+STATE = "checkpoint/state.json"
+LOCAL_MODELS = "checkpoint/local_models"
+
+
+class ResumeError(RuntimeError):
+    """`resume=RUN_DIR` cannot continue that run; the message is one line naming the path."""
+
+
+def save_local_model(run_dir: Path, site: str, accuracy: float, params: Mapping[str, np.ndarray]) -> None:
+    save_model(run_dir / LOCAL_MODELS / f"{site}.pt", params, local_val_accuracy=accuracy)
+
+
+def save_state(run_dir: Path, event: Mapping[str, Any], best_round: int | None) -> None:
+    write_json(run_dir / STATE, {
+        "last_round": event["round"],
+        "num_rounds": event["num_rounds"],
+        "best_round": best_round,
+        "best_val_accuracy": _json_number(event["best_val_accuracy"]),
+    })
+
+
+def load(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A stopped run's config, summary and models, checked against its model before any Ray work."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    where = f"resume={run_dir}"
+    summary_path, global_path = run_dir / "summary.json", run_dir / "models" / GLOBAL_MODEL
+    if not summary_path.is_file() or not global_path.is_file():
+        raise ResumeError(f"{where}: no finished round to resume (needs summary.json and models/{GLOBAL_MODEL})")
+    try:
+        summary = json.loads(summary_path.read_text())
+        state = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else {}
+        saved_global = torch.load(global_path, map_location="cpu")
+    except Exception as err:
+        raise ResumeError(f"{where}: cannot read its checkpoint ({type(err).__name__}: {err})".splitlines()[0]) from None
+    config = summary["config"]
+    model = instantiate(OmegaConf.create(config["model"]))
+    global_params = _checked(model, saved_global, global_path, config)
+    best_path = run_dir / "models" / BEST_GLOBAL_MODEL
+    best_params = _checked(model, torch.load(best_path, map_location="cpu"), best_path, config) if best_path.is_file() else global_params
+    local_models = {}
+    for path in sorted((run_dir / LOCAL_MODELS).glob("*.pt")):
+        saved = torch.load(path, map_location="cpu")
+        local_models[path.stem] = (float(saved.get("local_val_accuracy", math.nan)), _checked(model, saved, path, config))
+    best_val = state.get("best_val_accuracy")
+    return {
+        "run_dir": run_dir,
+        "config": config,
+        "summary": summary,
+        # The model file is the truth: state.json is written after it, so it may lag by a round.
+        "next_round": int(saved_global["round"]) + 1,
+        "global": global_params,
+        "best_global": best_params,
+        "best_val_accuracy": -math.inf if best_val is None else best_val,
+        "best_local": local_models,
+    }
+
+
+def _checked(model: torch.nn.Module, saved: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    try:
+        model.load_state_dict(saved["model"], strict=True)
+    except (RuntimeError, KeyError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ResumeError(
+            f"resume: {path} does not match model._target_={config['model']['_target_']} ({reason})"
+        ) from None
+    return {name: value.numpy() for name, value in saved["model"].items()}
+
+
+def _json_number(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else value

@@ -1,0 +1,117 @@
+"""Failing, hung and crashed sites, interrupted and resumed runs, bad checkpoints: on real Ray."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fedray import JobFailed, run_job
+from fedray.checkpoint import ResumeError, load
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAULTY = ["site.num_actors=3", "model._target_=tests.fault_models.FaultyNet"]
+
+
+def test_a_site_raising_is_recorded_and_the_run_goes_on(job_config, tmp_path):
+    job = job_config(*FAULTY, "min_clients=2", "+model.fail_sites=[site-3]", "workflows.cross_site_validate.enabled=false")
+    summary = run_job(job, tmp_path)
+    assert len(summary["rounds"]) == 2
+    for entry in summary["rounds"]:
+        assert set(entry["sites"]) == {"site-1", "site-2"}
+        assert entry["failures"]["site-3"]["kind"] == "error"
+        assert "injected failure in site-3" in entry["failures"]["site-3"]["message"]
+
+
+def test_ignore_result_error_false_stops_at_the_first_failure(job_config, tmp_path):
+    job = job_config(*FAULTY, "min_clients=1", "+model.fail_sites=[site-3]",
+                     "workflows.scatter_and_gather.ignore_result_error=false")
+    with pytest.raises(JobFailed, match="round 0: site-3 error and ignore_result_error=false"):
+        run_job(job, tmp_path)
+
+
+def test_ignore_result_error_true_goes_on_below_min_clients(job_config, tmp_path):
+    job = job_config(*FAULTY, "rounds=1", "+model.fail_sites=[site-3]",
+                     "workflows.scatter_and_gather.ignore_result_error=true", "workflows.cross_site_validate.enabled=false")
+    summary = run_job(job, tmp_path)  # min_clients defaults to all three
+    assert set(summary["rounds"][0]["sites"]) == {"site-1", "site-2"}
+
+
+def test_a_hung_site_is_timed_out_and_restarted_in_bounded_time(job_config, tmp_path):
+    job = job_config(*FAULTY, "min_clients=2", "+model.slow_sites=[site-3]", "+model.delay=600",
+                     "workflows.scatter_and_gather.train_timeout=6",
+                     "workflows.scatter_and_gather.wait_time_after_min_received=600")
+    started = time.monotonic()
+    summary = run_job(job, tmp_path)
+    assert time.monotonic() - started < 150
+    assert [entry["failures"]["site-3"]["kind"] for entry in summary["rounds"]] == ["timeout", "timeout"]
+    assert all(set(entry["sites"]) == {"site-1", "site-2"} for entry in summary["rounds"])
+
+
+def test_a_crashed_site_actor_is_restarted_and_rejoins(job_config, tmp_path):
+    job = job_config(*FAULTY, "min_clients=2", "+model.crash_sites=[site-2]",
+                     f"+model.crash_once_file={tmp_path}/crashed",
+                     "workflows.scatter_and_gather.wait_time_after_min_received=60")  # see the death, not just a late site
+    summary = run_job(job, tmp_path / "run")
+    first, second = summary["rounds"]
+    assert first["failures"]["site-2"]["kind"] == "died"
+    assert set(second["sites"]) == {"site-1", "site-2", "site-3"}  # back with its data after Ray restarted it
+    assert "site-2" in summary["cross_site"]["results"]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_midway_and_resumed_ends_with_the_same_weights(job_config, tiny_cifar, tmp_path):
+    overrides = [f"data.root={tiny_cifar}", "data.download=false", "data.check_integrity=false", "num_clients=3",
+                 "rounds=4", "lr=0.05", "local_epochs=2", "eval_batch_size=500", "seed=3", *FAULTY,
+                 "+model.slow_sites=[site-1,site-2,site-3]", "+model.delay=0.15"]
+    straight = run_job(job_config(*overrides[3:]), tmp_path / "straight")
+
+    run_dir = tmp_path / "stopped"
+    env = {**os.environ, "PYTHONPATH": REPO, "RAY_ADDRESS": ""}
+    command = [sys.executable, "-m", "fedray.run", *overrides, f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not _rounds_done(run_dir) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert _rounds_done(run_dir) in (1, 2, 3), "the run should be stopped mid-way"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    errors = [line for line in err.splitlines() if line.startswith("fedray:")]
+    assert len(errors) == 1 and "interrupted" in errors[0] and f"resume={run_dir}" in errors[0]
+    kept = _rounds_done(run_dir)
+    assert torch.load(run_dir / "models" / "FL_global_model.pt")["round"] == kept - 1
+
+    resumed = subprocess.run([sys.executable, "-m", "fedray.run", f"resume={run_dir}", f"hydra.run.dir={tmp_path}/log"],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
+    ours = torch.load(run_dir / "models" / "FL_global_model.pt")["model"]
+    theirs = torch.load(tmp_path / "straight" / "models" / "FL_global_model.pt")["model"]
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert summary["best_round"] == straight["best_round"]
+
+
+def _rounds_done(run_dir) -> int:
+    try:
+        return len(json.loads((run_dir / "summary.json").read_text())["rounds"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_a_checkpoint_of_another_model_is_refused_before_ray(job_config, tmp_path):
+    run_job(job_config("rounds=1", "workflows.cross_site_validate.enabled=false"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary["config"]["model"] = {"_target_": "torchvision.models.resnet18"}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ResumeError, match="FL_global_model.pt does not match model._target_=torchvision.models.resnet18"):
+        load(tmp_path)
+    with pytest.raises(ResumeError, match="no finished round"):
+        load(tmp_path / "nothing")
