@@ -79,7 +79,8 @@ class PreTrainConfig:
 @dataclass
 class ScatterAndGatherConfig:
     enabled: bool = True
-    min_clients: Optional[int] = None  # null: all sites
+    min_clients: Optional[int] = None  # null: all sites sent the task
+    clients_per_round: Optional[int] = None  # sites sampled (seeded) each round; null: all
     num_rounds: int = 5
     start_round: int = 0
     wait_time_after_min_received: float = 0.0
@@ -92,6 +93,7 @@ class ScatterAndGatherConfig:
 @dataclass
 class CrossSiteValidateConfig:
     enabled: bool = True
+    max_participants: int = 32  # with more sites and no participating_clients, a seeded sample this size
     submit_model_timeout: float = 0.0  # 0: no limit
     validation_timeout: float = 0.0
     participating_clients: Optional[List[str]] = None  # null: all sites
@@ -109,6 +111,7 @@ class JobConfig:
     num_clients: int = 8
     rounds: int = 5
     min_clients: Optional[int] = None
+    clients_per_round: Optional[int] = None
     seed: int = 0
     local_epochs: int = 1
     batch_size: int = 32
@@ -223,11 +226,17 @@ def validate(cfg: DictConfig) -> None:
         "workflows.scatter_and_gather.start_round",
         f"must be in [0, num_rounds={sag.num_rounds})",
     )
+    per_round = sag.clients_per_round or cfg.num_clients
+    require(
+        1 <= per_round <= cfg.num_clients,
+        "clients_per_round",
+        f"must be between 1 and num_clients={cfg.num_clients} (or null for all sites)",
+    )
     if sag.min_clients is not None:
         require(
-            1 <= sag.min_clients <= cfg.num_clients,
-            "workflows.scatter_and_gather.min_clients",
-            f"must be between 1 and num_clients={cfg.num_clients}",
+            1 <= sag.min_clients <= per_round,
+            "min_clients",
+            f"must be between 1 and the sites sent the task each round ({per_round})",
         )
     for key in ("wait_time_after_min_received", "train_timeout"):
         require(sag[key] >= 0, f"workflows.scatter_and_gather.{key}", "must be >= 0 seconds")
@@ -244,6 +253,7 @@ def validate(cfg: DictConfig) -> None:
             ) from None
 
     csv = cfg.workflows.cross_site_validate
+    require(csv.max_participants >= 1, "workflows.cross_site_validate.max_participants", "must be at least 1")
     for key in ("submit_model_timeout", "validation_timeout"):
         require(csv[key] >= 0, f"workflows.cross_site_validate.{key}", "must be >= 0 seconds (0: no limit)")
     if csv.participating_clients is not None:

@@ -21,11 +21,12 @@ from ray.actor import ActorHandle
 
 from fedray.aggregation import Params, pool_metrics
 from fedray.tasks import WorkerPool
-from fedray.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, scatter_and_gather
+from fedray.workflows import SERVER_MODELS, LocalModel, sample_sites, cross_site_model_eval, initialize_global_weights, scatter_and_gather
 
 log = logging.getLogger(__name__)
 
 EVALUATION_TIMEOUT = 600.0
+CROSS_SITE_DRAW = 2**31 - 1  # the "round" seeding cross-site's sample, apart from every training round's
 
 
 class Controller:
@@ -95,6 +96,8 @@ class Controller:
             num_rounds=args["num_rounds"],
             start_round=self.resume["next_round"] if self.resume else args["start_round"],
             min_clients=args["min_clients"],
+            clients_per_round=args["clients_per_round"],
+            seed=self.job["seed"],
             wait_time_after_min_received=args["wait_time_after_min_received"],
             train_timeout=args["train_timeout"],
             aggregation_weights=args["aggregation_weights"],
@@ -107,6 +110,14 @@ class Controller:
         if self.global_ref is None:  # no FedAvg round ran: the server's model is the initial one
             self.global_ref = self.best_global_ref = ray.put(params)
         participating = args["participating_clients"] or self.sites
+        if not args["participating_clients"] and len(self.sites) > args["max_participants"]:
+            # Sites that never trained (clients_per_round) have no local model: sample among those that did.
+            trained = [site for site in self.sites if site in self.best_local_models]
+            pool = trained if len(trained) >= args["max_participants"] else self.sites
+            participating = sample_sites(pool, args["max_participants"], self.job["seed"], CROSS_SITE_DRAW)
+            log.warning("cross_site_validate: %d sites would make a %d x %d matrix; validating a seeded sample of %d "
+                        "(set workflows.cross_site_validate.participating_clients or max_participants to choose)",
+                        len(self.sites), len(self.sites), len(self.sites) + 2, len(participating))
         outcome = cross_site_model_eval(
             participating,
             self.pool,

@@ -9,6 +9,7 @@ import time
 from functools import partial
 from typing import Callable, Iterator, NamedTuple, Optional
 
+import numpy as np
 import ray
 from ray.actor import ActorHandle
 
@@ -43,6 +44,8 @@ def scatter_and_gather(
     num_rounds: int,
     start_round: int = 0,
     min_clients: int | None = None,
+    clients_per_round: int | None = None,
+    seed: int = 0,
     wait_time_after_min_received: float = 0.0,
     train_timeout: float = 0.0,
     aggregation_weights: dict[str, float] | None = None,
@@ -59,7 +62,8 @@ def scatter_and_gather(
     `best_local_models` is updated in place (ObjectRefs: the models stay in the object store).
     """
     best_local_models = {} if best_local_models is None else best_local_models
-    min_clients = min_clients or len(sites)
+    per_round = clients_per_round or len(sites)
+    min_clients = min_clients or per_round
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
 
@@ -67,7 +71,8 @@ def scatter_and_gather(
     global_ref = ray.put(global_params)
     for current_round in range(start_round, num_rounds):
         started = time.perf_counter()
-        calls = [(site, partial(_train, site, global_ref, current_round, num_rounds)) for site in sites]
+        chosen = sample_sites(sites, per_round, seed, current_round)
+        calls = [(site, partial(_train, site, global_ref, current_round, num_rounds)) for site in chosen]
         outcomes = gather(
             calls,
             pool,
@@ -85,7 +90,7 @@ def scatter_and_gather(
                 if not outcome.ok:
                     failures[outcome.site] = _failure(outcome)
                     log.warning("round %d: %s %s: %s", current_round, outcome.site, outcome.failure, outcome.message)
-                    reason = _must_stop(ignore_result_error, outcome, len(sites) - len(failures), min_clients)
+                    reason = _must_stop(ignore_result_error, outcome, len(chosen) - len(failures), min_clients)
                     if reason:
                         stop.append(reason)
                         outcomes.close()  # gives up the tasks still running
@@ -104,12 +109,20 @@ def scatter_and_gather(
 
         aggregated = _aggregate_any(aggregate, arriving_updates())
         if stop or (len(site_metrics) < min_clients and ignore_result_error is not True):
-            reason = stop[0] if stop else f"{len(site_metrics)} of {len(sites)} sites returned results, min_clients={min_clients} needed"
+            reason = stop[0] if stop else f"{len(site_metrics)} of {len(chosen)} sites returned results, min_clients={min_clients} needed"
             raise RoundFailed(f"round {current_round}: {reason} ({_describe(failures)})")
         global_params = {**global_params, **aggregated}
         global_ref = ray.put(global_params)
         on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved)
     return global_params
+
+
+def sample_sites(sites: list[str], count: int, seed: int, current_round: int) -> list[str]:
+    """The sites that train in `current_round`: all of them, or a sample fixed by (seed, round)."""
+    if count >= len(sites):
+        return list(sites)
+    picked = np.random.default_rng([seed, current_round]).choice(len(sites), size=count, replace=False)
+    return [sites[i] for i in sorted(picked)]
 
 
 def _must_stop(ignore_result_error: Optional[bool], outcome: Outcome, still_possible: int, min_clients: int) -> str:

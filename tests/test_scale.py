@@ -1,0 +1,60 @@
+"""Many clients on a fixed pool of actors: memory bounded by actors, not by clients."""
+
+import threading
+import time
+
+import psutil
+import pytest
+
+from fedray import load_config, run_job
+from fedray.workflows import sample_sites
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_sampling_is_seeded_per_round():
+    sites = [f"site-{k}" for k in range(1, 101)]
+    first = sample_sites(sites, 10, seed=0, current_round=3)
+    assert first == sample_sites(sites, 10, seed=0, current_round=3) and len(set(first)) == 10
+    assert first != sample_sites(sites, 10, seed=0, current_round=4)
+    assert sample_sites(sites, 100, seed=0, current_round=0) == sites
+
+
+class _SiteWorkerMemory:
+    """Samples the processes Ray runs site actors in (their title is ray::SiteWorker...)."""
+
+    def __init__(self) -> None:
+        self.peak_rss = 0
+        self.peak_processes = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while self.running:
+            rss, count = 0, 0
+            for process in psutil.process_iter(["cmdline", "memory_info"]):
+                if "ray::SiteWorker" in " ".join(process.info["cmdline"] or []):
+                    rss += process.info["memory_info"].rss
+                    count += 1
+            self.peak_rss, self.peak_processes = max(self.peak_rss, rss), max(self.peak_processes, count)
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_thousand_clients_fifty_per_round_on_two_actors(tmp_path):
+    cfg = load_config(["num_clients=1000", "clients_per_round=50", "rounds=2", "data=synthetic",
+                       "data.num_train=5000", "data.num_test=500", "data.val_fraction=0.2"])
+    memory = _SiteWorkerMemory()
+    memory.thread.start()
+    try:
+        summary = run_job(cfg, tmp_path)
+    finally:
+        memory.running = False
+        memory.thread.join(5)
+    assert [len(r["sites"]) for r in summary["rounds"]] == [50, 50]
+    assert summary["rounds"][0]["sites"].keys() != summary["rounds"][1]["sites"].keys()
+    # The session's Ray has 2 CPUs: a pool of 2 actors serves all 1000 sites.
+    assert memory.peak_processes <= 2
+    assert memory.peak_rss < 2 * 1024**3
+    results = summary["cross_site"]["results"]
+    assert len(results) == 32  # a seeded sample of sites that trained, not a 1000 x 1002 matrix
