@@ -17,13 +17,15 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from fedray.config import site_names, validate
+from fedray.cluster import ray_for
+from fedray.config import ConfigError, site_names, validate
 from fedray.controller import ControllerActor
-from fedray.datasets import load_dataset
+from fedray.datasets import DataError, load_dataset
 from fedray.outputs import RunRecorder
-from fedray.partition import partition
-from fedray.resources import plan_sites
+from fedray.partition import Shard, partition
+from fedray.resources import ResourceError, plan_sites
 from fedray.sites import SiteWorkerActor
+from fedray.synthetic import Dataset
 
 log = logging.getLogger("fedray")
 
@@ -34,20 +36,49 @@ class JobFailed(RuntimeError):
     """The job stopped; the message is one line, and the run dir keeps what finished rounds produced."""
 
 
+# What users can cause (a bad key, a missing dataset, an impossible placement, a failed round):
+# each says in one line what to change, so it needs no type name and no traceback.
+USER_ERRORS = (ConfigError, DataError, ResourceError, JobFailed)
+
+
 def run_job(
     cfg: DictConfig,
     run_dir: str | os.PathLike,
     on_event: Optional[Callable[[dict[str, Any]], None]] = None,
+    keep_ray: bool = False,
 ) -> dict[str, Any]:
-    """Run one fedray job and return its summary (also written to `run_dir/summary.json`)."""
-    validate(cfg)
-    job = OmegaConf.to_container(cfg, resolve=True)
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    report = on_event or log_event
-    timings: dict[str, float] = {}
-    began = clock = time.perf_counter()
+    """Run one fedray job and return its summary (also written to `run_dir/summary.json`).
 
+    summary.json says `status: completed` or `failed` with a one-line `error`, and keeps what
+    finished rounds produced. `keep_ray`: leave a Ray this job started up for the next job
+    (a sweep's; see fedray/cluster.py).
+    """
+    began = time.perf_counter()
+    recorder = RunRecorder(Path(run_dir).resolve())
+    timings: dict[str, float] = {}
+    try:
+        validate(cfg)
+        recorder.summary["config"] = OmegaConf.to_container(cfg, resolve=True)
+        _run(cfg, recorder, on_event or log_event, keep_ray, timings)
+    except BaseException as err:
+        recorder.summary.update(status="failed", error=str(err) if isinstance(err, USER_ERRORS) else _first_line(err))
+        raise
+    else:
+        recorder.summary["status"] = "completed"
+    finally:
+        recorder.write(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
+    return recorder.summary
+
+
+def _run(
+    cfg: DictConfig,
+    recorder: RunRecorder,
+    report: Callable[[dict[str, Any]], None],
+    keep_ray: bool,
+    timings: dict[str, float],
+) -> None:
+    job = recorder.summary["config"]
+    clock = time.perf_counter()
     dataset = load_dataset(cfg.data)  # before Ray: a bad data path fails in a second, not after start-up
     shards = partition(
         dataset.train_labels,
@@ -60,17 +91,32 @@ def run_job(
     )
     timings["data"], clock = _lap(clock)
 
-    started_ray = _connect(job["ray"])
-    timings["ray_start"], clock = _lap(clock)
+    with ray_for(job["ray"], keep=keep_ray):
+        timings["ray_start"], clock = _lap(clock)
+        workflows_ended = _run_sites(cfg, job, dataset, shards, recorder, report, timings)
+    timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
+
+
+def _run_sites(
+    cfg: DictConfig,
+    job: dict[str, Any],
+    dataset: Dataset,
+    shards: list[Shard],
+    recorder: RunRecorder,
+    report: Callable[[dict[str, Any]], None],
+    timings: dict[str, float],
+) -> float:
+    """Start the site actors and the controller on the connected Ray, follow the workflows, kill the actors."""
+    clock = time.perf_counter()
     actors: list[ray.actor.ActorHandle] = []
-    recorder = RunRecorder(run_dir, job)
     try:
         cluster = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
         sites = site_names(cfg.num_clients)
         namespace = f"fedray-{uuid.uuid4().hex[:8]}"
-        # One copy of the data in the object store, read zero-copy by every actor on a node.
+        # One copy of the data in the object store, read zero-copy by every actor on a node;
+        # other nodes fetch it from the driver's, so only the driver's node needs the files.
         shared = [
             ray.put(dict(zip(sites, shards))),
             ray.put(_chw(dataset.train_images)),
@@ -98,18 +144,14 @@ def run_job(
         log.info(
             "%d sites on %d %s actors (%g CPU, %g GPU, %d threads each); run dir %s",
             len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
-            plan.num_threads, run_dir,
+            plan.num_threads, recorder.run_dir,
         )
         _follow(controller, recorder, report)
         timings["workflows"], clock = _lap(clock)
+        return clock
     finally:
         for actor in actors:
             ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
-        timings["shutdown"], clock = _lap(clock)
-        recorder.write(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
-    return recorder.summary
 
 
 def log_event(event: dict[str, Any]) -> None:
@@ -122,26 +164,6 @@ def log_event(event: dict[str, Any]) -> None:
         event["round"] + 1, event["num_rounds"], metrics["val_accuracy"], metrics["test_accuracy"],
         metrics["test_loss"], len(event["sites"]), event["num_sites"], event["seconds"],
     )
-
-
-def _connect(ray_cfg: dict[str, Any]) -> bool:
-    """Join `ray.address` or $RAY_ADDRESS, else start a private local Ray; True if we started it."""
-    if ray.is_initialized():
-        return False
-    address = ray_cfg["address"] or os.environ.get("RAY_ADDRESS")
-    options: dict[str, Any] = dict(
-        include_dashboard=ray_cfg["dashboard"],
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
-    if address:
-        ray.init(address=address, **options)
-    else:
-        # "local": never join a stale cluster someone else left on this machine. Ray turns token
-        # auth on for it by default and says so at every start; that notice is noise here.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(address="local", num_cpus=ray_cfg["num_cpus"], num_gpus=ray_cfg["num_gpus"], **options)
-    return True
 
 
 def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
