@@ -50,7 +50,8 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
         log.exception("job %d failed", hydra_cfg.job.num)
         _sweep_failed[hydra_cfg.job.num] = True
         return None
-    _sweep_failed[hydra_cfg.job.num] = False
+    if sweeping:  # hydra.job.num exists in sweeps only
+        _sweep_failed[hydra_cfg.job.num] = False
     best = summary["best_round"]
     if best is None:
         return None
