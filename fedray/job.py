@@ -20,14 +20,17 @@ from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedray import checkpoint
-from fedray.config import site_names, validate
+from fedray.checkpoint import ResumeError
+from fedray.cluster import ray_for
+from fedray.config import ConfigError, site_names, validate
 from fedray.controller import ControllerActor
-from fedray.datasets import load_dataset
+from fedray.datasets import DataError, load_dataset
 from fedray.fl_model import FLModel
 from fedray.outputs import RunRecorder, cross_site_table
-from fedray.partition import partition
-from fedray.resources import plan_sites
+from fedray.partition import Shard, partition
+from fedray.resources import ResourceError, plan_sites
 from fedray.sites import SiteWorkerActor
+from fedray.synthetic import Dataset
 
 log = logging.getLogger("fedray")
 
@@ -42,33 +45,68 @@ class JobInterrupted(JobFailed):
     """Ctrl-C or SIGTERM: the actors are gone, Ray is shut down, finished rounds are on disk."""
 
 
+# What users can cause (a bad key, a missing dataset, an impossible placement, a failed round):
+# each says in one line what to change, so it needs no type name and no traceback.
+USER_ERRORS = (ConfigError, DataError, ResourceError, ResumeError, JobFailed)
+
+
 def run_job(
     cfg: DictConfig,
     run_dir: str | os.PathLike,
     on_event: Optional[Callable[[dict[str, Any]], None]] = None,
+    keep_ray: bool = False,
 ) -> dict[str, Any]:
     """Run one fedray job and return its summary (also written to `run_dir/summary.json`).
 
-    With `resume=RUN_DIR` in `cfg`, that stopped run continues in its own dir, with its own config.
+    summary.json says `status: completed` or `failed` with a one-line `error`, and keeps what
+    finished rounds produced. With `resume=RUN_DIR` in `cfg`, that stopped run continues in its
+    own dir, with its own config. `keep_ray`: leave a Ray this job started up for the next job
+    (a sweep's; see fedray/cluster.py).
     """
+    began = time.perf_counter()
     validate(cfg)
     saved = checkpoint.load(cfg.resume) if cfg.resume else None  # before Ray: a bad checkpoint fails fast
     if saved:
         cfg = OmegaConf.create({key: value for key, value in saved["config"].items() if key != "job_id"})
         run_dir = saved["run_dir"]
         log.info("resuming %s at round %d with its own config", run_dir, saved["next_round"] + 1)
-    job = OmegaConf.to_container(cfg, resolve=True)
-    job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
-    if job["site"]["script"]:
-        job["site"]["script"] = os.path.abspath(job["site"]["script"])
-    if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
-        raise JobFailed(f"resume={run_dir}: that run already finished all its rounds")
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    report = on_event or log_event
+    recorder = RunRecorder(Path(run_dir).resolve(), resumed=saved["summary"] if saved else None)
     timings: dict[str, float] = {}
-    began = clock = time.perf_counter()
+    try:
+        job = OmegaConf.to_container(cfg, resolve=True)
+        job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
+        if job["site"]["script"]:
+            job["site"]["script"] = os.path.abspath(job["site"]["script"])
+        recorder.summary["config"] = job
+        if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
+            raise JobFailed(f"resume={recorder.run_dir}: that run already finished all its rounds")
+        _run(cfg, job, saved, recorder, on_event or log_event, keep_ray, timings)
+    except KeyboardInterrupt:
+        rounds, where = len(recorder.summary["rounds"]), recorder.run_dir
+        err = JobInterrupted(f"interrupted; {rounds} finished round(s) kept in {where}"
+                             + (f", resume={where} continues it" if rounds else ""))
+        recorder.summary.update(status="failed", error=str(err))
+        raise err from None
+    except BaseException as err:
+        recorder.summary.update(status="failed", error=str(err) if isinstance(err, USER_ERRORS) else _first_line(err))
+        raise
+    else:
+        recorder.summary.update(status="completed", error=None)
+    finally:
+        recorder.write(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
+    return recorder.summary
 
+
+def _run(
+    cfg: DictConfig,
+    job: dict[str, Any],
+    saved: dict[str, Any] | None,
+    recorder: RunRecorder,
+    report: Callable[[dict[str, Any]], None],
+    keep_ray: bool,
+    timings: dict[str, float],
+) -> None:
+    clock = time.perf_counter()
     dataset = load_dataset(cfg.data)  # before Ray: a bad data path fails in a second, not after start-up
     shards = partition(
         dataset.train_labels,
@@ -81,18 +119,37 @@ def run_job(
     )
     timings["data"], clock = _lap(clock)
 
-    started_ray = _connect(job["ray"])
-    timings["ray_start"], clock = _lap(clock)
-    actors: list[ray.actor.ActorHandle] = []
-    recorder = RunRecorder(run_dir, job, saved["summary"] if saved else None)
     interrupt = _raise_on_sigterm()
+    try:
+        with ray_for(job["ray"], keep=keep_ray):
+            timings["ray_start"], clock = _lap(clock)
+            workflows_ended = _run_sites(cfg, job, saved, dataset, shards, recorder, report, timings)
+        timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
+    finally:
+        interrupt.restore()
+
+
+def _run_sites(
+    cfg: DictConfig,
+    job: dict[str, Any],
+    saved: dict[str, Any] | None,
+    dataset: Dataset,
+    shards: list[Shard],
+    recorder: RunRecorder,
+    report: Callable[[dict[str, Any]], None],
+    timings: dict[str, float],
+) -> float:
+    """Start the site actors and the controller on the connected Ray, follow the workflows, stop the actors."""
+    clock = time.perf_counter()
+    actors: list[ray.actor.ActorHandle] = []
     try:
         cluster = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
         plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
         sites = site_names(cfg.num_clients)
         namespace = job["job_id"]
-        # One copy of the data in the object store, read zero-copy by every actor on a node.
+        # One copy of the data in the object store, read zero-copy by every actor on a node;
+        # other nodes fetch it from the driver's, so only the driver's node needs the files.
         shared = [
             ray.put(dict(zip(sites, shards))),
             ray.put(_chw(dataset.train_images)),
@@ -121,23 +178,13 @@ def run_job(
         log.info(
             "%d sites on %d %s actors (%g CPU, %g GPU, %d threads each); run dir %s",
             len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
-            plan.num_threads, run_dir,
+            plan.num_threads, recorder.run_dir,
         )
         _follow(controller, recorder, report)
         timings["workflows"], clock = _lap(clock)
-    except KeyboardInterrupt:
-        rounds = len(recorder.summary["rounds"])
-        raise JobInterrupted(
-            f"interrupted; {rounds} finished round(s) kept in {run_dir}" + (f", resume={run_dir} continues it" if rounds else "")
-        ) from None
+        return clock
     finally:
         _stop(actors, wait_for_scripts=bool(job["site"]["script"]))
-        if started_ray:
-            ray.shutdown()
-        interrupt.restore()
-        timings["shutdown"], clock = _lap(clock)
-        recorder.write(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
-    return recorder.summary
 
 
 def log_event(event: dict[str, Any]) -> None:
@@ -158,26 +205,6 @@ def log_event(event: dict[str, Any]) -> None:
         event["round"] + 1, event["num_rounds"], metrics["val_accuracy"], metrics["test_accuracy"],
         metrics["test_loss"], len(event["sites"]), event["num_sites"], event["seconds"],
     )
-
-
-def _connect(ray_cfg: dict[str, Any]) -> bool:
-    """Join `ray.address` or $RAY_ADDRESS, else start a private local Ray; True if we started it."""
-    if ray.is_initialized():
-        return False
-    address = ray_cfg["address"] or os.environ.get("RAY_ADDRESS")
-    options: dict[str, Any] = dict(
-        include_dashboard=ray_cfg["dashboard"],
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-    )
-    if address:
-        ray.init(address=address, **options)
-    else:
-        # "local": never join a stale cluster someone else left on this machine. Ray turns token
-        # auth on for it by default and says so at every start; that notice is noise here.
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        ray.init(address="local", num_cpus=ray_cfg["num_cpus"], num_gpus=ray_cfg["num_gpus"], **options)
-    return True
 
 
 def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:

@@ -20,9 +20,17 @@ BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
 
 
 class RunRecorder:
-    def __init__(self, run_dir: str | os.PathLike, config: dict[str, Any], resumed: dict[str, Any] | None = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike, config: dict[str, Any] | None = None,
+                 resumed: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.summary: dict[str, Any] = {"config": config, "rounds": [], "best_round": None, "wall_seconds": None}
+        self.summary: dict[str, Any] = {
+            "status": "running",  # then completed or failed, with a one-line error
+            "error": None,
+            "config": config,
+            "rounds": [],
+            "best_round": None,
+            "wall_seconds": None,
+        }
         if resumed:  # a resumed run goes on from the rounds it had finished
             self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
 

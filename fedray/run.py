@@ -4,47 +4,119 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Optional
 
 import hydra
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fedray.cluster import release
 from fedray.config import ConfigError, load_config
-from fedray.datasets import DataError
-from fedray.checkpoint import ResumeError
-from fedray.job import JobFailed, JobInterrupted, run_job
-from fedray.resources import ResourceError
+from fedray.job import USER_ERRORS, JobInterrupted, run_job
 
 log = logging.getLogger("fedray")
 
-# Errors that end a job with a one-line reason instead of a traceback.
-EXPECTED_ERRORS = (ConfigError, DataError, ResourceError, ResumeError, JobFailed)
+MULTIRUN_FLAGS = ("-m", "--multirun")
+HYDRA_OVERRIDES = ("hydra.", "hydra/", "+hydra", "~hydra")
+
+# Whether each of a sweep's jobs failed, by Hydra's job number: a failed job does not stop the
+# sweep, and main() exits non-zero at its end.
+_sweep_failed: dict[int, bool] = {}
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base=None)
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> Optional[float]:
+    """Run one job; return its best global validation accuracy, the objective sweeper plugins maximize."""
+    hydra_cfg = HydraConfig.get()
+    sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        summary = run_job(cfg, HydraConfig.get().runtime.output_dir)
-    except EXPECTED_ERRORS as err:
+        # A sweep's jobs share one local Ray (2x faster on 4 tiny jobs); a failed job takes it down.
+        summary = run_job(cfg, hydra_cfg.runtime.output_dir, keep_ray=sweeping)
+    except USER_ERRORS as err:
         log.error("%s", err)
-        _exit(err)
+        if not sweeping:
+            _exit(err)
+        print(f"fedray: job {hydra_cfg.job.num}: {err}", file=sys.stderr)
+        _sweep_failed[hydra_cfg.job.num] = True
+        return None
+    except Exception:
+        if not sweeping:
+            raise
+        # A bug rather than a bad input: the traceback goes to this job's run.log, the sweep goes on.
+        log.exception("job %d failed", hydra_cfg.job.num)
+        _sweep_failed[hydra_cfg.job.num] = True
+        return None
+    if sweeping:  # hydra.job.num exists in sweeps only
+        _sweep_failed[hydra_cfg.job.num] = False
     best = summary["best_round"]
-    if best is not None:
-        metrics = summary["rounds"][[r["round"] for r in summary["rounds"]].index(best)]["global"]
-        log.info("best round %d: val_acc %.4f test_acc %.4f; %.1f s in all",
-                 best + 1, metrics["val_accuracy"], metrics["test_accuracy"], summary["wall_seconds"])
+    if best is None:
+        return None
+    metrics = summary["rounds"][[r["round"] for r in summary["rounds"]].index(best)]["global"]
+    log.info("best round %d: val_acc %.4f test_acc %.4f; %.1f s in all",
+             best + 1, metrics["val_accuracy"], metrics["test_accuracy"], summary["wall_seconds"])
+    return metrics["val_accuracy"]
 
 
 def main() -> None:
     args = sys.argv[1:]
-    # Check the config before Hydra and Ray start, so a typo costs one line, not a traceback.
-    # Flags (-m, --cfg, --help ...) are Hydra's own business.
-    if not any(arg.startswith("-") for arg in args):
+    try:
+        _check_before_start(args)
+    except USER_ERRORS as err:
+        _exit(err)
+    try:
+        _hydra_main()
+    finally:
+        release()  # the local Ray a sweep's jobs shared
+    failed = [str(num) for num, did_fail in _sweep_failed.items() if did_fail]
+    if failed:
+        print(
+            f"fedray: {len(failed)} of {len(_sweep_failed)} sweep jobs failed (job {', '.join(failed)}); "
+            "see sweep_summary.md in the sweep dir",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+
+
+def _check_before_start(args: list[str]) -> None:
+    """Check the config before Hydra and Ray start, so a typo costs one line, not a traceback.
+
+    A sweep's every combination is checked, so a bad value stops it before its first job
+    rather than failing jobs hours in. Other flags (--cfg, --help ...) are Hydra's business.
+    """
+    flags = [arg for arg in args if arg.startswith("-")]
+    if any(flag not in MULTIRUN_FLAGS for flag in flags):
+        return
+    overrides = [arg for arg in args if not arg.startswith("-") and not arg.startswith(HYDRA_OVERRIDES)]
+    combinations = _combinations(overrides) if flags or "hydra.mode=MULTIRUN" in args else [overrides]
+    errors: list[str] = []
+    for combination in combinations:
         try:
-            load_config([arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))])
-        except EXPECTED_ERRORS as err:
-            _exit(err)
-    _hydra_main()
+            load_config(combination)
+        except ConfigError as err:
+            if str(err) not in errors:
+                errors.append(str(err))
+    if errors:
+        raise ConfigError("; ".join(errors))
+
+
+def _combinations(overrides: list[str]) -> list[list[str]]:
+    """Each job's overrides in a grid sweep (`lr=0.01,0.05 seed=range(3)`), as Hydra's basic sweeper expands them.
+
+    Sweeps only a sweeper plugin understands (`interval(...)`) or that need the config
+    repository (`glob(...)`) are left to the jobs: each checks its own config as it starts.
+    """
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return [overrides]  # load_config names the override it cannot parse
+    try:
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except HydraException:
+        return []
 
 
 def _exit(err: Exception) -> None:

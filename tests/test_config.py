@@ -77,3 +77,14 @@ def test_cli_reports_missing_dataset_in_one_line(tmp_path):
     assert "Traceback" not in done.stdout + done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("fedray:")]
     assert len(errors) == 1 and "data.root=" in errors[0] and "data=synthetic" in errors[0]
+
+
+def test_cli_checks_every_sweep_combination_before_the_first_job(tmp_path):
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": REPO}
+    done = subprocess.run(
+        [sys.executable, "-m", "fedray.run", "-m", "lr=0.05,-1", "num_clients=2,4", f"hydra.sweep.dir={tmp_path}/sweep"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["fedray: lr=-1.0: must be positive"]
+    assert not (tmp_path / "sweep").exists()  # no job ran, not even the good combinations

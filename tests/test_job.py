@@ -35,6 +35,7 @@ def test_fedavg_job_writes_flare_outputs_and_learns(job_config, tmp_path):
 
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["rounds"] == summary["rounds"] and on_disk["config"]["num_clients"] == 3
+    assert on_disk["status"] == "completed" and on_disk["error"] is None
     assert set(on_disk["timings"]) >= {"data", "ray_start", "site_start", "workflows"}
     for name in ("FL_global_model.pt", "best_FL_global_model.pt"):
         state = torch.load(tmp_path / "models" / name)["model"]
@@ -114,4 +115,5 @@ def test_too_few_results_stop_the_run_and_keep_earlier_rounds(job_config, tmp_pa
         run_job(job, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["round"] for r in summary["rounds"]] == [0]
+    assert summary["status"] == "failed" and summary["error"].startswith("RoundFailed: round 1: only 1 sites can still answer")
     assert torch.load(tmp_path / "models" / "FL_global_model.pt")["round"] == 0

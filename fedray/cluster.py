@@ -1,0 +1,72 @@
+"""Which Ray a job runs on: a running cluster, the caller's own Ray, or a private local one.
+
+A sweep runs its jobs one after another in one process, and starting a local Ray costs
+seconds (10-20 s on a small, busy machine). So a job may keep the Ray it started up for
+the next job with the same `ray` settings. Any failure inside Ray takes the kept Ray
+down, so whatever state the failed job left behind (actors, objects, a sick raylet) is
+gone and the next job starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Optional
+
+import ray
+
+# The settings of the Ray this module started and left up for the next job; None: none kept.
+_kept: Optional[dict[str, Any]] = None
+
+
+@contextmanager
+def ray_for(ray_cfg: Mapping[str, Any], keep: bool = False) -> Iterator[None]:
+    """Run the body on Ray: `ray.address` or $RAY_ADDRESS if set, else a private local Ray.
+
+    A Ray the caller already started (a test's, a notebook's) is used and left running.
+    The Ray started here is shut down at the end, unless `keep` and the body succeeded:
+    then it stays up for the next `ray_for` with the same settings (see `release`).
+    """
+    global _kept
+    settings = {**ray_cfg, "address": ray_cfg["address"] or os.environ.get("RAY_ADDRESS")}
+    if _kept is not None and _kept != settings:
+        release()
+    ours = _kept is not None or not ray.is_initialized()
+    if not ray.is_initialized():
+        _start(settings)
+    _kept = None
+    try:
+        yield
+    except BaseException:
+        if ours:
+            ray.shutdown()
+        raise
+    if ours and keep:
+        _kept = settings
+    elif ours:
+        ray.shutdown()
+
+
+def release() -> None:
+    """Shut down the Ray that `ray_for(..., keep=True)` left up, if any."""
+    global _kept
+    if _kept is not None and ray.is_initialized():
+        ray.shutdown()
+    _kept = None
+
+
+def _start(settings: Mapping[str, Any]) -> None:
+    options: dict[str, Any] = dict(
+        include_dashboard=settings["dashboard"],
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+    )
+    if settings["address"]:
+        # Under `ray job submit`, Ray sets RAY_ADDRESS for the driver: this joins that cluster.
+        ray.init(address=settings["address"], **options)
+    else:
+        # "local": never join a stale cluster someone else left on this machine. Ray turns token
+        # auth on for it by default and says so at every start; that notice is noise here.
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        ray.init(address="local", num_cpus=settings["num_cpus"], num_gpus=settings["num_gpus"], **options)

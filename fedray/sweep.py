@@ -1,0 +1,131 @@
+"""A sweep's results side by side: `sweep_summary.csv` and `sweep_summary.md` at its root.
+
+`SweepSummary` is a Hydra callback (registered in conf/config.yaml under hydra.callbacks);
+when a multirun ends it reads every job dir's `summary.json` and `.hydra/overrides.yaml`,
+so it works with any sweeper (grid, Optuna, Ax) and any launcher whose job dirs it can read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("fedray")
+
+RESULT_COLUMNS = (
+    "status",
+    "rounds",
+    "final_test_accuracy",
+    "best_round",
+    "best_val_accuracy",
+    "best_test_accuracy",
+    "wall_seconds",
+    "error",
+)
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_sweep_summary(sweep_dir, fixed_overrides=config.hydra.overrides.task)
+        log.info("sweep summary of %d jobs: %s", len(rows), sweep_dir / "sweep_summary.md")
+
+
+def write_sweep_summary(sweep_dir: Path, fixed_overrides: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """One row per job dir under `sweep_dir`: its swept values and results; returns the rows.
+
+    Swept values are a job's overrides of keys that the sweep's own overrides do not fix
+    (`fixed_overrides`, e.g. `rounds=50` for every job), so `lr=0.01,0.05` shows as an `lr` column.
+    """
+    fixed = _fixed_keys(list(fixed_overrides))
+    job_dirs = sorted((path.parent.parent for path in sweep_dir.glob("**/.hydra/overrides.yaml")), key=_natural)
+    rows = [_row(job_dir, sweep_dir, fixed) for job_dir in job_dirs]
+    swept = list(dict.fromkeys(key for row in rows for key in row["swept"]))
+    table = [{"job": row["job"], **{key: row["swept"].get(key, "") for key in swept}, **row["results"]} for row in rows]
+    columns = ["job", *swept, *RESULT_COLUMNS]
+    (sweep_dir / "sweep_summary.csv").write_text(_csv(table, columns))
+    (sweep_dir / "sweep_summary.md").write_text(_markdown(table, columns))
+    return table
+
+
+def _fixed_keys(overrides: list[str]) -> set[str]:
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return set()  # then every override shows as a column: more than needed, nothing lost
+    return {override.key_or_group for override in parsed if not override.is_sweep_override()}
+
+
+def _row(job_dir: Path, sweep_dir: Path, fixed: set[str]) -> dict[str, Any]:
+    overrides = OmegaConf.to_container(OmegaConf.load(job_dir / ".hydra" / "overrides.yaml"))
+    swept = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key not in fixed:
+            swept[key] = value
+    return {"job": job_dir.relative_to(sweep_dir).as_posix(), "swept": swept, "results": _results(job_dir)}
+
+
+def _results(job_dir: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads((job_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {"status": "failed", "error": f"no readable summary.json; see {job_dir.name}/run.log"}
+    rounds = summary.get("rounds", [])
+    by_round = {entry["round"]: entry["global"] for entry in rounds}
+    best: dict[str, Optional[float]] = by_round.get(summary.get("best_round"), {})
+    return {
+        # A job killed mid-run never got to say: it is no less failed.
+        "status": summary.get("status") if summary.get("status") == "completed" else "failed",
+        "rounds": len(rounds),
+        "final_test_accuracy": rounds[-1]["global"]["test_accuracy"] if rounds else None,
+        "best_round": summary.get("best_round"),
+        "best_val_accuracy": best.get("val_accuracy"),
+        "best_test_accuracy": best.get("test_accuracy"),
+        "wall_seconds": summary.get("wall_seconds"),
+        "error": summary.get("error") or ("" if summary.get("status") == "completed" else "did not finish"),
+    }
+
+
+def _csv(table: list[dict[str, Any]], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: "" if row.get(key) is None else row.get(key) for key in columns} for row in table)
+    return out.getvalue()
+
+
+def _markdown(table: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float):
+            return f"{value:.1f}" if key == "wall_seconds" else f"{value:.4f}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(key, row.get(key)) for key in columns) + " |" for row in table]
+    scored = [row for row in table if row["status"] == "completed" and row.get("best_val_accuracy") is not None]
+    if scored:
+        top = max(scored, key=lambda row: row["best_val_accuracy"])
+        lines += ["", f"Best validation accuracy: job {top['job']}, {top['best_val_accuracy']:.4f} "
+                      f"(test accuracy {top['best_test_accuracy']:.4f}, best_round {top['best_round']})."]
+    failed = sum(row["status"] != "completed" for row in table)
+    lines += ["", f"{len(table)} jobs, {failed} failed."]
+    return "# Sweep summary\n\n" + "\n".join(lines) + "\n"
+
+
+def _natural(path: Path) -> list[Any]:
+    """Job 10 after job 9."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.as_posix())]
