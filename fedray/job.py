@@ -20,10 +20,12 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from fedray.config import site_names, validate
 from fedray.controller import ControllerActor
 from fedray.datasets import load_dataset
-from fedray.outputs import RunRecorder, cross_site_table
+from fedray.outputs import RunRecorder
 from fedray.partition import partition
+from fedray.progress import Progress
 from fedray.resources import plan_sites
 from fedray.sites import SiteWorkerActor
+from fedray.tracking import MetricStreamActor
 
 log = logging.getLogger("fedray")
 
@@ -39,12 +41,17 @@ def run_job(
     run_dir: str | os.PathLike,
     on_event: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    """Run one fedray job and return its summary (also written to `run_dir/summary.json`)."""
+    """Run one fedray job and return its summary (also written to `run_dir/summary.json`).
+
+    `on_event` hears the controller's events (workflow, site_done, round, cross_site);
+    by default a `Progress` logs a line per round and, on a terminal, shows a status line.
+    """
     validate(cfg)
     job = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    report = on_event or log_event
+    progress = Progress() if on_event is None else None
+    report = on_event or progress
     timings: dict[str, float] = {}
     began = clock = time.perf_counter()
 
@@ -70,6 +77,9 @@ def run_job(
         plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
         sites = site_names(cfg.num_clients)
         namespace = f"fedray-{uuid.uuid4().hex[:8]}"
+        # The sites' channel to the driver for points streamed while they train (see fedray/tracking.py).
+        metric_stream = MetricStreamActor.options(namespace=namespace).remote()
+        actors.append(metric_stream)
         # One copy of the data in the object store, read zero-copy by every actor on a node.
         shared = [
             ray.put(dict(zip(sites, shards))),
@@ -83,7 +93,7 @@ def run_job(
         workers = [
             SiteWorkerActor.options(
                 name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus
-            ).remote(job, *shared, plan.num_threads)
+            ).remote(job, *shared, plan.num_threads, metric_stream)
             for name in names
         ]
         actors.extend(workers)
@@ -100,36 +110,18 @@ def run_job(
             len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
             plan.num_threads, run_dir,
         )
-        _follow(controller, recorder, report)
+        _follow(controller, metric_stream, recorder, report)
         timings["workflows"], clock = _lap(clock)
     finally:
+        if progress is not None:
+            progress.close()
         for actor in actors:
             ray.kill(actor)
         if started_ray:
             ray.shutdown()
         timings["shutdown"], clock = _lap(clock)
-        recorder.write(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
+        recorder.finish(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
     return recorder.summary
-
-
-def log_event(event: dict[str, Any]) -> None:
-    """The default progress report: a log line per round, and the cross-site table."""
-    if event["type"] == "cross_site":
-        for failure in event["failures"]:
-            log.warning("cross-site: %s failed to %s (%s: %s)", failure["site"], failure["task"], failure["kind"],
-                        failure["message"])
-        if event["results"]:
-            log.info("cross-site validation (val_accuracy; rows: data of, columns: model)\n%s",
-                     cross_site_table(event["results"]))
-        return
-    if event["type"] != "round":
-        return
-    metrics = event["global"]
-    log.info(
-        "round %d/%d  val_acc %.4f  test_acc %.4f  test_loss %.4f  sites %d/%d  %.1f s",
-        event["round"] + 1, event["num_rounds"], metrics["val_accuracy"], metrics["test_accuracy"],
-        metrics["test_loss"], len(event["sites"]), event["num_sites"], event["seconds"],
-    )
 
 
 def _connect(ray_cfg: dict[str, Any]) -> bool:
@@ -169,12 +161,22 @@ def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
             raise JobFailed(f"{ready[done[0]]} failed to start: {_first_line(err)}") from None
 
 
-def _follow(controller: ray.actor.ActorHandle, recorder: RunRecorder, report: Callable[[dict[str, Any]], None]) -> None:
-    """Wait for the controller, writing each finished round and relaying progress as events come."""
+def _follow(
+    controller: ray.actor.ActorHandle,
+    metric_stream: ray.actor.ActorHandle,
+    recorder: RunRecorder,
+    report: Callable[[dict[str, Any]], None],
+) -> None:
+    """Wait for the controller, writing the sites' streamed points and each finished round, and
+    relaying progress, as they come."""
     run_ref = controller.run.remote()
     while True:
         finished, _ = ray.wait([run_ref], timeout=EVENT_POLL_SECONDS)
-        for event in ray.get(controller.drain_events.remote(), timeout=60):
+        events = ray.get(controller.drain_events.remote(), timeout=60)
+        # Drained after the events: sites flush their points before they answer, so a round's
+        # training curve is on disk by the time its round line appears.
+        recorder.record_points(ray.get(metric_stream.drain.remote(), timeout=60))
+        for event in events:
             if event["type"] == "round":
                 recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
             elif event["type"] == "cross_site":

@@ -13,19 +13,26 @@ model on given indices, for the server's global metrics).
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import ray
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from ray.actor import ActorHandle
 
+from fedray import tracking
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel
 from fedray.partition import Shard
 from fedray.aggregation import pool_metrics
 from fedray.training import evaluate, get_params, load_params, to_device, train_epochs
+
+# Training-loss points each site streams per round, whatever its shard size: a curve in
+# TensorBoard, and a host sync only every few steps on a GPU.
+LOSS_POINTS_PER_ROUND = 20
 
 
 class SiteWorker:
@@ -38,6 +45,7 @@ class SiteWorker:
         test_images: np.ndarray,
         test_labels: np.ndarray,
         num_threads: int,
+        metric_stream: Optional[ActorHandle] = None,
     ) -> None:
         self.job = job
         self.shards = shards
@@ -52,6 +60,7 @@ class SiteWorker:
         # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
         # the actor starts, not inside the first round's train_timeout.
         torch.optim.SGD(self.model.parameters(), lr=job["lr"])
+        tracking.connect(metric_stream)
 
     def ready(self) -> dict[str, Any]:
         return {"device": str(self.device), "threads": torch.get_num_threads()}
@@ -68,6 +77,9 @@ class SiteWorker:
         batch = self.job["eval_batch_size"]
         received = pool_metrics(evaluate(self.model, self.train_images, self.train_labels, shard.val, batch))
         generator = torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
+        # Every round of a site takes the same steps, so its loss curve continues across rounds.
+        steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
+        first_step = current_round * steps_per_round
         train_loss, steps = train_epochs(
             self.model,
             self.train_images,
@@ -78,7 +90,10 @@ class SiteWorker:
             lr=self.job["lr"],
             momentum=self.job["momentum"],
             generator=generator,
+            on_loss=lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step),
+            loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
         )
+        tracking.flush()
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
         local = pool_metrics(evaluate(self.model, self.train_images, self.train_labels, shard.val, batch))
         return FLModel(

@@ -30,6 +30,7 @@ def scatter_and_gather(
     aggregate: Callable[[Iterator[tuple[Params, float]]], Params],
     on_round_end: Callable[[int, ray.ObjectRef, dict, dict, float], None],
     num_rounds: int,
+    on_site_done: Callable[[int, Outcome], None] | None = None,
     start_round: int = 0,
     min_clients: int | None = None,
     wait_time_after_min_received: float = 0.0,
@@ -38,7 +39,8 @@ def scatter_and_gather(
     exclude_vars: str | None = None,
     best_local_models: dict[str, ray.ObjectRef] | None = None,
 ) -> Params:
-    """Run FedAvg rounds; `on_round_end` gets each round's new global weights as one ObjectRef.
+    """Run FedAvg rounds; `on_round_end` gets each round's new global weights as one ObjectRef,
+    `on_site_done` each site's outcome as it arrives (for progress reports).
 
     `best_local_models` is updated in place: per site, the train result whose local model
     scored best on the site's own validation split (an ObjectRef: the model stays in the object store).
@@ -66,6 +68,8 @@ def scatter_and_gather(
 
         def arriving_updates() -> Iterator[tuple[Params, float]]:
             for outcome in outcomes:
+                if on_site_done is not None:
+                    on_site_done(current_round, outcome)
                 if not outcome.ok:
                     failures[outcome.site] = _failure(outcome)
                     log.warning("round %d: %s %s: %s", current_round, outcome.site, outcome.failure, outcome.message)
