@@ -117,7 +117,6 @@ class Controller:
             "num_sites": len(self.sites),
             "site": outcome.site,
             "ok": outcome.ok,
-            "metrics": outcome.value.metrics if outcome.ok else {},
         })
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float) -> None:

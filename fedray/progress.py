@@ -22,9 +22,9 @@ CLEAR_LINE = "\r\033[K"
 
 
 class Progress:
-    def __init__(self, out: TextIO = sys.stdout, live: Optional[bool] = None) -> None:
-        self.out = out
-        self.live = out.isatty() if live is None else live
+    def __init__(self, out: Optional[TextIO] = None, live: Optional[bool] = None) -> None:
+        self.out = out or sys.stdout  # looked up now, not at import: pytest and notebooks swap it
+        self.live = self.out.isatty() if live is None else live
         self.status = ""
         self.round: Optional[int] = None  # the round that runs
         self.answered: dict[str, bool] = {}  # site -> ok, in that round
