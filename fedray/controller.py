@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
 from fedray.aggregation import Params, pool_metrics
-from fedray.tasks import WorkerPool
-from fedray.workflows import SERVER_MODELS, LocalModel, sample_sites, cross_site_model_eval, initialize_global_weights, scatter_and_gather
+from fedray.tasks import Outcome, WorkerPool
+from fedray.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, sample_sites, scatter_and_gather
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class Controller:
             params,
             aggregate=instantiate(OmegaConf.create(self.job["aggregator"])),
             on_round_end=self._round_end,
+            on_site_done=self._site_done,
             num_rounds=args["num_rounds"],
             start_round=self.resume["next_round"] if self.resume else args["start_round"],
             min_clients=args["min_clients"],
@@ -128,6 +129,16 @@ class Controller:
         )
         self._emit({"type": "cross_site", **outcome})
         return params
+
+    def _site_done(self, current_round: int, outcome: Outcome) -> None:
+        self._emit({
+            "type": "site_done",
+            "round": current_round,
+            "num_rounds": self.job["workflows"]["scatter_and_gather"]["num_rounds"],
+            "num_sites": len(self.sites),
+            "site": outcome.site,
+            "ok": outcome.ok,
+        })
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
                    improved: dict[str, LocalModel]) -> None:

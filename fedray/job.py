@@ -31,6 +31,8 @@ from fedray.partition import Shard, partition
 from fedray.resources import ResourceError, plan_sites
 from fedray.sites import SiteWorkerActor
 from fedray.synthetic import Dataset
+from fedray.progress import Progress
+from fedray.tracking import MetricStreamActor
 
 log = logging.getLogger("fedray")
 
@@ -61,7 +63,9 @@ def run_job(
     summary.json says `status: completed` or `failed` with a one-line `error`, and keeps what
     finished rounds produced. With `resume=RUN_DIR` in `cfg`, that stopped run continues in its
     own dir, with its own config. `keep_ray`: leave a Ray this job started up for the next job
-    (a sweep's; see fedray/cluster.py).
+    (a sweep's; see fedray/cluster.py). `on_event` hears the controller's events (workflow,
+    site_done, round, cross_site); by default a `Progress` logs a line per round and, on a
+    terminal, shows a status line.
     """
     began = time.perf_counter()
     validate(cfg)
@@ -72,6 +76,7 @@ def run_job(
         log.info("resuming %s at round %d with its own config", run_dir, saved["next_round"] + 1)
     recorder = RunRecorder(Path(run_dir).resolve(), resumed=saved["summary"] if saved else None)
     timings: dict[str, float] = {}
+    progress = Progress() if on_event is None else None
     try:
         job = OmegaConf.to_container(cfg, resolve=True)
         job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
@@ -80,7 +85,7 @@ def run_job(
         recorder.summary["config"] = job
         if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
             raise JobFailed(f"resume={recorder.run_dir}: that run already finished all its rounds")
-        _run(cfg, job, saved, recorder, on_event or log_event, keep_ray, timings)
+        _run(cfg, job, saved, recorder, on_event or progress, keep_ray, timings)
     except KeyboardInterrupt:
         rounds, where = len(recorder.summary["rounds"]), recorder.run_dir
         err = JobInterrupted(f"interrupted; {rounds} finished round(s) kept in {where}"
@@ -93,7 +98,9 @@ def run_job(
     else:
         recorder.summary.update(status="completed", error=None)
     finally:
-        recorder.write(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
+        if progress is not None:
+            progress.close()
+        recorder.finish(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
     return recorder.summary
 
 
@@ -148,6 +155,9 @@ def _run_sites(
         plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
         sites = site_names(cfg.num_clients)
         namespace = job["job_id"]
+        # The sites' channel to the driver for points streamed while they train (see fedray/tracking.py).
+        metric_stream = MetricStreamActor.options(namespace=namespace).remote()
+        actors.append(metric_stream)
         # One copy of the data in the object store, read zero-copy by every actor on a node;
         # other nodes fetch it from the driver's, so only the driver's node needs the files.
         shared = [
@@ -163,7 +173,7 @@ def _run_sites(
             SiteWorkerActor.options(
                 name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
                 max_restarts=cfg.site.max_restarts, max_task_retries=0,
-            ).remote(job, *shared, plan.num_threads, name if one_per_site else None)
+            ).remote(job, *shared, plan.num_threads, name if one_per_site else None, metric_stream)
             for name in names
         ]
         actors.extend(workers)
@@ -180,31 +190,12 @@ def _run_sites(
             len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
             plan.num_threads, recorder.run_dir,
         )
-        _follow(controller, recorder, report)
+        _follow(controller, metric_stream, recorder, report)
         timings["workflows"], clock = _lap(clock)
         return clock
     finally:
         _stop(actors, wait_for_scripts=bool(job["site"]["script"]))
 
-
-def log_event(event: dict[str, Any]) -> None:
-    """The default progress report: a log line per round, and the cross-site table."""
-    if event["type"] == "cross_site":
-        for failure in event["failures"]:
-            log.warning("cross-site: %s failed to %s (%s: %s)", failure["site"], failure["task"], failure["kind"],
-                        failure["message"])
-        if event["results"]:
-            log.info("cross-site validation (val_accuracy; rows: data of, columns: model)\n%s",
-                     cross_site_table(event["results"]))
-        return
-    if event["type"] != "round":
-        return
-    metrics = event["global"]
-    log.info(
-        "round %d/%d  val_acc %.4f  test_acc %.4f  test_loss %.4f  sites %d/%d  %.1f s",
-        event["round"] + 1, event["num_rounds"], metrics["val_accuracy"], metrics["test_accuracy"],
-        metrics["test_loss"], len(event["sites"]), event["num_sites"], event["seconds"],
-    )
 
 
 def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
@@ -224,12 +215,22 @@ def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
             raise JobFailed(f"{ready[done[0]]} failed to start: {_first_line(err)}") from None
 
 
-def _follow(controller: ray.actor.ActorHandle, recorder: RunRecorder, report: Callable[[dict[str, Any]], None]) -> None:
-    """Wait for the controller, writing each finished round and relaying progress as events come."""
+def _follow(
+    controller: ray.actor.ActorHandle,
+    metric_stream: ray.actor.ActorHandle,
+    recorder: RunRecorder,
+    report: Callable[[dict[str, Any]], None],
+) -> None:
+    """Wait for the controller, writing the sites' streamed points and each finished round, and
+    relaying progress, as they come."""
     run_ref = controller.run.remote()
     while True:
         finished, _ = ray.wait([run_ref], timeout=EVENT_POLL_SECONDS)
-        for event in ray.get(controller.drain_events.remote(), timeout=60):
+        events = ray.get(controller.drain_events.remote(), timeout=60)
+        # Drained after the events: sites flush their points before they answer, so a round's
+        # training curve is on disk by the time its round line appears.
+        recorder.record_points(ray.get(metric_stream.drain.remote(), timeout=60))
+        for event in events:
             if event["type"] == "round":
                 recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
                 for site, (accuracy, result) in event.pop("improved_local_models").items():

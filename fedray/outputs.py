@@ -1,8 +1,10 @@
-"""The run dir's single writer: FLARE-style model files and summary.json.
+"""The run dir's single writer: FLARE-style model files, summary.json, TensorBoard and plots.
 
 The driver calls it as each round's event arrives, so whatever a finished
-round produced is on disk before the next one ends. Every file is written to a
-temporary name and renamed: a crash never leaves a torn file.
+round produced is on disk before the next one ends, and as the sites' streamed
+points arrive, so TensorBoard shows training live. Every file but TensorBoard's
+(append-only event files) is written to a temporary name and renamed: a crash
+never leaves a torn file. The plots are drawn at the end, from the summary.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from fedray.tensorboard_writer import TensorBoardWriter
+from fedray.tracking import Point
 
 GLOBAL_MODEL = "FL_global_model.pt"
 BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
@@ -33,6 +38,10 @@ class RunRecorder:
         }
         if resumed:  # a resumed run goes on from the rounds it had finished
             self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
+        self.tensorboard = TensorBoardWriter(self.run_dir / "tb")
+
+    def record_points(self, points: list[Point]) -> None:
+        self.tensorboard.add_points(points)
 
     def record_round(self, event: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> None:
         models = self.run_dir / "models"
@@ -43,16 +52,26 @@ class RunRecorder:
         keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds")
         self.summary["rounds"].append({key: event[key] for key in keep})
         self.write()
+        self.tensorboard.add_round(event)
 
     def record_cross_site(self, event: Mapping[str, Any]) -> None:
         """FLARE's cross_val_results.json (scripts written for FLARE read it unchanged) and a heatmap."""
-        from fedray.plots import cross_site_heatmap
+        from fedray.plots import cross_site_heatmap, draw_safely
 
         folder = self.run_dir / "cross_site_val"
         write_json(folder / "cross_val_results.json", event["results"])
         if event["results"]:
-            cross_site_heatmap(event["results"], folder / "cross_val_results.png")
+            draw_safely(cross_site_heatmap, event["results"], path=folder / "cross_val_results.png")
         self.write(cross_site={"results": event["results"], "failures": event["failures"]})
+
+    def finish(self, **fields: Any) -> dict[str, Any]:
+        """The last summary.json, TensorBoard's files closed, and the pictures in plots/."""
+        from fedray.plots import draw_run
+
+        self.write(**fields)
+        self.tensorboard.close()
+        draw_run(self.summary, self.run_dir / "plots")
+        return self.summary
 
     def write(self, **fields: Any) -> dict[str, Any]:
         self.summary.update(fields)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import matplotlib
 
@@ -12,6 +13,80 @@ matplotlib.use("Agg")  # files only: no display on servers and in Ray jobs
 logging.getLogger("matplotlib").setLevel(logging.WARNING)  # its font-cache notice is not ours to show
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fedray.config import site_names  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def draw_run(summary: Mapping[str, Any], folder: str | os.PathLike) -> list[Path]:
+    """The end-of-run pictures in `folder`, from the run's summary; returns those drawn."""
+    folder = Path(folder)
+    rounds = summary["rounds"]
+    cross_site = (summary.get("cross_site") or {}).get("results")
+    drawn = []
+    if rounds:
+        sites = site_names(summary["config"]["num_clients"])
+        drawn += [
+            draw_safely(global_metrics, rounds, path=folder / "global_metrics.png"),
+            draw_safely(site_train_loss, rounds, sites, path=folder / "site_train_loss.png"),
+        ]
+    if cross_site:
+        drawn.append(draw_safely(cross_site_heatmap, cross_site, path=folder / "cross_site_val.png"))
+    return [path for path in drawn if path is not None]
+
+
+def draw_safely(draw: Callable[..., None], *args: Any, path: str | os.PathLike) -> Path | None:
+    """`draw(*args, path)`; a failure is a warning and None: a picture is never worth a failed run."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draw(*args, path)
+        return path
+    except Exception as err:
+        log.warning("could not draw %s: %s: %s", path, type(err).__name__, err)
+        plt.close("all")
+        return None
+
+
+def global_metrics(rounds: list[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """The global model after each round: accuracy (validation and test) and test loss."""
+    x = [r["round"] + 1 for r in rounds]
+    figure, (accuracy, loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("val_accuracy", "validation (pooled sites)"), ("test_accuracy", "test")):
+        accuracy.plot(x, [r["global"][key] for r in rounds], marker="o", label=label)
+    accuracy.set(title="Global model accuracy", xlabel="round", ylabel="accuracy")
+    accuracy.legend()
+    loss.plot(x, [r["global"]["test_loss"] for r in rounds], marker="o", color="tab:red")
+    loss.set(title="Global model test loss", xlabel="round", ylabel="cross-entropy")
+    _by_round(figure)
+    _save(figure, path)
+
+
+def site_train_loss(rounds: list[Mapping[str, Any]], sites: list[str], path: str | os.PathLike) -> None:
+    """Each site's training loss (mean over its last local epoch) per round; a round it missed is a gap."""
+    x = [r["round"] + 1 for r in rounds]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for site in sites:
+        values = [r["sites"].get(site, {}).get("train_loss", np.nan) for r in rounds]
+        axes.plot(x, values, marker="o", label=site)
+    axes.set(title="Site training loss", xlabel="round", ylabel="train loss (last local epoch)")
+    axes.legend(ncol=max(1, len(sites) // 8), fontsize="small")
+    _by_round(figure)
+    _save(figure, path)
+
+
+def _by_round(figure: plt.Figure) -> None:
+    for axes in figure.axes:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole rounds only
+        axes.grid(alpha=0.3)
+
+
+def _save(figure: plt.Figure, path: str | os.PathLike) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def cross_site_heatmap(results: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | os.PathLike) -> None:
@@ -31,6 +106,4 @@ def cross_site_heatmap(results: Mapping[str, Mapping[str, Mapping[str, float]]],
             axes.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
     figure.colorbar(image, ax=axes, label="val_accuracy")
     axes.set_title("Cross-site validation")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)

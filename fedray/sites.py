@@ -13,21 +13,28 @@ model on given indices, for the server's global metrics).
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import ray
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from ray.actor import ActorHandle
 
+from fedray import tracking
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
 from fedray.script_site import ScriptError, ScriptSite
 from fedray.aggregation import pool_metrics
 from fedray.training import evaluate, get_params, load_params, to_device, train_epochs
+
+# Training-loss points each site streams per round, whatever its shard size: a curve in
+# TensorBoard, and a host sync only every few steps on a GPU.
+LOSS_POINTS_PER_ROUND = 20
 
 
 class SiteWorker:
@@ -41,6 +48,7 @@ class SiteWorker:
         test_labels: np.ndarray,
         num_threads: int,
         home_site: str | None = None,
+        metric_stream: Optional[ActorHandle] = None,
     ) -> None:
         self.job = job
         self.shards = shards
@@ -55,10 +63,12 @@ class SiteWorker:
         # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
         # the actor starts, not inside the first round's train_timeout.
         torch.optim.SGD(self.model.parameters(), lr=job["lr"])
+        tracking.connect(metric_stream)
         # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
         self.script: ScriptSite | None = None
         if job["site"]["script"]:
-            self.script = ScriptSite(home_site, job["site"]["script"], job["site"]["script_args"], job)
+            self.script = ScriptSite(home_site, job["site"]["script"], job["site"]["script_args"], job,
+                                     stream=tracking.stream)
             self.script.start()
             self.last_global: Mapping[str, np.ndarray] | None = None
 
@@ -79,6 +89,9 @@ class SiteWorker:
         batch = self.job["eval_batch_size"]
         received = pool_metrics(evaluate(self.model, self.train_images, self.train_labels, shard.val, batch))
         generator = torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
+        # Every round of a site takes the same steps, so its loss curve continues across rounds.
+        steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
+        first_step = current_round * steps_per_round
         train_loss, steps = train_epochs(
             self.model,
             self.train_images,
@@ -89,7 +102,10 @@ class SiteWorker:
             lr=self.job["lr"],
             momentum=self.job["momentum"],
             generator=generator,
+            on_loss=lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step),
+            loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
         )
+        tracking.flush()
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
         local = pool_metrics(evaluate(self.model, self.train_images, self.train_labels, shard.val, batch))
         return FLModel(
@@ -152,6 +168,7 @@ class SiteWorker:
                         start_round=self.job["workflows"]["scatter_and_gather"]["start_round"],
                         meta={"job_id": self.job["job_id"]})
         answer = self.script.ask("train", asked)
+        tracking.flush()  # the script's SummaryWriter points reach the driver before its result
         params = self._checked_params(answer, global_params)
         if answer.params_type == ParamsType.DIFF:
             params = {name: (global_params[name] + diff).astype(global_params[name].dtype) for name, diff in params.items()}

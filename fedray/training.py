@@ -9,7 +9,7 @@ no host round-trips, and no per-site copy of the data.
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -46,8 +46,13 @@ def train_epochs(
     lr: float,
     momentum: float,
     generator: torch.Generator,
+    on_loss: Optional[Callable[[int, float], None]] = None,
+    loss_every: int = 10,
 ) -> tuple[float, int]:
-    """SGD over `epochs` shuffled passes of `indices`; returns (mean loss of the last epoch, steps)."""
+    """SGD over `epochs` shuffled passes of `indices`; returns (mean loss of the last epoch, steps).
+
+    `on_loss(steps, loss)` hears, every `loss_every` steps, the mean loss of the steps since its last call.
+    """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     index = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(images.device)
@@ -55,6 +60,7 @@ def train_epochs(
     epoch_loss = torch.zeros((), device=images.device)
     for _ in range(epochs):
         epoch_loss.zero_()
+        seen = heard_loss = heard_seen = 0
         order = index[torch.randperm(len(index), generator=generator).to(images.device)]
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
@@ -62,9 +68,14 @@ def train_epochs(
             loss = F.cross_entropy(model(normalize(images[batch])), labels[batch])
             loss.backward()
             optimizer.step()
-            # Summed on the device: no host sync per step.
+            # Summed on the device: no host sync per step, only one every `loss_every` for `on_loss`.
             epoch_loss += loss.detach() * len(batch)
+            seen += len(batch)
             steps += 1
+            if on_loss is not None and steps % loss_every == 0:
+                total = float(epoch_loss)
+                on_loss(steps, (total - heard_loss) / (seen - heard_seen))
+                heard_loss, heard_seen = total, seen
     return float(epoch_loss) / max(len(index), 1), steps
 
 

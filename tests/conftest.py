@@ -34,9 +34,10 @@ def ray_session():
     ray.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def job_config(tiny_cifar):
-    """Build a validated job config on the tiny dataset, with test-sized defaults."""
+    """Build a validated job config on the tiny dataset, with test-sized defaults (a pure builder:
+    session-wide, so module-wide fixtures can run a job once for several tests)."""
 
     def build(*overrides: str):
         base = [

@@ -63,3 +63,16 @@ class FaultyNet(Net):
         elif self.fails_eval:
             raise RuntimeError(f"injected evaluation failure in {self.site}")
         return super().forward(x)
+
+
+class SlowNet(Net):
+    """Sleeps `delay` s per training batch in every site: rounds long enough to watch (no actor names needed)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            time.sleep(self.delay)
+        return super().forward(x)

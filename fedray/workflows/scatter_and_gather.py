@@ -42,6 +42,7 @@ def scatter_and_gather(
     aggregate: Callable[[Iterator[tuple[Params, float]]], Params],
     on_round_end: Callable[..., None],
     num_rounds: int,
+    on_site_done: Callable[[int, Outcome], None] | None = None,
     start_round: int = 0,
     min_clients: int | None = None,
     clients_per_round: int | None = None,
@@ -87,6 +88,8 @@ def scatter_and_gather(
 
         def arriving_updates() -> Iterator[tuple[Params, float]]:
             for outcome in outcomes:
+                if on_site_done is not None:
+                    on_site_done(current_round, outcome)
                 if not outcome.ok:
                     failures[outcome.site] = _failure(outcome)
                     log.warning("round %d: %s %s: %s", current_round, outcome.site, outcome.failure, outcome.message)

@@ -1,0 +1,174 @@
+"""`python -m fedray.report RUN_DIR`: a finished run's summary, or a table of a Hydra multirun's runs.
+
+It reads only what runs wrote: `summary.json`, and for a sweep each run's
+`.hydra/overrides.yaml` (the values swept). Rounds are counted from 1, as the
+run's log lines count them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import yaml
+
+from fedray.outputs import cross_site_table
+
+SUMMARY = "summary.json"
+OVERRIDES = Path(".hydra") / "overrides.yaml"
+
+
+class ReportError(ValueError):
+    """Nothing to report; the message is one line."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fedray.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run dir (holds summary.json) or a Hydra multirun dir")
+    args = parser.parse_args(argv)
+    try:
+        print(report(args.run_dir))
+    except ReportError as err:
+        print(f"fedray.report: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def report(path: Path) -> str:
+    """The text for a run dir, or for a multirun dir (its numbered runs)."""
+    if (path / SUMMARY).is_file():
+        return f"run: {path}\n" + run_report(_load(path / SUMMARY))
+    runs = sweep_runs(path)
+    if runs:
+        return sweep_report(path, runs)
+    raise ReportError(f"{path}: neither a run dir ({SUMMARY}) nor a multirun dir (runs with {SUMMARY})")
+
+
+def run_report(summary: Mapping[str, Any]) -> str:
+    config, rounds = summary["config"], summary["rounds"]
+    lines = ["config: " + "  ".join(f"{key}={value}" for key, value in _highlights(config).items())]
+    if summary.get("wall_seconds") is not None:
+        lines.append(f"wall time: {summary['wall_seconds']:.1f} s")
+    if not rounds:
+        lines.append("no round finished")
+    else:
+        lines += ["", _table(
+            ["round", "val_acc", "test_acc", "test_loss", "sites", "train_loss", "seconds"],
+            [[r["round"] + 1, r["global"]["val_accuracy"], r["global"]["test_accuracy"], r["global"]["test_loss"],
+              f"{len(r['sites'])}/{config['num_clients']}", _mean(m["train_loss"] for m in r["sites"].values()),
+              f"{r['seconds']:.1f}"] for r in rounds],
+        )]
+        for r in rounds:
+            for site, failure in r["failures"].items():
+                lines.append(f"round {r['round'] + 1}: {site} {failure['kind']}: {failure['message']}")
+        best = _best(summary)
+        if best is not None:
+            lines += ["", f"best round {best['round'] + 1}: val_acc {best['global']['val_accuracy']:.4f}  "
+                          f"test_acc {best['global']['test_accuracy']:.4f}"]
+    cross_site = summary.get("cross_site") or {}
+    if cross_site.get("results"):
+        lines += ["", "cross-site validation (val_accuracy; rows: data of, columns: model)",
+                  cross_site_table(cross_site["results"])]
+    for failure in cross_site.get("failures", []):
+        lines.append(f"cross-site: {failure['site']} failed to {failure['task']} ({failure['kind']}: {failure['message']})")
+    return "\n".join(lines)
+
+
+def sweep_runs(path: Path) -> dict[str, Path]:
+    """A multirun dir's runs (Hydra numbers them 0, 1, ...), by name, in number order."""
+    if not path.is_dir():
+        return {}
+    runs = [child for child in path.iterdir() if (child / SUMMARY).is_file()]
+    runs.sort(key=lambda child: (not child.name.isdigit(), int(child.name) if child.name.isdigit() else 0, child.name))
+    return {child.name: child for child in runs}
+
+
+def sweep_report(path: Path, runs: Mapping[str, Path]) -> str:
+    """One row per run: the swept values, final and best accuracy, wall time."""
+    overrides = {name: _overrides(run) for name, run in runs.items()}
+    swept = _swept_keys(overrides.values())
+    rows = []
+    for name, run in runs.items():
+        summary = _load(run / SUMMARY)
+        final = summary["rounds"][-1]["global"] if summary["rounds"] else {}
+        best = _best(summary)
+        wall = summary.get("wall_seconds")
+        rows.append(
+            [name, *(overrides[name].get(key, "") for key in swept), len(summary["rounds"]),
+             final.get("val_accuracy"), final.get("test_accuracy"),
+             best["round"] + 1 if best else None, best["global"]["val_accuracy"] if best else None,
+             best["global"]["test_accuracy"] if best else None, None if wall is None else f"{wall:.1f}"]
+        )
+    headers = ["run", *swept, "rounds", "final_val_acc", "final_test_acc", "best_round", "best_val_acc",
+               "best_test_acc", "wall_s"]
+    return f"multirun: {path} ({len(runs)} runs)\n\n" + _table(headers, rows)
+
+
+def _highlights(config: Mapping[str, Any]) -> dict[str, Any]:
+    partition = config["partition"]["name"]
+    if partition == "dirichlet":
+        partition += f"(alpha={config['partition']['alpha']})"
+    return {
+        "num_clients": config["num_clients"],
+        "rounds": config["rounds"],
+        "data": config["data"]["name"],
+        "partition": partition,
+        "lr": config["lr"],
+        "local_epochs": config["local_epochs"],
+        "seed": config["seed"],
+    }
+
+
+def _best(summary: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+    return next((r for r in summary["rounds"] if r["round"] == summary.get("best_round")), None)
+
+
+def _overrides(run: Path) -> dict[str, str]:
+    """`key=value` overrides of a Hydra run, as {key: value}."""
+    path = run / OVERRIDES
+    if not path.is_file():
+        return {}
+    entries = yaml.safe_load(path.read_text()) or []
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
+def _swept_keys(overrides: Iterable[Mapping[str, str]]) -> list[str]:
+    """The keys whose values differ between runs; all keys when none differ (a sweep of one value)."""
+    overrides = list(overrides)
+    keys = list(dict.fromkeys(key for run in overrides for key in run))
+    varying = [key for key in keys if len({run.get(key) for run in overrides}) > 1]
+    return varying or keys
+
+
+def _mean(values: Iterable[float]) -> Optional[float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else None
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Columns aligned right; floats with 4 decimals; None as '-'."""
+    cells = [[_cell(value) for value in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    return "\n".join("  ".join(f"{cell:>{w}}" for cell, w in zip(line, widths)) for line in [headers, *cells])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ReportError(f"{path}: {err}") from None
+
+
+if __name__ == "__main__":
+    main()
