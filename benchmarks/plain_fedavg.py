@@ -58,37 +58,36 @@ def main(argv: list[str] | None = None) -> None:
     shards = partition(dataset.train_labels, args.num_sites, method="iid", val_fraction=args.val_fraction, seed=args.seed)
     train_images, train_labels = to_device(_chw(dataset.train_images), dataset.train_labels, torch.device("cpu"))
     test_images, test_labels = to_device(_chw(dataset.test_images), dataset.test_labels, torch.device("cpu"))
-    _state.update(args=args, shards=shards, images=train_images, labels=train_labels)
+    _state.update(args=args, shards=shards, images=train_images, labels=train_labels,
+                  test_images=test_images, test_labels=test_labels)
     timings["data"], clock = _lap(clock)
 
     torch.manual_seed(args.seed)
-    model = Net()
-    global_params = get_params(model)
+    global_params = get_params(Net())
     pool = _start_pool(args) if args.parallel == "processes" else None
     if pool is None:
         torch.set_num_threads(args.workers)
-        _state["model"] = Net()
-        _warm_optimizer(_state["model"])
+        _init_model()
+    run_all = pool.imap_unordered if pool else map
     timings["workers_start"], clock = _lap(clock)
 
     timings["training"] = timings["aggregation"] = 0.0
     for current_round in range(args.rounds):
         tasks = [(site, global_params, current_round) for site in range(1, args.num_sites + 1)]
-        updates = list(pool.imap_unordered(_train_site, tasks) if pool else map(_train_site, tasks))
+        updates = list(run_all(_train_site, tasks))
         lap, clock = _lap(clock)
         timings["training"] += lap
         global_params = fedavg(updates)
         lap, clock = _lap(clock)
         timings["aggregation"] += lap
+
+    parts = np.array_split(np.arange(len(test_labels)), args.workers if pool else 1)
+    test = pool_metrics(*run_all(_evaluate_part, [(global_params, part) for part in parts]))
+    timings["evaluation"], clock = _lap(clock)
     if pool:
         pool.close()
         pool.join()
-        torch.set_num_threads(args.workers)
     timings["workers_stop"], clock = _lap(clock)
-
-    load_params(model, global_params)
-    test = pool_metrics(evaluate(model, test_images, test_labels, np.arange(len(test_labels)), args.eval_batch_size))
-    timings["evaluation"], clock = _lap(clock)
     print(json.dumps({
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
@@ -112,6 +111,14 @@ def _train_site(task: tuple[int, Params, int]) -> tuple[Params, int]:
     return get_params(model), steps
 
 
+def _evaluate_part(task: tuple[Params, np.ndarray]) -> dict[str, float]:
+    """Evaluation sums of the global model on part of the test set (the workers score parts in parallel)."""
+    global_params, indices = task
+    model = _state["model"]
+    load_params(model, global_params)
+    return evaluate(model, _state["test_images"], _state["test_labels"], indices, _state["args"].eval_batch_size)
+
+
 def site_shuffle_seed(seed: int, current_round: int, site_number: int) -> int:
     """The seed fedray's site workers shuffle with, so both sides draw the same batches."""
     return int(np.random.SeedSequence([seed, current_round, site_number]).generate_state(1)[0])
@@ -120,24 +127,25 @@ def site_shuffle_seed(seed: int, current_round: int, site_number: int) -> int:
 def _start_pool(args: argparse.Namespace):
     # fork, not spawn: workers inherit torch already imported and the data already loaded.
     pool = multiprocessing.get_context("fork").Pool(args.workers, initializer=_init_worker)
-    # Make every worker pay its one-off start-up (torch.optim's first import) now, not in round 1.
+    # Wait until every worker is up (and its model made), so that round 1 times training alone.
     pool.map(_init_done, range(args.workers), chunksize=1)
     return pool
 
 
 def _init_worker() -> None:
     torch.set_num_threads(1)
+    _init_model()
+
+
+def _init_model() -> None:
+    """The model a worker loads each task's weights into; its first optimizer pays torch.optim's one-off import."""
     _state["model"] = Net()
-    _warm_optimizer(_state["model"])
+    torch.optim.SGD(_state["model"].parameters(), lr=0.01)
 
 
 def _init_done(_: int) -> int:
     time.sleep(0.05)  # hold the task briefly so that each worker takes one
     return os.getpid()
-
-
-def _warm_optimizer(model: torch.nn.Module) -> None:
-    torch.optim.SGD(model.parameters(), lr=0.01)
 
 
 def _chw(images: np.ndarray) -> np.ndarray:
