@@ -1,0 +1,179 @@
+"""The plain-PyTorch floor of a benchmark workload: the same FedAvg rounds in one process, no Ray.
+
+The same work as the fedray job: the same dataset files read by fedray's loader,
+the same shards (fedray.partition), the same seeded model init and per-site
+shuffles, local SGD and evaluation from fedray.training (itself plain PyTorch
+on tensor-resident data) and FedAvg by steps (fedray.aggregation.fedavg); then
+the global model's test accuracy. It does not score the global model on
+validation splits each round, as a fedray job does: a floor does only what the
+workload asks for.
+
+All cores, two ways (`--parallel`): `processes`, a pool of single-threaded
+workers forked after the data is loaded (they share it copy-on-write) training
+one site per task; or `threads`, one process training the sites in turn with
+torch using every core.
+
+Prints one JSON line: the accuracy and the seconds of each phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# fedray/__init__.py imports Ray and Hydra (seconds of start-up) that plain PyTorch does not need:
+# register the package without running it, so only the numpy/torch modules below are imported.
+_PACKAGE = types.ModuleType("fedray")
+_PACKAGE.__path__ = [str(Path(__file__).resolve().parent.parent / "fedray")]
+sys.modules.setdefault("fedray", _PACKAGE)
+
+from fedray.aggregation import fedavg, pool_metrics  # noqa: E402
+from fedray.datasets import load_cifar10  # noqa: E402
+from fedray.models import Net  # noqa: E402
+from fedray.partition import partition  # noqa: E402
+from fedray.training import evaluate, get_params, load_params, to_device, train_epochs  # noqa: E402
+
+Params = dict[str, np.ndarray]
+
+# Set in the parent before the pool forks: workers inherit the data and shards without a copy.
+_state: dict[str, Any] = {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    dataset = load_cifar10(args.data_root, download=False, check_integrity=args.check_integrity)
+    shards = partition(dataset.train_labels, args.num_sites, method="iid", val_fraction=args.val_fraction, seed=args.seed)
+    train_images, train_labels = to_device(_chw(dataset.train_images), dataset.train_labels, torch.device("cpu"))
+    test_images, test_labels = to_device(_chw(dataset.test_images), dataset.test_labels, torch.device("cpu"))
+    _state.update(args=args, shards=shards, images=train_images, labels=train_labels,
+                  test_images=test_images, test_labels=test_labels)
+    timings["data"], clock = _lap(clock)
+
+    torch.manual_seed(args.seed)
+    global_params = get_params(Net())
+    pool = _start_pool(args) if args.parallel == "processes" else None
+    if pool is None:
+        torch.set_num_threads(args.workers)
+        _init_model()
+    run_all = pool.imap_unordered if pool else map
+    timings["workers_start"], clock = _lap(clock)
+
+    timings["training"] = timings["aggregation"] = 0.0
+    for current_round in range(args.rounds):
+        tasks = [(site, global_params, current_round) for site in range(1, args.num_sites + 1)]
+        updates = list(run_all(_train_site, tasks))
+        lap, clock = _lap(clock)
+        timings["training"] += lap
+        global_params = fedavg(updates)
+        lap, clock = _lap(clock)
+        timings["aggregation"] += lap
+
+    parts = np.array_split(np.arange(len(test_labels)), args.workers if pool else 1)
+    test = pool_metrics(*run_all(_evaluate_part, [(global_params, part) for part in parts]))
+    timings["evaluation"], clock = _lap(clock)
+    if pool:
+        pool.close()
+        pool.join()
+    timings["workers_stop"], clock = _lap(clock)
+    print(json.dumps({
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "parallel": args.parallel,
+        "workers": args.workers,
+        "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
+    }))
+
+
+def _train_site(task: tuple[int, Params, int]) -> tuple[Params, int]:
+    """One site's local update from the global weights, as fedray's SiteWorker.train does it."""
+    site, global_params, current_round = task
+    args, shard = _state["args"], _state["shards"][site - 1]
+    model = _state["model"]
+    load_params(model, global_params)
+    generator = torch.Generator().manual_seed(site_shuffle_seed(args.seed, current_round, site))
+    _, steps = train_epochs(
+        model, _state["images"], _state["labels"], shard.train, epochs=args.local_epochs,
+        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, generator=generator,
+    )
+    return get_params(model), steps
+
+
+def _evaluate_part(task: tuple[Params, np.ndarray]) -> dict[str, float]:
+    """Evaluation sums of the global model on part of the test set (the workers score parts in parallel)."""
+    global_params, indices = task
+    model = _state["model"]
+    load_params(model, global_params)
+    return evaluate(model, _state["test_images"], _state["test_labels"], indices, _state["args"].eval_batch_size)
+
+
+def site_shuffle_seed(seed: int, current_round: int, site_number: int) -> int:
+    """The seed fedray's site workers shuffle with, so both sides draw the same batches."""
+    return int(np.random.SeedSequence([seed, current_round, site_number]).generate_state(1)[0])
+
+
+def _start_pool(args: argparse.Namespace):
+    # fork, not spawn: workers inherit torch already imported and the data already loaded.
+    pool = multiprocessing.get_context("fork").Pool(args.workers, initializer=_init_worker)
+    # Wait until every worker is up (and its model made), so that round 1 times training alone.
+    pool.map(_init_done, range(args.workers), chunksize=1)
+    return pool
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    _init_model()
+
+
+def _init_model() -> None:
+    """The model a worker loads each task's weights into; its first optimizer pays torch.optim's one-off import."""
+    _state["model"] = Net()
+    torch.optim.SGD(_state["model"].parameters(), lr=0.01)
+
+
+def _init_done(_: int) -> int:
+    time.sleep(0.05)  # hold the task briefly so that each worker takes one
+    return os.getpid()
+
+
+def _chw(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+
+def _lap(since: float) -> tuple[float, float]:
+    now = time.perf_counter()
+    return now - since, now
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True, help="a folder holding cifar-10-batches-py/")
+    parser.add_argument("--check-integrity", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--num-sites", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--eval-batch-size", type=int, default=1000)
+    parser.add_argument("--parallel", choices=("processes", "threads"), default="processes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes or torch threads")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The benchmark harness: a workload through `python -m fedray.run` against the plain-PyTorch floor.
+
+    python benchmarks/run.py              # W1, 3 repeats of each, alternating (several minutes)
+    python benchmarks/run.py --tiny       # seconds: 2 sites, 1 round, 600 samples
+
+Both sides run as whole processes, alternately, so that a load change on the
+machine hits both; the medians, the ratio fedray / plain, peak memory, the test
+accuracies and a breakdown of fedray's time are printed and saved to
+`benchmarks/results/<timestamp>-<workload>.json` with the machine described.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+# Run as a script: the checkout's fedray, not an installed one, and this folder's modules.
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+
+from breakdown import FEDRAY_NOT_SEPARATE, PHASES, fedray_breakdown, plain_breakdown, site_task_seconds  # noqa: E402
+from machine import describe_machine, summary_line  # noqa: E402
+from measure import Measurement, run_measured  # noqa: E402
+from workload import TINY, W1, Data, Workload, fedray_command, find_data, plain_command  # noqa: E402
+
+FLOOR_DESCRIPTIONS = {
+    "processes": "a pool of single-threaded worker processes, one per core, one site per task",
+    "threads": "one process, the sites in turn, torch using every core",
+}
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    args = _parse(argv)
+    workload = TINY if args.tiny else W1
+    repeats = args.repeats or (1 if args.tiny else 3)
+    work_dir = Path(args.work_dir).resolve()
+    data = find_data(workload, args.data_root, work_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    env = _environment()
+    load_before = os.getloadavg()
+
+    fedray_runs, plain_runs = [], []
+    for repeat in range(repeats):
+        run_dir = work_dir / "runs" / f"{stamp}-{workload.name}-{repeat}"
+        fedray_runs.append(_run_fedray(workload, data, run_dir, env, args.timeout))
+        _progress("fedray", repeat, repeats, fedray_runs[-1])
+        plain_runs.append(_run_plain(workload, data, args.floor, env, args.timeout))
+        _progress("plain", repeat, repeats, plain_runs[-1])
+
+    fedray, plain = _summarize(fedray_runs), _summarize(plain_runs)
+    results = {
+        "workload": workload.name,
+        "settings": {**asdict(workload), "data_root": data.root, "stand_in_data": data.stand_in, "repeats": repeats},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/run.py", *(argv or sys.argv[1:])]),
+        "machine": describe_machine(),
+        "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
+        "floor": {"parallel": args.floor, "description": FLOOR_DESCRIPTIONS[args.floor]},
+        "ratio": round(fedray["median_wall_seconds"] / plain["median_wall_seconds"], 3),
+        "accuracy_gap_points": round(100 * (fedray["median_test_accuracy"] - plain["median_test_accuracy"]), 2),
+        "fedray": {**fedray, "not_timed_apart": FEDRAY_NOT_SEPARATE},
+        "plain": plain,
+    }
+    path = Path(args.results_dir).resolve() / f"{stamp}-{workload.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(_report(results, path))
+    return results
+
+
+def _run_fedray(workload: Workload, data: Data, run_dir: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    measured = run_measured(fedray_command(workload, data, run_dir), env=env, cwd=str(REPO), timeout=timeout)
+    _check(measured, "fedray")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        **_memory_and_time(measured),
+        "test_accuracy": summary["rounds"][-1]["global"]["test_accuracy"],
+        "breakdown": fedray_breakdown(summary, measured.wall_seconds),
+        "site_task_seconds": site_task_seconds(summary),
+        "run_dir": str(run_dir),
+    }
+
+
+def _run_plain(workload: Workload, data: Data, parallel: str, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    measured = run_measured(plain_command(workload, data, parallel), env=env, cwd=str(REPO), timeout=timeout)
+    _check(measured, "plain")
+    report = json.loads(measured.stdout.strip().splitlines()[-1])
+    return {
+        **_memory_and_time(measured),
+        "test_accuracy": report["test_accuracy"],
+        "breakdown": plain_breakdown(report, measured.wall_seconds),
+    }
+
+
+def _memory_and_time(measured: Measurement) -> dict[str, Any]:
+    return {
+        "wall_seconds": measured.wall_seconds,
+        "peak_rss_mb": measured.peak_rss_mb,
+        "peak_anon_rss_mb": measured.peak_anon_rss_mb,
+        "peak_processes": measured.peak_processes,
+        "leftover_processes": measured.leftover_processes,
+    }
+
+
+def _summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the repeats (each phase's median on its own), and the runs themselves."""
+
+    def median(values: list[Optional[float]]) -> Optional[float]:
+        present = [v for v in values if v is not None]
+        return round(statistics.median(present), 4) if present else None
+
+    return {
+        "median_wall_seconds": median([r["wall_seconds"] for r in runs]),
+        "median_peak_rss_mb": median([r["peak_rss_mb"] for r in runs]),
+        "median_peak_anon_rss_mb": median([r["peak_anon_rss_mb"] for r in runs]),
+        "median_test_accuracy": median([r["test_accuracy"] for r in runs]),
+        "median_breakdown": {phase: median([r["breakdown"][phase] for r in runs]) for phase in PHASES},
+        "runs": runs,
+    }
+
+
+def _check(measured: Measurement, side: str) -> None:
+    if measured.returncode != 0:
+        tail = "\n".join((measured.stderr or measured.stdout).strip().splitlines()[-15:])
+        raise SystemExit(f"benchmark: the {side} run failed (exit {measured.returncode}):\n{tail}")
+
+
+def _environment() -> dict[str, str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # The benchmark measures fedray's own private local Ray, never a cluster the caller points at.
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def _progress(side: str, repeat: int, repeats: int, run: dict[str, Any]) -> None:
+    print(f"[{repeat + 1}/{repeats}] {side:6s} {run['wall_seconds']:7.1f} s  peak {run['peak_rss_mb']:7.0f} MB  "
+          f"test_acc {run['test_accuracy']:.4f}", flush=True)
+
+
+def _report(results: dict[str, Any], path: Path) -> str:
+    fedray, plain, settings = results["fedray"], results["plain"], results["settings"]
+    data = "stand-in CIFAR-10 (fedray.synthetic)" if settings["stand_in_data"] else "CIFAR-10"
+    load = results["load_average"]
+    rows = [
+        f"{results['workload']} on {data}, {settings['repeats']} runs each, medians",
+        f"machine: {summary_line(results['machine'])}; load average {load['before'][0]:.2f} before, "
+        f"{load['after'][0]:.2f} after",
+        f"floor: {results['floor']['description']}",
+        "",
+        f"{'':24s}{'fedray':>10s}{'plain':>10s}",
+        f"{'wall seconds':24s}{fedray['median_wall_seconds']:10.2f}{plain['median_wall_seconds']:10.2f}"
+        f"    ratio {results['ratio']:.2f}",
+        f"{'peak RSS, summed (MB)':24s}{fedray['median_peak_rss_mb']:10.0f}{plain['median_peak_rss_mb']:10.0f}",
+        f"{'  of it anonymous (MB)':24s}{fedray['median_peak_anon_rss_mb']:10.0f}{plain['median_peak_anon_rss_mb']:10.0f}",
+        f"{'test accuracy':24s}{fedray['median_test_accuracy']:10.4f}{plain['median_test_accuracy']:10.4f}"
+        f"    gap {results['accuracy_gap_points']:+.2f} points",
+        "breakdown (seconds):",
+    ]
+    for phase in PHASES:
+        cells = "".join(_cell(side["median_breakdown"][phase]) for side in (fedray, plain))
+        rows.append(f"  {phase:22s}{cells}")
+    rows.append(f"saved {path}")
+    return "\n".join(rows)
+
+
+def _cell(value: Optional[float]) -> str:
+    return f"{'-':>10s}" if value is None else f"{value:10.2f}"
+
+
+def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the test suite's workload: 2 sites, 1 round, 600 samples")
+    parser.add_argument("--repeats", type=int, default=None, help="runs of each side (default 3; 1 with --tiny)")
+    parser.add_argument("--data-root", default=None,
+                        help="a folder holding cifar-10-batches-py/ (default: fedray's cache; else a stand-in)")
+    parser.add_argument("--floor", choices=sorted(FLOOR_DESCRIPTIONS), default="processes",
+                        help="how the plain floor uses the cores")
+    parser.add_argument("--work-dir", default=str(REPO / "benchmarks" / "work"), help="stand-in data and run dirs")
+    parser.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds for one run of either side")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main()
