@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-import yaml
+from omegaconf import OmegaConf
 
 from fedray.outputs import cross_site_table
 
@@ -131,7 +131,7 @@ def _overrides(run: Path) -> dict[str, str]:
     path = run / OVERRIDES
     if not path.is_file():
         return {}
-    entries = yaml.safe_load(path.read_text()) or []
+    entries = OmegaConf.to_container(OmegaConf.load(path)) or []
     return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
