@@ -126,14 +126,15 @@ def _run(
     )
     timings["data"], clock = _lap(clock)
 
-    interrupt = _raise_on_sigterm()
-    try:
-        with ray_for(job["ray"], keep=keep_ray):
-            timings["ray_start"], clock = _lap(clock)
+    with ray_for(job["ray"], keep=keep_ray):
+        timings["ray_start"], clock = _lap(clock)
+        # After Ray started: its core worker installs a C-level SIGTERM handler that aborts the process.
+        interrupt = _raise_on_sigterm()
+        try:
             workflows_ended = _run_sites(cfg, job, saved, dataset, shards, recorder, report, timings)
-        timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
-    finally:
-        interrupt.restore()
+        finally:
+            interrupt.restore()
+    timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
 
 
 def _run_sites(

@@ -17,6 +17,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedray.config import site_names  # noqa: E402
 
+MAX_LEGEND_SITES = 24
+
 log = logging.getLogger(__name__)
 
 
@@ -68,11 +70,14 @@ def site_train_loss(rounds: list[Mapping[str, Any]], sites: list[str], path: str
     """Each site's training loss (mean over its last local epoch) per round; a round it missed is a gap."""
     x = [r["round"] + 1 for r in rounds]
     figure, axes = plt.subplots(figsize=(7, 4.5))
+    many = len(sites) > MAX_LEGEND_SITES  # past this, a legend hides the plot; the curves' spread is what shows
     for site in sites:
         values = [r["sites"].get(site, {}).get("train_loss", np.nan) for r in rounds]
-        axes.plot(x, values, marker="o", label=site)
-    axes.set(title="Site training loss", xlabel="round", ylabel="train loss (last local epoch)")
-    axes.legend(ncol=max(1, len(sites) // 8), fontsize="small")
+        axes.plot(x, values, marker="." if many else "o", label=site, **({"color": "tab:blue", "alpha": 0.3} if many else {}))
+    title = f"Site training loss ({len(sites)} sites)" if many else "Site training loss"
+    axes.set(title=title, xlabel="round", ylabel="train loss (last local epoch)")
+    if not many:
+        axes.legend(ncol=max(1, len(sites) // 8), fontsize="small")
     _by_round(figure)
     _save(figure, path)
 

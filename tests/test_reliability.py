@@ -31,7 +31,8 @@ def test_a_site_raising_is_recorded_and_the_run_goes_on(job_config, tmp_path):
 
 def test_ignore_result_error_false_stops_at_the_first_failure(job_config, tmp_path):
     job = job_config(*FAULTY, "min_clients=1", "+model.fail_sites=[site-3]",
-                     "workflows.scatter_and_gather.ignore_result_error=false")
+                     "workflows.scatter_and_gather.ignore_result_error=false",
+                     "workflows.scatter_and_gather.wait_time_after_min_received=120")  # site-3 answers, late or not
     with pytest.raises(JobFailed, match="round 0: site-3 error and ignore_result_error=false"):
         run_job(job, tmp_path)
 

@@ -130,6 +130,8 @@ def sample_sites(sites: list[str], count: int, seed: int, current_round: int) ->
 
 def _must_stop(ignore_result_error: Optional[bool], outcome: Outcome, still_possible: int, min_clients: int) -> str:
     """FLARE's ignore_result_error: why this failure ends the run, or "" to go on without the site."""
+    if outcome.failure == "abandoned":
+        return ""  # a late site after the round closed on time is no error, as in FLARE
     if ignore_result_error is False:
         return f"{outcome.site} {outcome.failure} and ignore_result_error=false"
     if ignore_result_error is None and still_possible < min_clients:
