@@ -88,6 +88,9 @@ def fedray_command(workload: Workload, data: Data, run_dir: Path) -> list[str]:
         "data.download": "false",
         "data.check_integrity": str(data.check_integrity).lower(),
         "hydra.run.dir": str(run_dir),
+        # The floor's work: FedAvg rounds, then the global model scored once; no cross-site matrix.
+        "eval_every": workload.rounds,
+        "workflows.cross_site_validate.enabled": "false",
     })
     return [sys.executable, "-m", "fedray.run", *(f"{key}={value}" for key, value in keys.items())]
 

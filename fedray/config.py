@@ -118,6 +118,7 @@ class JobConfig:
     lr: float = 0.01
     momentum: float = 0.9
     eval_batch_size: int = 1000
+    eval_every: int = 1
     resume: Optional[str] = None  # a stopped run's dir: continue it from its last finished round
     model: Any = None
     aggregator: Any = None
@@ -173,6 +174,7 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.local_epochs >= 1, "local_epochs", "must be at least 1")
     require(cfg.batch_size >= 1, "batch_size", "must be at least 1")
     require(cfg.eval_batch_size >= 1, "eval_batch_size", "must be at least 1")
+    require(cfg.eval_every >= 1, "eval_every", "must be at least 1 (rounds between global evaluations)")
     require(cfg.lr > 0, "lr", "must be positive")
     require(0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)")
     if cfg.min_clients is not None:

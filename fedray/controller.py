@@ -143,20 +143,23 @@ class Controller:
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
                    improved: dict[str, LocalModel]) -> None:
         started = time.perf_counter()
-        val = self._evaluate(params_ref, "train", self.val_index)
-        test = self._evaluate(params_ref, "test", np.arange(self.num_test))
+        num_rounds = self.job["workflows"]["scatter_and_gather"]["num_rounds"]
+        metrics: dict[str, float] = {}
+        if (current_round + 1) % self.job["eval_every"] == 0 or current_round + 1 == num_rounds:
+            val, test = self._evaluate(params_ref, [("train", self.val_index), ("test", np.arange(self.num_test))])
+            metrics = {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "test_loss": test["loss"]}
         evaluation_seconds = time.perf_counter() - started
-        is_best = val["accuracy"] > self.best_val_accuracy
-        self.best_val_accuracy = max(self.best_val_accuracy, val["accuracy"])
+        is_best = metrics.get("val_accuracy", -math.inf) > self.best_val_accuracy
+        self.best_val_accuracy = max(self.best_val_accuracy, metrics.get("val_accuracy", -math.inf))
         self.global_ref = params_ref
         if is_best or self.best_global_ref is None:
             self.best_global_ref = params_ref
         self._emit({
             "type": "round",
             "round": current_round,
-            "num_rounds": self.job["workflows"]["scatter_and_gather"]["num_rounds"],
+            "num_rounds": num_rounds,
             "num_sites": len(self.sites),
-            "global": {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "test_loss": test["loss"]},
+            "global": metrics,  # empty in a round that eval_every skips
             "sites": sites,
             "failures": failures,
             "seconds": seconds + evaluation_seconds,
@@ -168,21 +171,29 @@ class Controller:
             "improved_local_models": {site: tuple(model) for site, model in improved.items()},
         })
 
-    def _evaluate(self, params_ref: ray.ObjectRef, split: str, indices: np.ndarray) -> dict[str, float]:
-        """The global model on `indices`, split over the free workers so they score it in parallel."""
+    def _evaluate(self, params_ref: ray.ObjectRef, splits: list[tuple[str, np.ndarray]]) -> list[dict[str, float]]:
+        """The global model on each (split, indices), cut over the free workers so they score it in
+        parallel, every split in one wave."""
         workers = self.pool.free() or self.pool.workers
-        parts = [part for part in np.array_split(indices, len(workers)) if len(part)]
-        refs = [worker.evaluate_part.remote(params_ref, split, part) for worker, part in zip(workers, parts)]
-        done, late = ray.wait(refs, num_returns=len(refs), timeout=EVALUATION_TIMEOUT)
+        parts = {split: [part for part in np.array_split(indices, len(workers)) if len(part)] for split, indices in splits}
+        refs = {split: [worker.evaluate_part.remote(params_ref, split, part) for worker, part in zip(workers, cut)]
+                for split, cut in parts.items()}
+        every = [ref for split_refs in refs.values() for ref in split_refs]
+        _, late = ray.wait(every, num_returns=len(every), timeout=EVALUATION_TIMEOUT)
         for ref in late:
             ray.cancel(ref)
-        sums = []
-        for ref in done:
-            try:
-                sums.append(ray.get(ref, timeout=60))
-            except Exception as err:  # a worker that died mid-evaluation: score on the rest
-                log.warning("global evaluation on %s: a part failed (%s)", split, err)
-        return pool_metrics(*sums)
+        results = []
+        for split, split_refs in refs.items():
+            sums = []
+            for ref in split_refs:
+                if ref in late:
+                    continue
+                try:
+                    sums.append(ray.get(ref, timeout=60))
+                except Exception as err:  # a worker that died mid-evaluation: score on the rest
+                    log.warning("global evaluation on %s: a part failed (%s)", split, err)
+            results.append(pool_metrics(*sums))
+        return results
 
     def _emit(self, event: dict[str, Any]) -> None:
         with self.lock:

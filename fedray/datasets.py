@@ -24,6 +24,12 @@ def default_root() -> str:
     return os.path.join(cache, "fedray", "cifar10")
 
 
+def ensure_dataset(data: DictConfig) -> None:
+    """The quick checks (and the download, if allowed and needed): a bad data.root fails in a second."""
+    if data.name != "synthetic":
+        _ensure_files(Path(data.root or default_root()).expanduser(), data.download)
+
+
 def load_dataset(data: DictConfig) -> Dataset:
     if data.name == "synthetic":
         dataset = make_synthetic(data.num_train or 50_000, data.num_test or 10_000, seed=data.seed)
@@ -37,16 +43,7 @@ def load_cifar10(root: str, download: bool = True, check_integrity: bool = True)
     import torchvision
 
     root_path = Path(root).expanduser()
-    have_files = (root_path / FOLDER).is_dir()
-    have_archive = (root_path / ARCHIVE).is_file()
-    if not have_files and (download or have_archive):
-        _fetch(root_path, have_archive)
-    elif not have_files:
-        raise DataError(
-            f"data.root={root}: no CIFAR-10 there and data.download=false; put {ARCHIVE} in that folder, "
-            "set data.download=true, or run with data=synthetic"
-        )
-
+    _ensure_files(root_path, download)
     loader = torchvision.datasets.CIFAR10 if check_integrity else _unchecked_loader()
     try:
         train = loader(str(root_path), train=True, download=False)
@@ -66,6 +63,18 @@ def load_cifar10(root: str, download: bool = True, check_integrity: bool = True)
         np.asarray(test.data, dtype=np.uint8),
         np.asarray(test.targets, dtype=np.int64),
     )
+
+
+def _ensure_files(root: Path, download: bool) -> None:
+    have_files = (root / FOLDER).is_dir()
+    have_archive = (root / ARCHIVE).is_file()
+    if not have_files and (download or have_archive):
+        _fetch(root, have_archive)
+    elif not have_files:
+        raise DataError(
+            f"data.root={root}: no CIFAR-10 there and data.download=false; put {ARCHIVE} in that folder, "
+            "set data.download=true, or run with data=synthetic"
+        )
 
 
 def _fetch(root: Path, have_archive: bool) -> None:

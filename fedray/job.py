@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -24,7 +25,7 @@ from fedray.checkpoint import ResumeError
 from fedray.cluster import ray_for
 from fedray.config import ConfigError, site_names, validate
 from fedray.controller import ControllerActor
-from fedray.datasets import DataError, load_dataset
+from fedray.datasets import DataError, ensure_dataset, load_dataset
 from fedray.fl_model import FLModel
 from fedray.outputs import RunRecorder, cross_site_table
 from fedray.partition import Shard, partition
@@ -114,7 +115,26 @@ def _run(
     timings: dict[str, float],
 ) -> None:
     clock = time.perf_counter()
-    dataset = load_dataset(cfg.data)  # before Ray: a bad data path fails in a second, not after start-up
+    ensure_dataset(cfg.data)  # before Ray: a bad data path fails in a second, not after start-up
+    with ThreadPoolExecutor(1, thread_name_prefix="fedray-data") as loader:
+        # Reading and partitioning the data overlaps Ray's start-up (mostly other processes' work).
+        loading = loader.submit(_load_and_partition, cfg, timings)
+        with ray_for(job["ray"], keep=keep_ray):
+            timings["ray_start"], clock = _lap(clock)
+            dataset, shards = loading.result()
+            timings["data_wait"], clock = _lap(clock)
+            # After Ray started: its core worker installs a C-level SIGTERM handler that aborts the process.
+            interrupt = _raise_on_sigterm()
+            try:
+                workflows_ended = _run_sites(cfg, job, saved, dataset, shards, recorder, report, timings)
+            finally:
+                interrupt.restore()
+    timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
+
+
+def _load_and_partition(cfg: DictConfig, timings: dict[str, float]) -> tuple[Dataset, list[Shard]]:
+    started = time.perf_counter()
+    dataset = load_dataset(cfg.data)
     shards = partition(
         dataset.train_labels,
         cfg.num_clients,
@@ -124,17 +144,8 @@ def _run(
         val_fraction=cfg.data.val_fraction,
         seed=cfg.seed,
     )
-    timings["data"], clock = _lap(clock)
-
-    with ray_for(job["ray"], keep=keep_ray):
-        timings["ray_start"], clock = _lap(clock)
-        # After Ray started: its core worker installs a C-level SIGTERM handler that aborts the process.
-        interrupt = _raise_on_sigterm()
-        try:
-            workflows_ended = _run_sites(cfg, job, saved, dataset, shards, recorder, report, timings)
-        finally:
-            interrupt.restore()
-    timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
+    timings["data"] = round(time.perf_counter() - started, 3)
+    return dataset, shards
 
 
 def _run_sites(
@@ -178,14 +189,14 @@ def _run_sites(
             for name in names
         ]
         actors.extend(workers)
-        _await_workers({worker.ready.remote(): name for worker, name in zip(workers, names)}, cfg.site.start_timeout)
-        timings["site_start"], clock = _lap(clock)
-
+        # The controller's process starts while the sites' do; it sends no task before they are ready.
         val_index = np.concatenate([shard.val for shard in shards])
         controller = ControllerActor.options(namespace=namespace).remote(
             job, sites, workers, one_per_site, val_index, len(dataset.test_labels), _resume_state(saved)
         )
         actors.append(controller)
+        _await_workers({worker.ready.remote(): name for worker, name in zip(workers, names)}, cfg.site.start_timeout)
+        timings["site_start"], clock = _lap(clock)
         log.info(
             "%d sites on %d %s actors (%g CPU, %g GPU, %d threads each); run dir %s",
             len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,

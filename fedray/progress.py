@@ -52,16 +52,18 @@ class Progress:
 
     def _round(self, event: dict[str, Any]) -> None:
         metrics = event["global"]
-        self.last_round = f"round {event['round'] + 1}: val_acc {metrics['val_accuracy']:.4f}"
+        if metrics:
+            self.last_round = f"round {event['round'] + 1}: val_acc {metrics['val_accuracy']:.4f}"
         then = ""
         if event["round"] + 1 < event["num_rounds"]:
             self.round, self.answered = event["round"] + 1, {}
             then = self._round_status(event)
+        scores = ("val_acc %.4f  test_acc %.4f  test_loss %.4f" % (
+            metrics["val_accuracy"], metrics["test_accuracy"], metrics["test_loss"]) if metrics else "not evaluated (eval_every)")
         self._log(
             logging.INFO,
-            "round %d/%d  val_acc %.4f  test_acc %.4f  test_loss %.4f  sites %d/%d  %.1f s",
-            event["round"] + 1, event["num_rounds"], metrics["val_accuracy"], metrics["test_accuracy"],
-            metrics["test_loss"], len(event["sites"]), event["num_sites"], event["seconds"],
+            "round %d/%d  %s  sites %d/%d  %.1f s",
+            event["round"] + 1, event["num_rounds"], scores, len(event["sites"]), event["num_sites"], event["seconds"],
             then=then,
         )
 

@@ -57,7 +57,7 @@ def run_report(summary: Mapping[str, Any]) -> str:
     else:
         lines += ["", _table(
             ["round", "val_acc", "test_acc", "test_loss", "sites", "train_loss", "seconds"],
-            [[r["round"] + 1, r["global"]["val_accuracy"], r["global"]["test_accuracy"], r["global"]["test_loss"],
+            [[r["round"] + 1, r["global"].get("val_accuracy"), r["global"].get("test_accuracy"), r["global"].get("test_loss"),
               f"{len(r['sites'])}/{config['num_clients']}", _mean(m["train_loss"] for m in r["sites"].values()),
               f"{r['seconds']:.1f}"] for r in rounds],
         )]

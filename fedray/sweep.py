@@ -89,7 +89,7 @@ def _results(job_dir: Path) -> dict[str, Any]:
         # A job killed mid-run never got to say: it is no less failed.
         "status": summary.get("status") if summary.get("status") == "completed" else "failed",
         "rounds": len(rounds),
-        "final_test_accuracy": rounds[-1]["global"]["test_accuracy"] if rounds else None,
+        "final_test_accuracy": rounds[-1]["global"].get("test_accuracy") if rounds else None,
         "best_round": summary.get("best_round"),
         "best_val_accuracy": best.get("val_accuracy"),
         "best_test_accuracy": best.get("test_accuracy"),

@@ -46,7 +46,8 @@ class TensorBoardWriter:
         step = event["round"]
         server = self._writer(SERVER)
         for tag in GLOBAL_TAGS:
-            server.add_scalar(tag, event["global"][tag], step)
+            if tag in event["global"]:  # not in rounds that eval_every skips
+                server.add_scalar(tag, event["global"][tag], step)
         server.add_scalar("round_seconds", event["seconds"], step)
         for site, metrics in event["sites"].items():
             for key, tag in SITE_ROUND_TAGS.items():

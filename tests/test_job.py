@@ -83,6 +83,7 @@ def test_round_ends_after_wait_time_once_min_clients_answered(job_config, tmp_pa
         "rounds=1", "min_clients=2", "site.num_actors=3",
         "model._target_=tests.fault_models.FaultyNet", "+model.slow_sites=[site-3]", "+model.delay=2.0",
         "workflows.scatter_and_gather.wait_time_after_min_received=0.5",
+        "workflows.cross_site_validate.enabled=false",  # it would wait for site-3's abandoned, still running task
     )
     summary = run_job(job, tmp_path)
     (entry,) = summary["rounds"]
@@ -117,3 +118,12 @@ def test_too_few_results_stop_the_run_and_keep_earlier_rounds(job_config, tmp_pa
     assert [r["round"] for r in summary["rounds"]] == [0]
     assert summary["status"] == "failed" and summary["error"].startswith("RoundFailed: round 1: only 1 sites can still answer")
     assert torch.load(tmp_path / "models" / "FL_global_model.pt")["round"] == 0
+
+
+def test_eval_every_skips_the_global_evaluation_between_and_keeps_the_last(job_config, tmp_path):
+    job = job_config("rounds=3", "eval_every=2", "local_epochs=1", "workflows.cross_site_validate.enabled=false")
+    summary = run_job(job, tmp_path)
+    assert [bool(r["global"]) for r in summary["rounds"]] == [False, True, True]  # round 2, then the last
+    assert summary["rounds"][0]["evaluation_seconds"] < 0.01
+    assert summary["best_round"] in (1, 2)
+    assert (tmp_path / "plots" / "global_metrics.png").is_file()
