@@ -1,19 +1,32 @@
 """fedray: FLARE's federated-learning job semantics on Ray actors, configured by Hydra."""
 
-from fedray.aggregation import fedavg
-from fedray.config import ConfigError, load_config
-from fedray.fl_model import FLModel, ParamsType
-from fedray.job import JobFailed, run_job
-from fedray.synthetic import make_synthetic, write_cifar10
+from __future__ import annotations
 
-__all__ = [
-    "ConfigError",
-    "FLModel",
-    "JobFailed",
-    "ParamsType",
-    "fedavg",
-    "load_config",
-    "make_synthetic",
-    "run_job",
-    "write_cifar10",
-]
+import importlib
+from typing import Any
+
+# The public API, imported on first use: Ray loads fedray.<module> in every actor process, and
+# the controller and the metric mailbox have no use for torch (seconds of CPU per process).
+_EXPORTS = {
+    "ConfigError": "fedray.config",
+    "FLModel": "fedray.fl_model",
+    "JobFailed": "fedray.job",
+    "ParamsType": "fedray.fl_model",
+    "fedavg": "fedray.aggregation",
+    "load_config": "fedray.config",
+    "make_synthetic": "fedray.synthetic",
+    "run_job": "fedray.job",
+    "write_cifar10": "fedray.synthetic",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fedray' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
