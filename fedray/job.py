@@ -204,6 +204,7 @@ def _run_sites(
         )
         _follow(controller, metric_stream, recorder, report)
         timings["workflows"], clock = _lap(clock)
+        recorder.start_drawing()
         return clock
     finally:
         _stop(actors, wait_for_scripts=bool(job["site"]["script"]))

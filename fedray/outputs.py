@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -39,6 +40,7 @@ class RunRecorder:
         if resumed:  # a resumed run goes on from the rounds it had finished
             self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
         self.tensorboard = TensorBoardWriter(self.run_dir / "tb")
+        self.drawing: threading.Thread | None = None
 
     def record_points(self, points: list[Point]) -> None:
         self.tensorboard.add_points(points)
@@ -70,8 +72,19 @@ class RunRecorder:
 
         self.write(**fields)
         self.tensorboard.close()
-        draw_run(self.summary, self.run_dir / "plots")
+        if self.drawing is None:
+            draw_run(self.summary, self.run_dir / "plots")
+        else:
+            self.drawing.join()
         return self.summary
+
+    def start_drawing(self) -> None:
+        """Draw plots/ in a thread once the workflows are done: it overlaps stopping the actors and Ray."""
+        from fedray.plots import draw_run
+
+        self.drawing = threading.Thread(target=draw_run, args=(self.summary, self.run_dir / "plots"),
+                                        name="fedray-plots", daemon=True)
+        self.drawing.start()
 
     def write(self, **fields: Any) -> dict[str, Any]:
         self.summary.update(fields)
