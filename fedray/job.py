@@ -185,7 +185,7 @@ def _run_sites(
             SiteWorkerActor.options(
                 name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
                 max_restarts=cfg.site.max_restarts, max_task_retries=0,
-            ).remote(job, *shared, plan.num_threads, name if one_per_site else None, metric_stream)
+            ).remote(job, shared, plan.num_threads, name if one_per_site else None, metric_stream)
             for name in names
         ]
         actors.extend(workers)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import ray
@@ -35,23 +35,24 @@ from fedray.training import evaluate, get_params, load_params, to_device, train_
 # Training-loss points each site streams per round, whatever its shard size: a curve in
 # TensorBoard, and a host sync only every few steps on a GPU.
 LOSS_POINTS_PER_ROUND = 20
+DATA_TIMEOUT = 600.0  # seconds to fetch the dataset from the object store (another node's, on a cluster)
 
 
 class SiteWorker:
     def __init__(
         self,
         job: dict[str, Any],
-        shards: dict[str, Shard],
-        train_images: np.ndarray,
-        train_labels: np.ndarray,
-        test_images: np.ndarray,
-        test_labels: np.ndarray,
+        data: Sequence[ray.ObjectRef],
         num_threads: int,
         home_site: str | None = None,
         metric_stream: Optional[ActorHandle] = None,
     ) -> None:
+        """`data`: ObjectRefs of (shards by site, train images, train labels, test images, test labels),
+        in a list so that Ray hands them over unresolved: the actor reads them zero-copy, and Ray has
+        no by-reference constructor arguments to warn about when it restarts the actor."""
         self.job = job
-        self.shards = shards
+        shards, train_images, train_labels, test_images, test_labels = ray.get(list(data), timeout=DATA_TIMEOUT)
+        self.shards: dict[str, Shard] = shards
         use_gpu = torch.cuda.is_available() and len(ray.get_gpu_ids()) > 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(num_threads)

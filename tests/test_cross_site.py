@@ -46,6 +46,7 @@ def test_a_failing_site_loses_its_cells_and_nothing_else(job_config, tmp_path):
     job = job_config(
         "rounds=1", "min_clients=2", "site.num_actors=3",
         "model._target_=tests.fault_models.FaultyNet", "+model.fail_eval_sites=[site-3]",
+        "workflows.scatter_and_gather.wait_time_after_min_received=60",  # site-3's error, not a late site-3
     )
     summary = run_job(job, tmp_path)
     results = _results(tmp_path)

@@ -66,8 +66,9 @@ def test_initial_weights_come_from_the_chosen_site(job_config, method, client, e
     job = OmegaConf.to_container(job_config("model._target_=tests.fault_models.SiteTaggedNet"), resolve=True)
     images, labels = np.zeros((30, 3, 32, 32), np.uint8), np.zeros(30, np.int64)
     shards = {f"site-{k}": Shard(np.arange(10 * k - 10, 10 * k - 2), np.arange(10 * k - 2, 10 * k)) for k in (1, 2, 3)}
-    workers = {name: SiteWorkerActor.options(name=name, namespace=f"init-{method}", num_cpus=0).remote(
-        job, shards, images, labels, images, labels, 1) for name in shards}
+    data = [ray.put(value) for value in (shards, images, labels, images, labels)]
+    workers = {name: SiteWorkerActor.options(name=name, namespace=f"init-{method}", num_cpus=0).remote(job, data, 1)
+               for name in shards}
     try:
         pool = WorkerPool(list(workers.values()), home=workers)
         params = initialize_global_weights(list(workers), pool, method, client, timeout=120)
