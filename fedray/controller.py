@@ -11,7 +11,7 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import ray

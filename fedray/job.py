@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import ray
 from omegaconf import DictConfig, OmegaConf
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
 from fedray import checkpoint
 from fedray.checkpoint import ResumeError
@@ -27,7 +27,7 @@ from fedray.config import ConfigError, site_names, validate
 from fedray.controller import ControllerActor
 from fedray.datasets import DataError, ensure_dataset, load_dataset
 from fedray.fl_model import FLModel
-from fedray.outputs import RunRecorder, cross_site_table
+from fedray.outputs import RunRecorder
 from fedray.partition import Shard, partition
 from fedray.resources import ResourceError, plan_sites
 from fedray.sites import SiteWorkerActor
