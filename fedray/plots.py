@@ -53,14 +53,16 @@ def draw_safely(draw: Callable[..., None], *args: Any, path: str | os.PathLike) 
 
 
 def global_metrics(rounds: list[Mapping[str, Any]], path: str | os.PathLike) -> None:
-    """The global model after each round: accuracy (validation and test) and test loss."""
-    x = [r["round"] + 1 for r in rounds]
+    """The global model after each round it was scored in (see eval_every): accuracy (validation
+    and test) and test loss."""
+    scored = [r for r in rounds if r["global"]]
+    x = [r["round"] + 1 for r in scored]
     figure, (accuracy, loss) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("val_accuracy", "validation (pooled sites)"), ("test_accuracy", "test")):
-        accuracy.plot(x, [r["global"].get(key, np.nan) for r in rounds], marker="o", label=label)
+        accuracy.plot(x, [r["global"][key] for r in scored], marker="o", label=label)
     accuracy.set(title="Global model accuracy", xlabel="round", ylabel="accuracy")
     accuracy.legend()
-    loss.plot(x, [r["global"].get("test_loss", np.nan) for r in rounds], marker="o", color="tab:red")
+    loss.plot(x, [r["global"]["test_loss"] for r in scored], marker="o", color="tab:red")
     loss.set(title="Global model test loss", xlabel="round", ylabel="cross-entropy")
     _by_round(figure)
     _save(figure, path)

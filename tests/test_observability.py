@@ -109,7 +109,7 @@ def test_plots_are_drawn_at_the_end(finished_run):
 
 
 def test_a_plot_that_fails_is_a_warning(tmp_path, caplog):
-    summary = {"config": {"num_clients": 2}, "rounds": [{"round": 0, "global": None, "sites": {}}]}
+    summary = {"config": {"num_clients": 2}, "rounds": [{"round": 0, "global": {"val_accuracy": 0.5}, "sites": {}}]}
     with caplog.at_level(logging.WARNING):
         drawn = draw_run(summary, tmp_path)
     assert [p.name for p in drawn] == ["site_train_loss.png"]
