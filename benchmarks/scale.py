@@ -12,6 +12,7 @@ that served the sites, and the final test accuracy; saved as JSON under
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -33,8 +34,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     data = find_data(W1, args.data_root, work_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = work_dir / "runs" / f"{stamp}-scale-{args.clients}"
-    command = [*fedray_command(W1, data, run_dir), f"num_clients={args.clients}",
-               f"clients_per_round={args.per_round}", f"rounds={args.rounds}", f"eval_every={args.rounds}"]
+    workload = dataclasses.replace(W1, name="scale", num_sites=args.clients, rounds=args.rounds)
+    command = [*fedray_command(workload, data, run_dir), f"clients_per_round={args.per_round}"]
     measured = run_measured(command, env=_environment(), cwd=str(REPO), timeout=args.timeout)
     _check(measured, "fedray")
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -228,7 +228,7 @@ def validate(cfg: DictConfig) -> None:
         "workflows.scatter_and_gather.start_round",
         f"must be in [0, num_rounds={sag.num_rounds})",
     )
-    per_round = sag.clients_per_round or cfg.num_clients
+    per_round = cfg.num_clients if sag.clients_per_round is None else sag.clients_per_round
     require(
         1 <= per_round <= cfg.num_clients,
         "clients_per_round",

@@ -42,6 +42,8 @@ class Controller:
     ) -> None:
         self.job = job
         self.sites = sites
+        # The sites sent the task each round (clients_per_round samples them): what "8/8 sites" counts.
+        self.sites_per_round = min(job["workflows"]["scatter_and_gather"]["clients_per_round"] or len(sites), len(sites))
         self.pool = WorkerPool(workers, dict(zip(sites, workers)) if one_actor_per_site else None,
                                max_restarts=job["site"]["max_restarts"])
         self.val_index = val_index
@@ -104,7 +106,8 @@ class Controller:
             aggregation_weights=args["aggregation_weights"],
             exclude_vars=args["exclude_vars"],
             ignore_result_error=args["ignore_result_error"],
-            best_local_models=self.best_local_models,
+            # Only cross-site evaluation reads the sites' best local models.
+            best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
         )
 
     def _cross_site_validate(self, params: Params | None, args: dict[str, Any]) -> Params | None:
@@ -135,7 +138,7 @@ class Controller:
             "type": "site_done",
             "round": current_round,
             "num_rounds": self.job["workflows"]["scatter_and_gather"]["num_rounds"],
-            "num_sites": len(self.sites),
+            "num_sites": self.sites_per_round,
             "site": outcome.site,
             "ok": outcome.ok,
         })
@@ -149,8 +152,9 @@ class Controller:
             val, test = self._evaluate(params_ref, [("train", self.val_index), ("test", np.arange(self.num_test))])
             metrics = {"val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"], "test_loss": test["loss"]}
         evaluation_seconds = time.perf_counter() - started
-        is_best = metrics.get("val_accuracy", -math.inf) > self.best_val_accuracy
-        self.best_val_accuracy = max(self.best_val_accuracy, metrics.get("val_accuracy", -math.inf))
+        score = metrics.get("val_accuracy", -math.inf)  # an unscored round is never the best
+        is_best = score > self.best_val_accuracy
+        self.best_val_accuracy = max(self.best_val_accuracy, score)
         self.global_ref = params_ref
         if is_best or self.best_global_ref is None:
             self.best_global_ref = params_ref
@@ -158,7 +162,7 @@ class Controller:
             "type": "round",
             "round": current_round,
             "num_rounds": num_rounds,
-            "num_sites": len(self.sites),
+            "num_sites": self.sites_per_round,
             "global": metrics,  # empty in a round that eval_every skips
             "sites": sites,
             "failures": failures,
@@ -168,7 +172,8 @@ class Controller:
             "is_best": is_best,
             "best_val_accuracy": self.best_val_accuracy,
             "params": params_ref,
-            "improved_local_models": {site: tuple(model) for site, model in improved.items()},
+            # For the checkpoint; a script site answers submit_model itself, from its own state.
+            "improved_local_models": {} if self.job["site"]["script"] else {site: tuple(m) for site, m in improved.items()},
         })
 
     def _evaluate(self, params_ref: ray.ObjectRef, splits: list[tuple[str, np.ndarray]]) -> list[dict[str, float]]:
@@ -179,14 +184,15 @@ class Controller:
         refs = {split: [worker.evaluate_part.remote(params_ref, split, part) for worker, part in zip(workers, cut)]
                 for split, cut in parts.items()}
         every = [ref for split_refs in refs.values() for ref in split_refs]
-        _, late = ray.wait(every, num_returns=len(every), timeout=EVALUATION_TIMEOUT)
+        done, late = ray.wait(every, num_returns=len(every), timeout=EVALUATION_TIMEOUT)
         for ref in late:
             ray.cancel(ref)
+        done = set(done)
         results = []
         for split, split_refs in refs.items():
             sums = []
             for ref in split_refs:
-                if ref in late:
+                if ref not in done:
                     continue
                 try:
                     sums.append(ray.get(ref, timeout=60))

@@ -26,13 +26,12 @@ BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
 
 
 class RunRecorder:
-    def __init__(self, run_dir: str | os.PathLike, config: dict[str, Any] | None = None,
-                 resumed: dict[str, Any] | None = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike, resumed: dict[str, Any] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.summary: dict[str, Any] = {
             "status": "running",  # then completed or failed, with a one-line error
             "error": None,
-            "config": config,
+            "config": None,  # the resolved job, set by the driver
             "rounds": [],
             "best_round": None,
             "wall_seconds": None,
@@ -68,14 +67,11 @@ class RunRecorder:
 
     def finish(self, **fields: Any) -> dict[str, Any]:
         """The last summary.json, TensorBoard's files closed, and the pictures in plots/."""
-        from fedray.plots import draw_run
-
         self.write(**fields)
         self.tensorboard.close()
         if self.drawing is None:
-            draw_run(self.summary, self.run_dir / "plots")
-        else:
-            self.drawing.join()
+            self.start_drawing()
+        self.drawing.join()
         return self.summary
 
     def start_drawing(self) -> None:
@@ -114,15 +110,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def cross_site_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """The cross-site matrix as text: a row per evaluating site, a column per model."""
-    columns = list(dict.fromkeys(owner for row in results.values() for owner in row))
-    names = [c.removeprefix("SRV_").removesuffix(".pt") for c in columns]
-    widths = [max(len(name), 6) + 2 for name in names]
-    lines = [" " * 8 + "".join(f"{name:>{w}}" for name, w in zip(names, widths))]
-    for site, row in results.items():
-        cells = [f"{row[c]['val_accuracy']:.4f}" if c in row else "-" for c in columns]
-        lines.append(f"{site:<8}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)))
-    return "\n".join(lines)

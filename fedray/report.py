@@ -16,8 +16,6 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from fedray.outputs import cross_site_table
-
 SUMMARY = "summary.json"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 
@@ -168,6 +166,18 @@ def _load(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ReportError(f"{path}: {err}") from None
+
+
+def cross_site_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """The cross-site matrix as text: a row per evaluating site, a column per model."""
+    columns = list(dict.fromkeys(owner for row in results.values() for owner in row))
+    names = [c.removeprefix("SRV_").removesuffix(".pt") for c in columns]
+    widths = [max(len(name), 6) + 2 for name in names]
+    lines = [" " * 8 + "".join(f"{name:>{w}}" for name, w in zip(names, widths))]
+    for site, row in results.items():
+        cells = [f"{row[c]['val_accuracy']:.4f}" if c in row else "-" for c in columns]
+        lines.append(f"{site:<8}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,7 @@ class SiteWorker:
         started = time.perf_counter()
         shard = self.shards[site]
         load_params(self.model, global_params)
-        batch = self.job["eval_batch_size"]
-        received = pool_metrics(evaluate(self.model, self.train_images, self.train_labels, shard.val, batch))
+        received = self._score(site)
         generator = torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
         # Every round of a site takes the same steps, so its loss curve continues across rounds.
         steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
@@ -108,7 +107,7 @@ class SiteWorker:
         )
         tracking.flush()
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
-        local = pool_metrics(evaluate(self.model, self.train_images, self.train_labels, shard.val, batch))
+        local = self._score(site)
         return FLModel(
             params=get_params(self.model),
             metrics={
@@ -144,11 +143,14 @@ class SiteWorker:
                 results[owner] = _validation_metrics(self.script.ask("validate", asked).metrics, self.script)
                 continue
             load_params(self.model, params)
-            sums = evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
-                            self.job["eval_batch_size"])
-            metrics = pool_metrics(sums)
+            metrics = self._score(site)
             results[owner] = {"val_accuracy": metrics["accuracy"], "val_loss": metrics["loss"]}
         return results
+
+    def _score(self, site: str) -> dict[str, float]:
+        """The model as it stands on `site`'s validation split: accuracy and loss."""
+        return pool_metrics(evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
+                                     self.job["eval_batch_size"]))
 
     def evaluate_part(self, params: Mapping[str, np.ndarray], split: str, indices: np.ndarray) -> dict[str, float]:
         """Sums (not means) over `indices` of `split`, so the server can pool several workers' parts."""
@@ -170,7 +172,7 @@ class SiteWorker:
                         meta={"job_id": self.job["job_id"]})
         answer = self.script.ask("train", asked)
         tracking.flush()  # the script's SummaryWriter points reach the driver before its result
-        params = self._checked_params(answer, global_params)
+        params = self._checked_params(answer)
         if answer.params_type == ParamsType.DIFF:
             params = {name: (global_params[name] + diff).astype(global_params[name].dtype) for name, diff in params.items()}
         steps = answer.meta.get(NUM_STEPS_CURRENT_ROUND)
@@ -182,13 +184,13 @@ class SiteWorker:
         return FLModel(params=params, metrics={**metrics, "seconds": time.perf_counter() - started},
                        meta={NUM_STEPS_CURRENT_ROUND: steps}, current_round=current_round, total_rounds=total_rounds)
 
-    def _checked_params(self, answer: FLModel, expected: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def _checked_params(self, answer: FLModel) -> dict[str, np.ndarray]:
         """The script's params as numpy, with exactly the model's variables."""
         if not answer.params:
             raise ScriptError(f"{self.script.site}: script {self.script.script} sent no params for "
                               f"'{self.script.task_name}'")
         params = {name: _to_numpy(value) for name, value in answer.params.items()}
-        expected_keys = set(expected) if expected is not None else set(self.model.state_dict())
+        expected_keys = set(self.model.state_dict())  # the global model's too: it loads with strict=True
         if set(params) != expected_keys:
             missing, extra = sorted(expected_keys - set(params)), sorted(set(params) - expected_keys)
             raise ScriptError(f"{self.script.site}: script {self.script.script} sent params that do not match the "

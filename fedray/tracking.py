@@ -50,7 +50,7 @@ class _Sender:
         self.channel = channel
         self.pending: list[Point] = []
         self.sent_at = time.monotonic()
-        # A later Client API may stream from a user script's threads.
+        # A Client API script may stream from threads of its own.
         self.lock = threading.Lock()
 
     def add(self, point: Point) -> None:

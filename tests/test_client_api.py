@@ -70,7 +70,7 @@ def test_a_failing_script_is_a_failed_site_named_with_its_script(job_config, tmp
     assert "site-2" in failure["message"] and SIMPLE in failure["message"] and says in failure["message"]
 
 
-def test_every_site_failing_stops_the_run_with_the_reason(job_config, tmp_path):
+def test_a_failure_below_min_clients_stops_the_run_with_the_reason(job_config, tmp_path):
     job = job_config("num_clients=2", "rounds=1", f"site.script={SIMPLE}",
                      "site.script_args='--misbehave task_error --site site-1'", "min_clients=2")
     with pytest.raises(JobFailed, match="site-1: error: ScriptError: site-1: script .* raised ValueError"):

@@ -58,8 +58,8 @@ def test_a_thousand_clients_fifty_per_round_on_two_actors(tmp_path):
     assert [len(r["sites"]) for r in summary["rounds"]] == [50, 50]
     assert summary["rounds"][0]["sites"].keys() != summary["rounds"][1]["sites"].keys()
     # The session's Ray has 2 CPUs: a pool of 2 actors serves all 1000 sites.
-    assert memory.peak_processes <= 2
-    print(f"peak site-actor memory {memory.peak_uss / 1024**2:.0f} MiB in {memory.peak_processes} processes")
+    assert 1 <= memory.peak_processes <= 2
     assert memory.peak_uss < 2 * 1024**3
     results = summary["cross_site"]["results"]
     assert len(results) == 32  # a seeded sample of sites that trained, not a 1000 x 1002 matrix
+    assert set(results) <= set(summary["rounds"][0]["sites"]) | set(summary["rounds"][1]["sites"])

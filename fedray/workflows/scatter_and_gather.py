@@ -60,9 +60,9 @@ def scatter_and_gather(
     gets the new global weights as one ObjectRef and the sites whose best local model improved.
     `ignore_result_error` is FLARE's: None ignores failed sites while `min_clients` can still
     answer, False stops at the first failure, True always goes on with whatever arrived.
-    `best_local_models` is updated in place (ObjectRefs: the models stay in the object store).
+    `best_local_models` is updated in place (ObjectRefs: the models stay in the object store);
+    None: no local model is kept (nothing will evaluate them).
     """
-    best_local_models = {} if best_local_models is None else best_local_models
     per_round = clients_per_round or len(sites)
     min_clients = min_clients or per_round
     factors = aggregation_weights or {}
@@ -102,11 +102,12 @@ def scatter_and_gather(
                 result = outcome.value
                 steps = result.meta[NUM_STEPS_CURRENT_ROUND]
                 site_metrics[outcome.site] = {**result.metrics, "num_steps": steps}
-                local_accuracy = result.metrics.get("local_val_accuracy", float("nan"))
-                best = best_local_models.get(outcome.site)
-                # Written so that NaN (no validation split, or a script site) keeps the latest model.
-                if best is None or not local_accuracy <= best.accuracy:
-                    best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, outcome.ref)
+                if best_local_models is not None:
+                    local_accuracy = result.metrics.get("local_val_accuracy", float("nan"))
+                    best = best_local_models.get(outcome.site)
+                    # Written so that NaN (no validation split, or a script site) keeps the latest model.
+                    if best is None or not local_accuracy <= best.accuracy:
+                        best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, outcome.ref)
                 params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
                 yield params, factors.get(outcome.site, 1.0) * steps
 
