@@ -57,6 +57,8 @@ class SiteConfig:
     script: Optional[str] = None  # a Client API training script run in each site (one actor per site)
     script_args: str = ""  # its command line, e.g. "--batch_size 16"
     max_restarts: int = 2  # times Ray restarts a site actor that died or hung, before the site is given up
+    max_task_retries: int = 2  # times a task whose worker process died runs again, before it is the site's failure
+    stop_timeout: float = 10.0  # seconds a task given up on has to stop before its actor is restarted
 
 
 @dataclass
@@ -73,7 +75,7 @@ class PreTrainConfig:
     task_name: str = "get_weights"
     weight_method: str = "first"  # first | client
     weights_client_name: Optional[str] = None
-    timeout: float = 0.0  # 0: no limit
+    timeout: float = 600.0  # seconds; 0: no limit
 
 
 @dataclass
@@ -84,7 +86,7 @@ class ScatterAndGatherConfig:
     num_rounds: int = 5
     start_round: int = 0
     wait_time_after_min_received: float = 0.0
-    train_timeout: float = 0.0  # seconds per train task; 0: no limit
+    train_timeout: float = 3600.0  # seconds per train task; 0: no limit
     aggregation_weights: Dict[str, float] = field(default_factory=dict)
     exclude_vars: Optional[str] = None  # regex of variables kept at their global values
     ignore_result_error: Optional[bool] = None  # FLARE's: null ignores failures while min_clients can answer
@@ -94,8 +96,8 @@ class ScatterAndGatherConfig:
 class CrossSiteValidateConfig:
     enabled: bool = True
     max_participants: int = 32  # with more sites and no participating_clients, a seeded sample this size
-    submit_model_timeout: float = 0.0  # 0: no limit
-    validation_timeout: float = 0.0
+    submit_model_timeout: float = 600.0  # FLARE's default; 0: no limit
+    validation_timeout: float = 6000.0  # FLARE's default
     participating_clients: Optional[List[str]] = None  # null: all sites
 
 
@@ -120,6 +122,7 @@ class JobConfig:
     eval_batch_size: int = 1000
     eval_every: int = 1
     resume: Optional[str] = None  # a stopped run's dir: continue it from its last finished round
+    job_timeout: float = 0.0  # seconds for the whole job, then it stops (finished rounds kept); 0: no limit
     model: Any = None
     aggregator: Any = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -201,10 +204,14 @@ def validate(cfg: DictConfig) -> None:
         require(value is None or value >= 1, f"site.{key}", "must be at least 1 (or null for automatic)")
     require(cfg.site.start_timeout > 0, "site.start_timeout", "must be positive (seconds)")
     require(cfg.site.max_restarts >= 0, "site.max_restarts", "must be >= 0")
+    require(cfg.site.max_task_retries >= 0, "site.max_task_retries", "must be >= 0")
+    require(cfg.site.stop_timeout > 0, "site.stop_timeout", "must be positive (seconds)")
+    require(cfg.job_timeout >= 0, "job_timeout", "must be >= 0 seconds (0: no limit)")
     if cfg.site.num_actors is not None:
         require(cfg.site.num_actors <= cfg.num_clients, "site.num_actors", f"must be at most num_clients={cfg.num_clients}")
     if cfg.site.script is not None:
         require(Path(cfg.site.script).is_file(), "site.script", "no such file; give the path of your training script")
+        _require_compiles(cfg.site.script)
         require(
             cfg.site.num_actors in (None, cfg.num_clients),
             "site.num_actors",
@@ -255,6 +262,11 @@ def validate(cfg: DictConfig) -> None:
             ) from None
 
     csv = cfg.workflows.cross_site_validate
+    require(
+        not csv.enabled or cfg.data.val_fraction > 0,
+        "workflows.cross_site_validate.enabled",
+        "needs each site's validation split; set data.val_fraction > 0 or workflows.cross_site_validate.enabled=false",
+    )
     require(csv.max_participants >= 1, "workflows.cross_site_validate.max_participants", "must be at least 1")
     for key in ("submit_model_timeout", "validation_timeout"):
         require(csv[key] >= 0, f"workflows.cross_site_validate.{key}", "must be >= 0 seconds (0: no limit)")
@@ -268,6 +280,48 @@ def validate(cfg: DictConfig) -> None:
 
     for key in ("model", "aggregator"):
         _require_importable_target(cfg, key)
+
+
+# What every site feeds a model: CIFAR-10's images and classes (the generated stand-in has the same shape).
+INPUT_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+
+
+def check_model(model_cfg: DictConfig) -> None:
+    """Build the model and run one forward pass on a dummy batch, so a model that cannot take
+    CIFAR-10 fails here in one line rather than in every site actor."""
+    import torch  # here, not at import: `python -m fedray.run` checks configs before it needs torch
+    from hydra.utils import instantiate
+
+    target = model_cfg.get("_target_")
+    try:
+        model = instantiate(model_cfg)
+    except Exception as err:
+        raise ConfigError(f"model._target_={target}: cannot be built ({_first_line(err)})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model._target_={target}: builds a {type(model).__name__}, not a torch.nn.Module")
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(torch.zeros(2, *INPUT_SHAPE))
+    except Exception as err:
+        raise ConfigError(f"model._target_={target}: fails on a batch of 32x32x3 images ({_first_line(err)})") from None
+    shape = tuple(getattr(output, "shape", ()))
+    if shape != (2, NUM_CLASSES):
+        raise ConfigError(f"model._target_={target}: gives outputs of shape {shape} for 2 images, CIFAR-10 needs "
+                          f"(2, {NUM_CLASSES}) (e.g. +model.num_classes={NUM_CLASSES})")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _require_compiles(script: str) -> None:
+    try:
+        compile(Path(script).read_bytes(), script, "exec")
+    except SyntaxError as err:
+        raise ConfigError(f"site.script={script}: does not compile (line {err.lineno}: {err.msg})") from None
 
 
 def _require_importable_target(cfg: DictConfig, key: str) -> None:

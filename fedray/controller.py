@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
 from fedray.aggregation import Params, pool_metrics
-from fedray.tasks import Outcome, WorkerPool
+from fedray.tasks import Outcome, WorkerPool, gather
 from fedray.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, sample_sites, scatter_and_gather
 
 log = logging.getLogger(__name__)
@@ -34,18 +35,19 @@ class Controller:
         self,
         job: dict[str, Any],
         sites: list[str],
-        workers: list[ActorHandle],
-        one_actor_per_site: bool,
+        shared_data: list[ray.ObjectRef],
         val_index: np.ndarray,
         num_test: int,
         resume: dict[str, Any] | None = None,
     ) -> None:
+        """`shared_data`: the dataset's ObjectRefs, handed to each site actor as it starts (and restarts)."""
         self.job = job
         self.sites = sites
+        self.data = shared_data
         # The sites sent the task each round (clients_per_round samples them): what "8/8 sites" counts.
         self.sites_per_round = min(job["workflows"]["scatter_and_gather"]["clients_per_round"] or len(sites), len(sites))
-        self.pool = WorkerPool(workers, dict(zip(sites, workers)) if one_actor_per_site else None,
-                               max_restarts=job["site"]["max_restarts"])
+        self.pool: WorkerPool | None = None
+        self.max_task_retries = job["site"]["max_task_retries"]
         self.val_index = val_index
         self.num_test = num_test
         # ObjectRefs only: the models themselves stay in Ray's object store.
@@ -61,8 +63,15 @@ class Controller:
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
-    def run(self) -> None:
-        """Run the enabled workflows in config order."""
+    def shared_data(self) -> list[ray.ObjectRef]:
+        return self.data
+
+    def run(self, workers: list[ActorHandle], one_actor_per_site: bool) -> None:
+        """Run the enabled workflows in config order on these site actors."""
+        site = self.job["site"]
+        self.pool = WorkerPool(workers, dict(zip(self.sites, workers)) if one_actor_per_site else None,
+                               max_restarts=site["max_restarts"], stop_timeout=site["stop_timeout"],
+                               restart_timeout=site["start_timeout"])
         workflows = {
             "pre_train": self._pre_train,
             "scatter_and_gather": self._scatter_and_gather,
@@ -83,12 +92,13 @@ class Controller:
 
     def _pre_train(self, params: Params | None, args: dict[str, Any]) -> Params:
         return initialize_global_weights(
-            self.sites, self.pool, args["weight_method"], args["weights_client_name"], args["timeout"]
+            self.sites, self.pool, args["weight_method"], args["weights_client_name"], args["timeout"], self.max_task_retries
         )
 
     def _scatter_and_gather(self, params: Params | None, args: dict[str, Any]) -> Params:
         if params is None:  # pre_train disabled: a site's seeded init is still the starting point
-            params = initialize_global_weights(self.sites, self.pool, "first", None, 0.0)
+            params = initialize_global_weights(self.sites, self.pool, "first", None, self.job["workflows"]["pre_train"]["timeout"],
+                                               self.max_task_retries)
         return scatter_and_gather(
             self.sites,
             self.pool,
@@ -106,6 +116,7 @@ class Controller:
             aggregation_weights=args["aggregation_weights"],
             exclude_vars=args["exclude_vars"],
             ignore_result_error=args["ignore_result_error"],
+            max_task_retries=self.max_task_retries,
             # Only cross-site evaluation reads the sites' best local models.
             best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
         )
@@ -129,6 +140,9 @@ class Controller:
             dict(zip(SERVER_MODELS, (self.global_ref, self.best_global_ref))),
             submit_model_timeout=args["submit_model_timeout"],
             validation_timeout=args["validation_timeout"],
+            max_task_retries=self.max_task_retries,
+            # A site whose actor is still stuck in an abandoned task is skipped, not waited for.
+            unavailable_after=self.job["site"]["stop_timeout"],
         )
         self._emit({"type": "cross_site", **outcome})
         return params
@@ -178,32 +192,32 @@ class Controller:
 
     def _evaluate(self, params_ref: ray.ObjectRef, splits: list[tuple[str, np.ndarray]]) -> list[dict[str, float]]:
         """The global model on each (split, indices), cut over the free workers so they score it in
-        parallel, every split in one wave."""
+        parallel, every split in one wave; a part whose worker died runs again elsewhere."""
         workers = self.pool.free() or self.pool.workers
-        parts = {split: [part for part in np.array_split(indices, len(workers)) if len(part)] for split, indices in splits}
-        refs = {split: [worker.evaluate_part.remote(params_ref, split, part) for worker, part in zip(workers, cut)]
-                for split, cut in parts.items()}
-        every = [ref for split_refs in refs.values() for ref in split_refs]
-        done, late = ray.wait(every, num_returns=len(every), timeout=EVALUATION_TIMEOUT)
-        for ref in late:
-            ray.cancel(ref)
-        done = set(done)
-        results = []
-        for split, split_refs in refs.items():
-            sums = []
-            for ref in split_refs:
-                if ref not in done:
-                    continue
-                try:
-                    sums.append(ray.get(ref, timeout=60))
-                except Exception as err:  # a worker that died mid-evaluation: score on the rest
-                    log.warning("global evaluation on %s: a part failed (%s)", split, err)
-            results.append(pool_metrics(*sums))
-        return results
+        calls = [
+            (f"{split}-part-{k}", partial(_evaluate_part, params_ref, split, part))
+            for split, indices in splits
+            for k, part in enumerate(np.array_split(indices, len(workers)))
+            if len(part)
+        ]
+        sums: dict[str, dict[str, float]] = {}
+        for outcome in gather(calls, self.pool, timeout=EVALUATION_TIMEOUT, max_retries=self.max_task_retries):
+            if outcome.ok:
+                sums[outcome.site] = outcome.value
+            else:  # score on the rest, and say so
+                log.warning("global evaluation: %s %s: %s", outcome.site, outcome.failure, outcome.message)
+        # Pooled in call order, not arrival order: the same bits whichever worker answered first.
+        return [pool_metrics(*(sums[label] for label, _ in calls if label in sums and label.startswith(f"{split}-")))
+                for split, _ in splits]
 
     def _emit(self, event: dict[str, Any]) -> None:
         with self.lock:
             self.events.append(event)
 
 
-ControllerActor = ray.remote(num_cpus=0, max_concurrency=2)(Controller)
+def _evaluate_part(params_ref: ray.ObjectRef, split: str, part: np.ndarray, worker: ActorHandle) -> ray.ObjectRef:
+    return worker.evaluate_part.remote(params_ref, split, part)
+
+
+# run() holds one thread for the whole job; the others answer the driver's polls and starting sites.
+ControllerActor = ray.remote(num_cpus=0, max_concurrency=4)(Controller)

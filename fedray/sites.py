@@ -36,22 +36,29 @@ from fedray.training import evaluate, get_params, load_params, to_device, train_
 # TensorBoard, and a host sync only every few steps on a GPU.
 LOSS_POINTS_PER_ROUND = 20
 DATA_TIMEOUT = 600.0  # seconds to fetch the dataset from the object store (another node's, on a cluster)
+LOOKUP_TIMEOUT = 60.0  # seconds for the job's named actors to be registered
 
 
 class SiteWorker:
     def __init__(
         self,
         job: dict[str, Any],
-        data: Sequence[ray.ObjectRef],
         num_threads: int,
         home_site: str | None = None,
-        metric_stream: Optional[ActorHandle] = None,
+        namespace: str | None = None,
+        data_holder: str = "controller",
+        metric_stream: str | None = "metric-stream",
     ) -> None:
-        """`data`: ObjectRefs of (shards by site, train images, train labels, test images, test labels),
-        in a list so that Ray hands them over unresolved: the actor reads them zero-copy, and Ray has
-        no by-reference constructor arguments to warn about when it restarts the actor."""
+        """`data_holder`, `metric_stream`: names of actors in `namespace` (default: the job id's). The holder's
+        `shared_data()` gives the ObjectRefs of (shards by site, train images, train labels, test
+        images, test labels), which the actor reads zero-copy. Names, not handles or refs: Ray
+        restarts a dead site actor by calling this again, and constructor arguments that live in
+        the object store could be gone by then (Ray logs an error line for each such actor)."""
         self.job = job
-        shards, train_images, train_labels, test_images, test_labels = ray.get(list(data), timeout=DATA_TIMEOUT)
+        namespace = namespace or job["job_id"]
+        holder = _named_actor(data_holder, namespace)
+        shards, train_images, train_labels, test_images, test_labels = ray.get(
+            ray.get(holder.shared_data.remote(), timeout=DATA_TIMEOUT), timeout=DATA_TIMEOUT)
         self.shards: dict[str, Shard] = shards
         use_gpu = torch.cuda.is_available() and len(ray.get_gpu_ids()) > 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
@@ -64,7 +71,7 @@ class SiteWorker:
         # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
         # the actor starts, not inside the first round's train_timeout.
         torch.optim.SGD(self.model.parameters(), lr=job["lr"])
-        tracking.connect(metric_stream)
+        tracking.connect(_named_actor(metric_stream, namespace) if metric_stream else None)
         # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
         self.script: ScriptSite | None = None
         if job["site"]["script"]:
@@ -104,6 +111,8 @@ class SiteWorker:
             generator=generator,
             on_loss=lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step),
             loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
+            # A task the server gave up on (late at a round's close, or timed out) stops within a batch.
+            should_stop=ray.get_runtime_context().is_canceled,
         )
         tracking.flush()
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
@@ -214,6 +223,18 @@ def _validation_metrics(metrics: Mapping[str, Any], script: ScriptSite) -> dict[
         raise ScriptError(f"{script.site}: script {script.script} sent no 'accuracy' metric for 'validate'")
     loss = metrics.get("val_loss", metrics.get("loss"))
     return {"val_accuracy": float(accuracy), "val_loss": None if loss is None else float(loss)}
+
+
+def _named_actor(name: str, namespace: str) -> ActorHandle:
+    """An actor of this job by name; just created ones register within moments."""
+    deadline = time.monotonic() + LOOKUP_TIMEOUT
+    while True:
+        try:
+            return ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _site_number(site: str) -> int:

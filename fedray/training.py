@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class TrainingStopped(RuntimeError):
+    """Training was asked to stop between batches (its result would be thrown away)."""
+
+
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 NCHW images and int64 labels as tensors on `device` (zero-copy on CPU)."""
     return _from_numpy(images).to(device), _from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
@@ -48,10 +52,12 @@ def train_epochs(
     generator: torch.Generator,
     on_loss: Optional[Callable[[int, float], None]] = None,
     loss_every: int = 10,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> tuple[float, int]:
     """SGD over `epochs` shuffled passes of `indices`; returns (mean loss of the last epoch, steps).
 
     `on_loss(steps, loss)` hears, every `loss_every` steps, the mean loss of the steps since its last call.
+    `should_stop()`, asked before every batch, ends training at once with `TrainingStopped`.
     """
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -63,6 +69,8 @@ def train_epochs(
         seen = heard_loss = heard_seen = 0
         order = index[torch.randperm(len(index), generator=generator).to(images.device)]
         for start in range(0, len(order), batch_size):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(f"stopped after {steps} steps: the server gave up on this task")
             batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(normalize(images[batch])), labels[batch])

@@ -67,7 +67,8 @@ def test_initial_weights_come_from_the_chosen_site(job_config, method, client, e
     images, labels = np.zeros((30, 3, 32, 32), np.uint8), np.zeros(30, np.int64)
     shards = {f"site-{k}": Shard(np.arange(10 * k - 10, 10 * k - 2), np.arange(10 * k - 2, 10 * k)) for k in (1, 2, 3)}
     data = [ray.put(value) for value in (shards, images, labels, images, labels)]
-    workers = {name: SiteWorkerActor.options(name=name, namespace=f"init-{method}", num_cpus=0).remote(job, data, 1)
+    holder = _DataHolder.options(name="controller", namespace=f"init-{method}").remote(data)
+    workers = {name: SiteWorkerActor.options(name=name, namespace=f"init-{method}", num_cpus=0).remote(job, 1, None, f"init-{method}", "controller", None)
                for name in shards}
     try:
         pool = WorkerPool(list(workers.values()), home=workers)
@@ -75,8 +76,19 @@ def test_initial_weights_come_from_the_chosen_site(job_config, method, client, e
         tags = set(np.unique(params["fc3.bias"]).tolist())
         assert len(tags) == 1 and tags <= expected
     finally:
-        for worker in workers.values():
+        for worker in [*workers.values(), holder]:
             ray.kill(worker)
+
+
+@ray.remote(num_cpus=0)
+class _DataHolder:
+    """What a site actor asks for its data as it starts: the controller's role in a job."""
+
+    def __init__(self, data: list) -> None:
+        self.data = data
+
+    def shared_data(self) -> list:
+        return self.data
 
 
 def test_round_ends_after_wait_time_once_min_clients_answered(job_config, tmp_path):

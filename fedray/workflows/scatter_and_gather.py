@@ -53,6 +53,7 @@ def scatter_and_gather(
     exclude_vars: str | None = None,
     ignore_result_error: Optional[bool] = None,
     best_local_models: dict[str, LocalModel] | None = None,
+    max_task_retries: int = 0,
 ) -> Params:
     """Run FedAvg rounds `start_round .. num_rounds-1`.
 
@@ -61,7 +62,8 @@ def scatter_and_gather(
     `ignore_result_error` is FLARE's: None ignores failed sites while `min_clients` can still
     answer, False stops at the first failure, True always goes on with whatever arrived.
     `best_local_models` is updated in place (ObjectRefs: the models stay in the object store);
-    None: no local model is kept (nothing will evaluate them).
+    None: no local model is kept (nothing will evaluate them). A task whose worker died runs
+    again up to `max_task_retries` times. An update with NaN or Inf is a failed site (`non_finite`).
     """
     per_round = clients_per_round or len(sites)
     min_clients = min_clients or per_round
@@ -80,6 +82,7 @@ def scatter_and_gather(
             min_results=min_clients,
             wait_after_min=wait_time_after_min_received,
             timeout=train_timeout,
+            max_retries=max_task_retries,
         )
         site_metrics: dict[str, dict] = {}
         failures: dict[str, dict] = {}
@@ -88,6 +91,9 @@ def scatter_and_gather(
 
         def arriving_updates() -> Iterator[tuple[Params, float]]:
             for outcome in outcomes:
+                if outcome.ok and not _finite(outcome.value.params):
+                    outcome = Outcome(outcome.site, failure="non_finite", seconds=outcome.seconds,
+                                      message="its weights have NaN or Inf: local training diverged")
                 if on_site_done is not None:
                     on_site_done(current_round, outcome)
                 if not outcome.ok:
@@ -112,10 +118,16 @@ def scatter_and_gather(
                 yield params, factors.get(outcome.site, 1.0) * steps
 
         aggregated = _aggregate_any(aggregate, arriving_updates())
+        diverged = [site for site, failure in failures.items() if failure["kind"] == "non_finite"]
+        if diverged and not site_metrics:
+            raise RoundFailed(f"round {current_round}: training diverged: every update had NaN or Inf weights "
+                              f"({', '.join(diverged)}); lower lr")
         if stop or (len(site_metrics) < min_clients and ignore_result_error is not True):
             reason = stop[0] if stop else f"{len(site_metrics)} of {len(chosen)} sites returned results, min_clients={min_clients} needed"
             raise RoundFailed(f"round {current_round}: {reason} ({_describe(failures)})")
         global_params = {**global_params, **aggregated}
+        if not _finite(global_params):
+            raise RoundFailed(f"round {current_round}: training diverged: the aggregated global model has NaN or Inf; lower lr")
         global_ref = ray.put(global_params)
         on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved)
     return global_params
@@ -138,6 +150,10 @@ def _must_stop(ignore_result_error: Optional[bool], outcome: Outcome, still_poss
     if ignore_result_error is None and still_possible < min_clients:
         return f"only {still_possible} sites can still answer, min_clients={min_clients} needed"
     return ""
+
+
+def _finite(params: Params) -> bool:
+    return all(np.isfinite(value).all() for value in params.values() if np.issubdtype(np.asarray(value).dtype, np.inexact))
 
 
 def _aggregate_any(aggregate: Callable, updates: Iterator[tuple[Params, float]]) -> Params:
