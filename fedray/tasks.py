@@ -26,9 +26,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
 
 POLL_SECONDS = 1.0
+RESTART_POLL_SECONDS = 0.25
 
 Call = Callable[[ActorHandle], ray.ObjectRef]
 
@@ -56,6 +57,7 @@ class _Busy:
     ref: ray.ObjectRef
     deadline: float  # monotonic: past it, a given-up task's worker is restarted, a restart is given up
     restarting: bool
+    ask_again_at: Optional[float] = None  # a restarting actor said "not yet": ask `ready` again then
 
 
 class WorkerPool:
@@ -89,11 +91,19 @@ class WorkerPool:
             finished = set(finished)
             now = time.monotonic()
             for worker, busy in list(self.busy.items()):
-                if busy.ref in finished:
+                if busy.ask_again_at is not None:
+                    if now >= busy.ask_again_at:
+                        busy.ref, busy.ask_again_at = worker.ready.remote(), None
+                elif busy.ref in finished:
+                    failure = _actor_failure(busy.ref)
+                    if failure is ActorUnavailableError and busy.restarting:
+                        busy.ask_again_at = now + RESTART_POLL_SECONDS  # still restarting
+                        continue
                     del self.busy[worker]
-                    if _actor_failed(busy.ref):  # it went down with its actor: Ray restarts it
+                    if failure is not None:  # it went down with its actor: Ray restarts it
                         self.died(worker)
-                elif now >= busy.deadline:
+                    continue
+                if now >= busy.deadline and worker in self.busy:
                     del self.busy[worker]
                     if busy.restarting:  # it never came back
                         self._retire(worker)
@@ -116,11 +126,12 @@ class WorkerPool:
         """Ray restarts a dead actor; until it answers again, it is busy (calls would fail at once)."""
         self.deaths[worker] = self.deaths.get(worker, 0) + 1
         if not self.retired(worker):
-            ready = worker.ready.options(max_task_retries=-1).remote()
+            # Asked again while Ray restarts it (Ray's own retries would log a line per attempt).
+            ready = worker.ready.remote()
             self.busy[worker] = _Busy(ready, time.monotonic() + self.restart_timeout, restarting=True)
 
     def busy_refs(self) -> list[ray.ObjectRef]:
-        return [busy.ref for busy in self.busy.values()]
+        return [busy.ref for busy in self.busy.values() if busy.ask_again_at is None]
 
     def _restart(self, worker: ActorHandle) -> None:
         if self.max_restarts <= 0:  # Ray may not restart it: it stays busy until its task ends
@@ -186,7 +197,11 @@ def gather(
                         yield Outcome(site, failure="timeout", message=f"no free worker in {timeout:g} s", seconds=waited)
                     return
                 if queue:
-                    ray.wait(pool.busy_refs(), num_returns=1, timeout=POLL_SECONDS)
+                    refs = pool.busy_refs()
+                    if refs:
+                        ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
+                    else:
+                        time.sleep(RESTART_POLL_SECONDS)
                 continue
 
             deadlines = [entry[4] + timeout for entry in in_flight.values()] if timeout > 0 else []
@@ -247,14 +262,15 @@ def _dispatch(queue: deque, pool: WorkerPool, idle: list[ActorHandle], in_flight
         in_flight[call(worker)] = (site, call, retries, worker, time.monotonic())
 
 
-def _actor_failed(ref: ray.ObjectRef) -> bool:
+def _actor_failure(ref: ray.ObjectRef) -> Optional[type]:
+    """The actor error a finished task ended with (ActorUnavailableError: restarting), or None."""
     try:
         ray.get(ref, timeout=0)
-    except RayActorError:
-        return True
+    except RayActorError as err:
+        return ActorUnavailableError if isinstance(err, ActorUnavailableError) else RayActorError
     except Exception:  # the task's own error, or a cancellation: the actor is fine
-        return False
-    return False
+        return None
+    return None
 
 
 def _collect(ref: ray.ObjectRef, site: str, started: float) -> Outcome:
