@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional
 
 import ray
 
+from fedray import reaper
+
 # The settings of the Ray this module started and left up for the next job; None: none kept.
 _kept: Optional[dict[str, Any]] = None
+# The watchdog of the local Ray this module started (see fedray/reaper.py).
+_watchdog: Optional[subprocess.Popen] = None
 
 
 @contextmanager
@@ -40,20 +45,27 @@ def ray_for(ray_cfg: Mapping[str, Any], keep: bool = False) -> Iterator[None]:
         yield
     except BaseException:
         if ours:
-            ray.shutdown()
+            _shutdown()
         raise
     if ours and keep:
         _kept = settings
     elif ours:
-        ray.shutdown()
+        _shutdown()
 
 
 def release() -> None:
     """Shut down the Ray that `ray_for(..., keep=True)` left up, if any."""
     global _kept
     if _kept is not None and ray.is_initialized():
-        ray.shutdown()
+        _shutdown()
     _kept = None
+
+
+def _shutdown() -> None:
+    global _watchdog
+    ray.shutdown()
+    reaper.stop(_watchdog)
+    _watchdog = None
 
 
 def _start(settings: Mapping[str, Any]) -> None:
@@ -70,3 +82,5 @@ def _start(settings: Mapping[str, Any]) -> None:
         # auth on for it by default and says so at every start; that notice is noise here.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=settings["num_cpus"], num_gpus=settings["num_gpus"], **options)
+        global _watchdog
+        _watchdog = reaper.start()  # a driver killed outright leaves no Ray process behind

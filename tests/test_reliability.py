@@ -228,3 +228,23 @@ def _is_site_worker(process: psutil.Process) -> bool:
         return "SiteWorker" in " ".join(process.cmdline())
     except psutil.Error:
         return False
+
+
+@pytest.mark.slow
+def test_no_process_of_a_run_outlives_its_killed_driver(tiny_cifar, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "fedray.run", f"data.root={tiny_cifar}", "data.download=false",
+               "data.check_integrity=false", "num_clients=3", "rounds=30", f"hydra.run.dir={run_dir}",
+               "model._target_=tests.fault_models.SlowNet", "+model.delay=0.05"]
+    env = {**os.environ, "PYTHONPATH": REPO, "RAY_ADDRESS": ""}
+    driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not _rounds_done(run_dir) and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    assert _rounds_done(run_dir) >= 1
+    ray_processes = [p for p in psutil.Process(driver.pid).children(recursive=True) if "fedray.reaper" not in " ".join(p.cmdline())]
+    assert any("raylet" in p.name() for p in ray_processes) and any(_is_site_worker(p) for p in ray_processes)
+    driver.kill()
+    driver.wait(timeout=30)
+    gone, alive = psutil.wait_procs(ray_processes, timeout=30)
+    assert not alive, f"left behind: {[p.name() for p in alive]}"
