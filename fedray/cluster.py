@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional
@@ -18,6 +19,7 @@ from typing import Any, Iterator, Mapping, Optional
 import ray
 
 from fedray import reaper
+from fedray.config import ConfigError
 
 # The settings of the Ray this module started and left up for the next job; None: none kept.
 _kept: Optional[dict[str, Any]] = None
@@ -68,6 +70,19 @@ def _shutdown() -> None:
     _watchdog = None
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray retries an address where nothing listens for minutes, with a log line every few seconds."""
+    if "://" in address or address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        source = "ray.address" if os.environ.get("RAY_ADDRESS") != address else "$RAY_ADDRESS"
+        raise ConfigError(f"{source}={address}: no Ray cluster answers there ({err}); start one with "
+                          "`ray start --head`, or leave ray.address unset for a private local Ray") from None
+
+
 def _start(settings: Mapping[str, Any]) -> None:
     options: dict[str, Any] = dict(
         include_dashboard=settings["dashboard"],
@@ -76,6 +91,7 @@ def _start(settings: Mapping[str, Any]) -> None:
     )
     if settings["address"]:
         # Under `ray job submit`, Ray sets RAY_ADDRESS for the driver: this joins that cluster.
+        _check_reachable(settings["address"])
         ray.init(address=settings["address"], **options)
     else:
         # "local": never join a stale cluster someone else left on this machine. Ray turns token

@@ -153,6 +153,7 @@ def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line(err, list(overrides))) from None
     validate(cfg)
+    check_model(cfg.model)
     return cfg
 
 
