@@ -19,10 +19,37 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
+from fedray import nvflare_alias
 from fedray.fl_model import FLModel
 
 POLL_SECONDS = 0.5
 _ENDED = object()  # put in the answers queue when the script's thread ends
+
+
+def put_on_python_path(job: dict[str, Any], script: Optional[str] = None) -> None:
+    """Make the job's own modules importable in this process: `python_path` (a FLARE job's custom/
+    folders) and the script's folder, so that `model._target_=net.Net` beside the script resolves in
+    the driver and in every site."""
+    folders = [os.path.abspath(folder) for folder in job.get("python_path", ())]
+    folders += [os.path.dirname(os.path.abspath(script))] if script else []
+    for folder in reversed(folders):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+    # A module of the same name from an earlier job's folder (two FLARE examples' model.py, run from
+    # one notebook or test session) must not stand in for this job's.
+    earlier = _job_folders - set(folders)
+    for name, module in list(sys.modules.items()):
+        origin = getattr(module, "__file__", None)
+        if origin and os.path.dirname(os.path.abspath(origin)) in earlier:
+            del sys.modules[name]
+    for folder in earlier:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    _job_folders.clear()
+    _job_folders.update(folders)
+
+
+_job_folders: set[str] = set()  # the folders put_on_python_path added for the latest job
 
 
 class ScriptError(RuntimeError):
@@ -41,6 +68,7 @@ class ScriptSite:
         self.answers: queue.Queue = queue.Queue()
         self.running = True
         self.task_name: Optional[str] = None
+        self.received: Optional[FLModel] = None  # fedray.client.receive()'s model until it is answered
         self.failure: Optional[str] = None
         self.thread = threading.Thread(target=self._main, name=f"fedray-script-{site}", daemon=True)
 
@@ -80,6 +108,8 @@ class ScriptSite:
 
     # Called by fedray.client, from the script's thread.
     def next_task(self, timeout: Optional[float]) -> Optional[tuple[str, FLModel]]:
+        if not self.running:
+            return None  # the job has ended: every later receive() returns None at once
         try:
             task = self.tasks.get(timeout=timeout)
         except queue.Empty:
@@ -95,15 +125,19 @@ class ScriptSite:
 
     def _main(self) -> None:
         sys.argv = [self.script, *shlex.split(self.script_args)]
-        folder = os.path.dirname(self.script)
-        if folder not in sys.path:
-            sys.path.insert(0, folder)  # `from net import Net` beside the script
+        put_on_python_path(self.job, self.script)  # `from net import Net` beside the script
+        nvflare_alias.install()  # FLARE's scripts run unchanged: `import nvflare.client as flare`
         try:
             runpy.run_path(self.script, run_name="__main__")
         except SystemExit as exit_:
             if exit_.code not in (None, 0):
                 self.failure = f"exited with status {exit_.code}"
         except BaseException as err:  # the script's own error: its traceback goes to this site's log
+            if not self.running:
+                # FLARE's examples use receive()'s model without checking for None, the job's end.
+                print(f"[{self.site}] script {self.script} raised {type(err).__name__} after the job ended; ignored",
+                      file=sys.stderr, flush=True)
+                return
             print(f"[{self.site}] script {self.script} raised:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
             self.failure = f"raised {type(err).__name__}: {err}".splitlines()[0]
         finally:
