@@ -14,6 +14,7 @@ import queue
 import runpy
 import shlex
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -125,6 +126,11 @@ class ScriptSite:
 
     def _main(self) -> None:
         sys.argv = [self.script, *shlex.split(self.script_args)]
+        # The site's own working directory, as FLARE's site workspace: what the script writes by a
+        # relative path (./cifar_net.pth, Lightning's lightning_logs/) stays apart from the other sites'.
+        workspace = os.path.join(tempfile.gettempdir(), "fedray-sites", self.job["job_id"], self.site)
+        os.makedirs(workspace, exist_ok=True)
+        os.chdir(workspace)  # the actor's process is this script's alone (one actor per script site)
         put_on_python_path(self.job, self.script)  # `from net import Net` beside the script
         nvflare_alias.install()  # FLARE's scripts run unchanged: `import nvflare.client as flare`
         try:
