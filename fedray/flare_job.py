@@ -356,7 +356,7 @@ def _read_config(folder: Path, stem: str) -> Optional[dict[str, Any]]:
         try:
             from pyhocon import ConfigFactory
         except ImportError:
-            raise ConfigError(f"{folder / stem}.conf is HOCON: pip install pyhocon (or fedray[flare])") from None
+            raise ConfigError(f"{folder / stem}.conf is HOCON: pip install pyhocon") from None
         try:
             return ConfigFactory.parse_file(str(folder / f"{stem}.conf")).as_plain_ordered_dict()
         except Exception as err:  # pyhocon's parse errors have no common base
