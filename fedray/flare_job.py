@@ -454,7 +454,9 @@ def _value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_value(item) for item in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    # Hydra's quoted strings: a quote is escaped, and so are the backslashes just before one (or the end).
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(value))
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
     return f"'{text}'"
 
 

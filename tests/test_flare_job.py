@@ -8,10 +8,10 @@ FLARE's Job API exports for examples/hello-world/hello-pt (FedAvg, cross-site ev
 FLARE's client.py and model.py as they are.
 """
 
-import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,13 @@ def sag_pt(tmp_path) -> Path:
     return job
 
 
+def _plant_a_real_nvflare(folder: Path) -> None:
+    """An `nvflare` package on the sites' path, as a real NVFlare installed beside fedray would be."""
+    (folder / "nvflare" / "client").mkdir(parents=True)
+    (folder / "nvflare" / "__init__.py").write_text("raise RuntimeError('the real nvflare was imported')\n")
+    (folder / "nvflare" / "client" / "__init__.py").write_text("")
+
+
 def test_the_sag_pt_template_means_these_overrides(sag_pt):
     lines = []
     overrides = translate(str(sag_pt), report=lines.append)
@@ -65,6 +72,7 @@ def test_the_sag_pt_template_means_these_overrides(sag_pt):
 
 
 def test_the_sag_pt_job_folder_runs_its_script_with_fedrays_client_api(sag_pt, job_config, tmp_path):
+    _plant_a_real_nvflare(sag_pt / "app" / "custom")  # on the sites' sys.path: fedray's alias must win there
     summary = run_job(job_config(*translate(str(sag_pt), report=lambda line: None)), tmp_path / "run")
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
     assert all(r["failures"] == {} and sorted(r["sites"]) == ["site-1", "site-2"] for r in summary["rounds"])
@@ -73,7 +81,7 @@ def test_the_sag_pt_job_folder_runs_its_script_with_fedrays_client_api(sag_pt, j
     assert list(state) == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias",
                            "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]
     assert not (tmp_path / "run" / "cross_site_val").exists()  # the template has no CrossSiteModelEval
-    assert importlib.util.find_spec("nvflare") is None  # served inside the sites only
+    assert "nvflare" not in sys.modules  # served inside the sites only
 
 
 def test_the_hello_pt_job_folder_runs_flares_client_unchanged(job_config, tmp_path):
@@ -140,3 +148,40 @@ def test_a_folder_that_is_no_flare_job_is_one_line(tmp_path):
     (tmp_path / "job" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="app_site-1: script client.py: not in"):
         translate(str(tmp_path / "job"))
+
+
+def test_scatter_and_gathers_arguments_and_its_aggregators_map_to_fedrays_keys(tmp_path, job_config):
+    job = tmp_path / "hello-pt"
+    shutil.copytree(JOBS / "hello-pt", job)
+    path, server = _server_config(job)
+    server["workflows"] = [
+        {"id": "pre_train", "path": "nvflare.app_common.workflows.initialize_global_weights.InitializeGlobalWeights",
+         "args": {"task_name": "get_weights", "weight_method": "client", "weights_client_name": ["site-2"]}},
+        {"id": "scatter_and_gather", "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
+         "args": {"min_clients": 1, "num_rounds": 3, "wait_time_after_min_received": 5, "train_timeout": 60,
+                  "ignore_result_error": True, "aggregator_id": "aggregator", "persistor_id": "persistor",
+                  "shareable_generator_id": "shareable_generator"}},
+    ]
+    server["components"] += [
+        {"id": "aggregator", "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator."
+                                     "InTimeAccumulateWeightedAggregator",
+         "args": {"expected_data_kind": "WEIGHTS", "exclude_vars": ["fc3.weight", "fc3.bias"],
+                  "aggregation_weights": {"site-1": 0.5, "site-2": 1.0}}},
+        {"id": "shareable_generator", "name": "FullModelShareableGenerator", "args": {}},
+    ]
+    path.write_text(json.dumps(server))
+    overrides = translate(str(job), report=lambda line: None)
+    for expected in ("min_clients=1", "rounds=3", "workflows.scatter_and_gather.wait_time_after_min_received=5",
+                     "workflows.scatter_and_gather.train_timeout=60",
+                     "workflows.scatter_and_gather.ignore_result_error=true",
+                     "workflows.scatter_and_gather.exclude_vars='^fc3\\.weight$|^fc3\\.bias$'",
+                     "+workflows.scatter_and_gather.aggregation_weights.site-1=0.5",
+                     "workflows.pre_train.enabled=true", "workflows.pre_train.weight_method='client'",
+                     "workflows.pre_train.weights_client_name='site-2'", "workflows.cross_site_validate.enabled=false"):
+        assert expected in overrides
+    cfg = job_config(*overrides)  # Hydra's grammar and fedray's checks take them as they are
+    sag = cfg.workflows.scatter_and_gather
+    assert (cfg.num_clients, sag.min_clients, sag.num_rounds, sag.ignore_result_error) == (2, 1, 3, True)
+    assert dict(sag.aggregation_weights) == {"site-1": 0.5, "site-2": 1.0}
+    assert sag.exclude_vars == r"^fc3\.weight$|^fc3\.bias$"
+    assert cfg.workflows.pre_train.weights_client_name == "site-2"
