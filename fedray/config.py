@@ -21,7 +21,12 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from fedray.script_site import put_on_python_path
+from fedray.python_path import put_on_python_path
+
+
+class ConfigError(ValueError):
+    """A job config that cannot run; the message is one line naming the key."""
+
 
 def _conf_dir() -> str:
     """The built-in configs: fedray/conf in an installed wheel, the repository's conf/ in a clone."""
@@ -34,10 +39,6 @@ def _conf_dir() -> str:
 
 
 CONF_DIR = _conf_dir()
-
-
-class ConfigError(ValueError):
-    """A job config that cannot run; the message is one line naming the key."""
 
 
 @dataclass

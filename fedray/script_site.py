@@ -22,35 +22,10 @@ from typing import Any, Callable, Optional
 
 from fedray import nvflare_alias
 from fedray.fl_model import FLModel
+from fedray.python_path import put_on_python_path
 
 POLL_SECONDS = 0.5
 _ENDED = object()  # put in the answers queue when the script's thread ends
-
-
-def put_on_python_path(job: dict[str, Any], script: Optional[str] = None) -> None:
-    """Make the job's own modules importable in this process: `python_path` (a FLARE job's custom/
-    folders) and the script's folder, so that `model._target_=net.Net` beside the script resolves in
-    the driver and in every site."""
-    folders = [os.path.abspath(folder) for folder in job.get("python_path", ())]
-    folders += [os.path.dirname(os.path.abspath(script))] if script else []
-    for folder in reversed(folders):
-        if folder not in sys.path:
-            sys.path.insert(0, folder)
-    # A module of the same name from an earlier job's folder (two FLARE examples' model.py, run from
-    # one notebook or test session) must not stand in for this job's.
-    earlier = _job_folders - set(folders)
-    for name, module in list(sys.modules.items()):
-        origin = getattr(module, "__file__", None)
-        if origin and os.path.dirname(os.path.abspath(origin)) in earlier:
-            del sys.modules[name]
-    for folder in earlier:
-        if folder in sys.path:
-            sys.path.remove(folder)
-    _job_folders.clear()
-    _job_folders.update(folders)
-
-
-_job_folders: set[str] = set()  # the folders put_on_python_path added for the latest job
 
 
 class ScriptError(RuntimeError):

@@ -28,7 +28,8 @@ from ray.actor import ActorHandle
 from fedray import tracking
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
-from fedray.script_site import ScriptError, ScriptSite, put_on_python_path
+from fedray.python_path import put_on_python_path
+from fedray.script_site import ScriptError, ScriptSite
 from fedray.aggregation import pool_metrics
 from fedray.training import evaluate, get_params, load_params, to_device, train_epochs
 
