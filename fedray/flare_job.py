@@ -144,9 +144,10 @@ def _initialize_global_weights(job: _Job, args: dict[str, Any]) -> None:
     job.set(f"{PRE}.enabled", True)
     _copy(job, args, {"weight_method": f"{PRE}.weight_method", "task_timeout": f"{PRE}.timeout"})
     client = args.get("weights_client_name")
-    if isinstance(client, list):
-        client = client[0] if len(client) == 1 else job.errors.append(
-            "InitializeGlobalWeights weights_client_name lists several sites: fedray takes one")
+    if isinstance(client, list) and len(client) > 1:
+        job.errors.append("InitializeGlobalWeights weights_client_name lists several sites: fedray takes one")
+        return
+    client = client[0] if isinstance(client, list) and client else client
     if client:
         job.set(f"{PRE}.weights_client_name", client)
 
