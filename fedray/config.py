@@ -21,11 +21,24 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from fedray.python_path import put_on_python_path
 
 
 class ConfigError(ValueError):
     """A job config that cannot run; the message is one line naming the key."""
+
+
+def _conf_dir() -> str:
+    """The built-in configs: fedray/conf in an installed wheel, the repository's conf/ in a clone."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise ConfigError(f"fedray's configs are missing: neither {here / 'conf'} nor {here.parent / 'conf'} exists; "
+                      "reinstall fedray")
+
+
+CONF_DIR = _conf_dir()
 
 
 @dataclass
@@ -123,6 +136,7 @@ class JobConfig:
     eval_every: int = 1
     resume: Optional[str] = None  # a stopped run's dir: continue it from its last finished round
     job_timeout: float = 0.0  # seconds for the whole job, then it stops (finished rounds kept); 0: no limit
+    python_path: List[str] = field(default_factory=list)  # folders importable in the driver and every site
     model: Any = None
     aggregator: Any = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -141,20 +155,30 @@ _CHOICES = {
 }
 
 
-def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def load_config(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose `conf/config.yaml` with command-line style overrides, then validate.
 
     This is what `python -m fedray.run` checks before Hydra starts the job, and
-    the programmatic way to build a job config (tests, notebooks).
+    the programmatic way to build a job config (tests, notebooks). `config_dirs` are
+    the users' own config folders (`--config-dir`), searched after the built-in ones as
+    Hydra's `--config-dir` is.
     """
+    search = [f"hydra.searchpath=[{','.join(_file_url(d) for d in config_dirs)}]"] if config_dirs else []
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None, job_name="fedray"):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=search + list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line(err, list(overrides))) from None
     validate(cfg)
     check_model(cfg.model)
     return cfg
+
+
+def _file_url(folder: str) -> str:
+    path = Path(folder).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--config-dir {folder}: no such folder")
+    return f"file://{path}"
 
 
 def site_names(num_clients: int) -> list[str]:
@@ -279,6 +303,9 @@ def validate(cfg: DictConfig) -> None:
             f"must list sites among site-1 ... site-{cfg.num_clients} (unknown: {', '.join(unknown) or 'none'})",
         )
 
+    for folder in cfg.python_path:
+        require(Path(folder).is_dir(), "python_path", f"{folder}: no such folder")
+    put_on_python_path(OmegaConf.to_container(cfg), cfg.site.script)  # a model beside the script, in custom/
     for key in ("model", "aggregator"):
         _require_importable_target(cfg, key)
 

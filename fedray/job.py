@@ -84,6 +84,7 @@ def run_job(
         job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
         if job["site"]["script"]:
             job["site"]["script"] = os.path.abspath(job["site"]["script"])
+        job["python_path"] = [os.path.abspath(folder) for folder in job.get("python_path", ())]
         recorder.summary["config"] = job
         if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
             raise JobFailed(f"resume={recorder.run_dir}: that run already finished all its rounds")

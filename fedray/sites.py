@@ -28,6 +28,7 @@ from ray.actor import ActorHandle
 from fedray import tracking
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
+from fedray.python_path import put_on_python_path
 from fedray.script_site import ScriptError, ScriptSite
 from fedray.aggregation import pool_metrics
 from fedray.training import evaluate, get_params, load_params, to_device, train_epochs
@@ -67,6 +68,7 @@ class SiteWorker:
         self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         # Every site starts from the same seeded weights, so `first` in pre_train is deterministic.
         torch.manual_seed(job["seed"])
+        put_on_python_path(job, job["site"]["script"])  # the job's own model module (a FLARE job's custom/)
         self.model = instantiate(OmegaConf.create(job["model"])).to(self.device)
         # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
         # the actor starts, not inside the first round's train_timeout.

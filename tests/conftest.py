@@ -25,11 +25,15 @@ def tiny_cifar(tmp_path_factory) -> str:
     return str(root)
 
 
+def start_session_ray() -> None:
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One private Ray for every test that runs jobs; jobs started inside it leave it running."""
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_session_ray()
     yield
     ray.shutdown()
 
