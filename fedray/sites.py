@@ -31,7 +31,7 @@ from fedray.partition import Shard
 from fedray.python_path import put_on_python_path
 from fedray.script_site import ScriptError, ScriptSite
 from fedray.aggregation import pool_metrics
-from fedray.training import evaluate, get_params, load_params, to_device, train_epochs
+from fedray.training import TrainingStopped, evaluate, get_params, load_params, to_device, train_epochs
 
 # Training-loss points each site streams per round, whatever its shard size: a curve in
 # TensorBoard, and a host sync only every few steps on a GPU.
@@ -147,7 +147,10 @@ class SiteWorker:
     def validate_models(self, site: str, models: dict[str, ray.ObjectRef]) -> dict[str, dict[str, float]]:
         """Each model (an FLModel, or server weights) on this site's validation split."""
         results = {}
+        cancelled = ray.get_runtime_context().is_canceled
         for owner, model in zip(models, ray.get(list(models.values()), timeout=300)):
+            if cancelled():  # given up on: stop between models
+                raise TrainingStopped(f"{site}: validation stopped: the server gave up on this task")
             params = model.params if isinstance(model, FLModel) else model
             if self.script:
                 asked = FLModel(params=_torch_copy(params), meta={"model_owner": owner})

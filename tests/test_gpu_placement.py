@@ -18,8 +18,7 @@ from omegaconf import OmegaConf
 
 from fedray import run_job
 from fedray.resources import ResourceError, plan_sites
-from fedray.sites import SiteWorkerActor
-from tests.conftest import start_session_ray
+from tests.conftest import start_session_ray, start_site_worker
 
 SITE = {"num_actors": None, "num_gpus": None, "num_cpus": None, "num_threads": None, "script": None}
 
@@ -49,13 +48,14 @@ def test_a_site_actor_with_a_logical_gpu_trains_on_the_cpu_without_cuda(one_logi
     job = {**OmegaConf.to_container(job_config("num_clients=1"), resolve=True), "job_id": "fedray-gpu-test"}
     images, labels = np.zeros((4, 3, 32, 32), dtype=np.uint8), np.zeros(4, dtype=np.int64)
     data = [ray.put({}), ray.put(images), ray.put(labels), ray.put(images), ray.put(labels)]
-    worker = SiteWorkerActor.options(num_gpus=0.125, num_cpus=0.25).remote(job, data, 1)
+    worker, holder = start_site_worker(job, data, "gpu-test", num_gpus=0.125, num_cpus=0.25)
     try:
         # No CUDA here: torch falls back to the CPU although Ray lent the actor a GPU's eighth.
         assert ray.get(worker.ready.remote(), timeout=120)["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
         assert ray.available_resources().get("GPU") == 0.875  # it holds its eighth of the logical GPU
     finally:
         ray.kill(worker)
+        ray.kill(holder)
 
 
 def test_a_gpu_fraction_too_big_for_the_sites_is_refused_with_one_line_before_any_actor(one_logical_gpu, job_config,
