@@ -114,7 +114,7 @@ class Controller:
             ignore_result_error=args["ignore_result_error"],
             # Only cross-site evaluation reads the sites' best local models.
             best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
-            algorithm=algorithms.build(self.job["algorithm"]),
+            algorithm=algorithms.build(self.job.get("algorithm")),
             state=None if self.algorithm_state is None else ray.get(self.algorithm_state, timeout=300),
             site_states=self.site_states,
         )

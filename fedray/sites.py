@@ -66,7 +66,7 @@ class SiteWorker:
         # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
         # the actor starts, not inside the first round's train_timeout.
         torch.optim.SGD(self.model.parameters(), lr=job["lr"])
-        self.algorithm = algorithms.build(job["algorithm"])
+        self.algorithm = algorithms.build(job.get("algorithm"))
         tracking.connect(metric_stream)
         # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
         self.script: ScriptSite | None = None
@@ -227,8 +227,11 @@ def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_roun
     """The job's local optimizer (`optimizer._target_`) and LR schedule (`lr_scheduler`, stepped once
     per local epoch over the whole run), built afresh each round: the schedule is brought to this
     round's first epoch by stepping it, so its LRs are those of one scheduler run across rounds."""
-    optimizer = instantiate(OmegaConf.create(job["optimizer"]), model.parameters())
-    if not job["lr_scheduler"]:
+    if not job.get("optimizer"):  # a run saved before `optimizer` existed: its SGD
+        optimizer = torch.optim.SGD(model.parameters(), lr=job["lr"], momentum=job["momentum"])
+    else:
+        optimizer = instantiate(OmegaConf.create(job["optimizer"]), model.parameters())
+    if not job.get("lr_scheduler"):
         return optimizer, None
     scheduler = instantiate(OmegaConf.create(job["lr_scheduler"]), optimizer)
     with warnings.catch_warnings():  # stepping it before any optimizer step is the point here

@@ -73,7 +73,10 @@ class Algorithm:
 
 
 def build(node: Any) -> Algorithm:
-    """The algorithm a job's `algorithm` config names (nested `_target_`s stay config for it to build)."""
+    """The algorithm a job's `algorithm` config names (nested `_target_`s stay config for it to build);
+    FedAvg for none (a run saved before algorithms existed)."""
+    if not node:
+        return Algorithm()
     node = OmegaConf.create(node) if not OmegaConf.is_config(node) else node
     return instantiate(node, _recursive_=False, _convert_="all")
 
