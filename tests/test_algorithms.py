@@ -275,3 +275,31 @@ def test_a_torchvision_classifier_by_target():
     cfg = load_config(["model=resnet18"])
     model = instantiate(cfg.model)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["algorithm=fedprox", "algorithm.mu=-1"], "algorithm.mu=-1: must be >= 0"),
+    (["algorithm=fedopt", "algorithm.server_optimizer._target_=torch.optim.Nope"],
+     "algorithm.server_optimizer._target_=torch.optim.Nope: cannot be imported"),
+    (["algorithm=fedopt", "algorithm.server_optimizer.lr=0"], "algorithm.server_optimizer.lr=0: must be positive"),
+    (["algorithm=fedsgd"], "algorithm=fedsgd: no such option in conf/algorithm/; choose one of fedavg, fedopt, fedprox, scaffold"),
+    (["algorithm=scaffold", "workflows.scatter_and_gather.exclude_vars=fc3"], "must be null with algorithm=scaffold"),
+    (["optimizer._target_=torch.optim.Sgd"], "optimizer._target_=torch.optim.Sgd: cannot be imported"),
+])
+def test_bad_algorithm_keys_fail_in_one_line_before_ray(overrides, message):
+    from fedray import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(overrides)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_cifar10_sim_experiment_sets_flares_settings():
+    from fedray import load_config
+
+    cfg = load_config(["+experiment=cifar10_sim", "algorithm=fedopt", "partition.alpha=0.1"])
+    assert (cfg.num_clients, cfg.rounds, cfg.local_epochs, cfg.batch_size, cfg.lr) == (8, 50, 4, 64, 0.05)
+    assert cfg.model._target_ == "fedray.models.ModerateCNN" and cfg.partition.name == "dirichlet"
+    assert cfg.lr_scheduler.T_max == 200 and cfg.lr_scheduler.eta_min == pytest.approx(0.0005)
+    assert cfg.algorithm.server_optimizer == {"_target_": "torch.optim.SGD", "lr": 1.0, "momentum": 0.6}
+    assert cfg.algorithm.server_lr_scheduler.T_max == 50 and cfg.algorithm.model == cfg.model
