@@ -303,3 +303,23 @@ def test_the_cifar10_sim_experiment_sets_flares_settings():
     assert cfg.lr_scheduler.T_max == 200 and cfg.lr_scheduler.eta_min == pytest.approx(0.0005)
     assert cfg.algorithm.server_optimizer == {"_target_": "torch.optim.SGD", "lr": 1.0, "momentum": 0.6}
     assert cfg.algorithm.server_lr_scheduler.T_max == 50 and cfg.algorithm.model == cfg.model
+
+
+def test_resume_reads_the_algorithm_states_of_the_model_files_round(tmp_path):
+    """A stop between a round's states and its model file: the states of the model's round are used."""
+    import json
+
+    from fedray import checkpoint
+    from fedray.outputs import save_model
+
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {"model": {"_target_": "fedray.models.Net"}},
+                                                       "rounds": [], "best_round": None}))
+    checkpoint.save_algorithm_states(tmp_path, 0, {"c": 0}, {"site-1": {"w": 10}, "site-2": {"w": 20}})
+    save_model(tmp_path / "models" / "FL_global_model.pt", {k: v.numpy() for k, v in _net().state_dict().items()}, round=0)
+    checkpoint.save_algorithm_states(tmp_path, 1, {"c": 1}, {"site-1": {"w": 11}})  # round 1's model never written
+    saved = checkpoint.load(tmp_path)
+    assert saved["next_round"] == 1 and saved["algorithm_state"] == {"c": 0}
+    assert saved["site_states"] == {"site-1": {"w": 10}, "site-2": {"w": 20}}
+    save_model(tmp_path / "models" / "FL_global_model.pt", {k: v.numpy() for k, v in _net().state_dict().items()}, round=1)
+    saved = checkpoint.load(tmp_path)
+    assert saved["algorithm_state"] == {"c": 1} and saved["site_states"] == {"site-1": {"w": 11}, "site-2": {"w": 20}}
