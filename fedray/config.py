@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -22,6 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fedray.python_path import put_on_python_path
+
+# `${fedray.mul:${rounds},${local_epochs}}`: a product in a config (the cosine schedule's length).
+OmegaConf.register_new_resolver("fedray.mul", lambda *factors: math.prod(factors), replace=True)
 
 
 class ConfigError(ValueError):
@@ -139,6 +143,9 @@ class JobConfig:
     python_path: List[str] = field(default_factory=list)  # folders importable in the driver and every site
     model: Any = None
     aggregator: Any = None
+    algorithm: Any = None  # conf/algorithm/: fedavg, fedprox, fedopt, scaffold
+    optimizer: Any = None  # conf/optimizer/: each site's local optimizer
+    lr_scheduler: Any = None  # conf/lr_scheduler/: null, or stepped once per local epoch
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
@@ -306,8 +313,28 @@ def validate(cfg: DictConfig) -> None:
     for folder in cfg.python_path:
         require(Path(folder).is_dir(), "python_path", f"{folder}: no such folder")
     put_on_python_path(OmegaConf.to_container(cfg), cfg.site.script)  # a model beside the script, in custom/
-    for key in ("model", "aggregator"):
+    for key in ("model", "aggregator", "algorithm", "optimizer"):
         _require_importable_target(cfg, key)
+    if cfg.lr_scheduler:
+        _require_importable_target(cfg, "lr_scheduler")
+    _validate_algorithm(cfg, require)
+
+
+def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """The algorithm's own keys (see conf/algorithm/)."""
+    algorithm = cfg.algorithm
+    if "mu" in algorithm:
+        require(algorithm.mu >= 0, "algorithm.mu", "must be >= 0 (0 is FedAvg), e.g. algorithm.mu=0.01")
+    for key in ("server_optimizer", "server_lr_scheduler"):
+        node = algorithm.get(key)
+        if node is not None:
+            _require_importable_target(cfg, f"algorithm.{key}")
+    server_optimizer = algorithm.get("server_optimizer")
+    if server_optimizer is not None and "lr" in server_optimizer:
+        require(server_optimizer.lr > 0, "algorithm.server_optimizer.lr", "must be positive")
+    if algorithm._target_.endswith("Scaffold"):
+        require(cfg.workflows.scatter_and_gather.exclude_vars is None, "workflows.scatter_and_gather.exclude_vars",
+                "must be null with algorithm=scaffold (every variable has a control variate)")
 
 
 # What every site feeds a model: CIFAR-10's images and classes (the generated stand-in has the same shape).
@@ -353,7 +380,7 @@ def _require_compiles(script: str) -> None:
 
 
 def _require_importable_target(cfg: DictConfig, key: str) -> None:
-    node = cfg.get(key)
+    node = OmegaConf.select(cfg, key)
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if not target:
         raise ConfigError(f"{key}: needs a _target_ (e.g. {key}._target_=fedray.models.Net)")

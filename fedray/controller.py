@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
+from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
 from fedray.tasks import Outcome, WorkerPool, gather
 from fedray.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, sample_sites, scatter_and_gather
@@ -55,11 +56,16 @@ class Controller:
         self.best_global_ref: ray.ObjectRef | None = None
         self.best_val_accuracy = -math.inf
         self.best_local_models: dict[str, LocalModel] = {}
+        # The algorithm's server state (None: from its init) and each site's own state, as ObjectRefs.
+        self.algorithm_state: Any = None
+        self.site_states: dict[str, ray.ObjectRef] = {}
         self.resume = resume
         if resume:  # a stopped run's last finished round: see fedray/checkpoint.py
             self.global_ref, self.best_global_ref = resume["global"], resume["best_global"]
             self.best_val_accuracy = resume["best_val_accuracy"]
             self.best_local_models = {site: LocalModel(*model) for site, model in resume["best_local"].items()}
+            self.algorithm_state = resume["algorithm_state"]
+            self.site_states = dict(resume["site_states"])
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
@@ -119,6 +125,9 @@ class Controller:
             max_task_retries=self.max_task_retries,
             # Only cross-site evaluation reads the sites' best local models.
             best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
+            algorithm=algorithms.build(self.job.get("algorithm")),
+            state=None if self.algorithm_state is None else ray.get(self.algorithm_state, timeout=300),
+            site_states=self.site_states,
         )
 
     def _cross_site_validate(self, params: Params | None, args: dict[str, Any]) -> Params | None:
@@ -158,7 +167,7 @@ class Controller:
         })
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
-                   improved: dict[str, LocalModel]) -> None:
+                   improved: dict[str, LocalModel], state_ref: ray.ObjectRef, site_states: dict[str, ray.ObjectRef]) -> None:
         started = time.perf_counter()
         num_rounds = self.job["workflows"]["scatter_and_gather"]["num_rounds"]
         metrics: dict[str, float] = {}
@@ -188,6 +197,8 @@ class Controller:
             "params": params_ref,
             # For the checkpoint; a script site answers submit_model itself, from its own state.
             "improved_local_models": {} if self.job["site"]["script"] else {site: tuple(m) for site, m in improved.items()},
+            "algorithm_state": state_ref,  # the algorithm's server state after this round
+            "site_states": site_states,  # the sites whose own state this round changed
         })
 
     def _evaluate(self, params_ref: ray.ObjectRef, splits: list[tuple[str, np.ndarray]]) -> list[dict[str, float]]:

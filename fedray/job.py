@@ -262,6 +262,9 @@ def _follow(
         recorder.record_points(ray.get(metric_stream.drain.remote(), timeout=60))
         for event in events:
             if event["type"] == "round":
+                site_states = {site: ray.get(ref, timeout=60) for site, ref in event.pop("site_states").items()}
+                checkpoint.save_algorithm_states(recorder.run_dir, event["round"],
+                                                 ray.get(event.pop("algorithm_state"), timeout=60), site_states)
                 recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
                 for site, (accuracy, result) in event.pop("improved_local_models").items():
                     checkpoint.save_local_model(recorder.run_dir, site, accuracy, ray.get(result, timeout=60).params)
@@ -297,6 +300,8 @@ def _resume_state(saved: dict[str, Any] | None) -> dict[str, Any] | None:
         "best_val_accuracy": saved["best_val_accuracy"],
         "best_local": {site: (accuracy, ray.put(FLModel(params=params)))
                        for site, (accuracy, params) in saved["best_local"].items()},
+        "algorithm_state": None if saved["algorithm_state"] is None else ray.put(saved["algorithm_state"]),
+        "site_states": {site: ray.put(state) for site, state in saved["site_states"].items()},
     }
 
 

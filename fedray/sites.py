@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -25,7 +26,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
-from fedray import tracking
+from fedray import algorithms, tracking
+from fedray.algorithms import SITE_STATE
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
 from fedray.python_path import put_on_python_path
@@ -73,6 +75,7 @@ class SiteWorker:
         # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
         # the actor starts, not inside the first round's train_timeout.
         torch.optim.SGD(self.model.parameters(), lr=job["lr"])
+        self.algorithm = algorithms.build(job.get("algorithm"))
         tracking.connect(_named_actor(metric_stream, namespace) if metric_stream else None)
         # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
         self.script: ScriptSite | None = None
@@ -90,13 +93,19 @@ class SiteWorker:
         fresh = instantiate(OmegaConf.create(self.job["model"]))
         return FLModel(params=get_params(fresh))
 
-    def train(self, site: str, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int) -> FLModel:
+    def train(self, site: str, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int,
+              message: Optional[Mapping[str, Any]] = None, site_state: Optional[Mapping[str, np.ndarray]] = None) -> FLModel:
+        """A local update from `global_params`. `message` is what the algorithm's server part sends
+        each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
+        `site_state` this site's own state from its last round (None at first)."""
         if self.script:
-            return self._train_script(global_params, current_round, total_rounds)
+            return self._train_script(global_params, current_round, total_rounds, message or {})
         started = time.perf_counter()
         shard = self.shards[site]
         load_params(self.model, global_params)
         received = self._score(site)
+        client = self.algorithm.client(self.model, global_params, message or {}, site_state)
+        optimizer, scheduler = local_optimizer(self.model, self.job, current_round)
         generator = torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
         # Every round of a site takes the same steps, so its loss curve continues across rounds.
         steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
@@ -113,9 +122,15 @@ class SiteWorker:
             generator=generator,
             on_loss=lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step),
             loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            client=client,
             # A task the server gave up on (late at a round's close, or timed out) stops within a batch.
             should_stop=ray.get_runtime_context().is_canceled,
         )
+        extra, new_site_state = client.results(self.model)
+        if new_site_state is not None:
+            extra[SITE_STATE] = new_site_state
         tracking.flush()
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
         local = self._score(site)
@@ -129,7 +144,7 @@ class SiteWorker:
                 "local_val_loss": local["loss"],
                 "seconds": time.perf_counter() - started,
             },
-            meta={NUM_STEPS_CURRENT_ROUND: steps},
+            meta={NUM_STEPS_CURRENT_ROUND: steps, **extra},
             current_round=current_round,
             total_rounds=total_rounds,
         )
@@ -178,12 +193,15 @@ class SiteWorker:
         if self.script:
             self.script.stop(timeout)
 
-    def _train_script(self, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int) -> FLModel:
+    def _train_script(self, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int,
+                      message: Mapping[str, Any]) -> FLModel:
         started = time.perf_counter()
         self.last_global = global_params
+        # The algorithm's message as FLARE sends it: writable numpy arrays in the model's meta.
+        sent = {key: {name: np.array(value) for name, value in params.items()} for key, params in message.items()}
         asked = FLModel(params=_torch_copy(global_params), current_round=current_round, total_rounds=total_rounds,
                         start_round=self.job["workflows"]["scatter_and_gather"]["start_round"],
-                        meta={"job_id": self.job["job_id"]})
+                        meta={"job_id": self.job["job_id"], **sent})
         answer = self.script.ask("train", asked)
         tracking.flush()  # the script's SummaryWriter points reach the driver before its result
         params = self._checked_params(answer)
@@ -195,8 +213,15 @@ class SiteWorker:
                   file=sys.stderr)
             steps = 1
         metrics = {name: float(value) for name, value in answer.metrics.items() if np.isscalar(value)}
+        extra = {}
+        for key in self.algorithm.result_keys:
+            if key not in answer.meta:
+                raise ScriptError(f"{self.script.site}: script {self.script.script} sent no meta['{key}'], which "
+                                  f"algorithm={type(self.algorithm).__name__} needs")
+            extra[key] = {name: _to_numpy(value) for name, value in answer.meta[key].items()}
         return FLModel(params=params, metrics={**metrics, "seconds": time.perf_counter() - started},
-                       meta={NUM_STEPS_CURRENT_ROUND: steps}, current_round=current_round, total_rounds=total_rounds)
+                       meta={NUM_STEPS_CURRENT_ROUND: steps, **extra}, current_round=current_round,
+                       total_rounds=total_rounds)
 
     def _checked_params(self, answer: FLModel) -> dict[str, np.ndarray]:
         """The script's params as numpy, with exactly the model's variables."""
@@ -210,6 +235,24 @@ class SiteWorker:
             raise ScriptError(f"{self.script.site}: script {self.script.script} sent params that do not match the "
                               f"model (missing: {missing[:5]}, unexpected: {extra[:5]})")
         return params
+
+
+def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_round: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The job's local optimizer (`optimizer._target_`) and LR schedule (`lr_scheduler`, stepped once
+    per local epoch over the whole run), built afresh each round: the schedule is brought to this
+    round's first epoch by stepping it, so its LRs are those of one scheduler run across rounds."""
+    if not job.get("optimizer"):  # a run saved before `optimizer` existed: its SGD
+        optimizer = torch.optim.SGD(model.parameters(), lr=job["lr"], momentum=job["momentum"])
+    else:
+        optimizer = instantiate(OmegaConf.create(job["optimizer"]), model.parameters())
+    if not job.get("lr_scheduler"):
+        return optimizer, None
+    scheduler = instantiate(OmegaConf.create(job["lr_scheduler"]), optimizer)
+    with warnings.catch_warnings():  # stepping it before any optimizer step is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(current_round * job["local_epochs"]):
+            scheduler.step()
+    return optimizer, scheduler
 
 
 def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:

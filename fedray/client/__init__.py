@@ -8,16 +8,20 @@
         if flare.is_train(): ...         # train, then flare.send(FLModel(params=..., meta={"NUM_STEPS_CURRENT_ROUND": n}))
         elif flare.is_evaluate(): ...    # flare.send(FLModel(metrics={"accuracy": acc}))
         elif flare.is_submit_model(): ...  # flare.send(FLModel(params=best_state_dict))
+
+FLARE's FedProx and SCAFFOLD helpers are here too (`from fedray.client import PTFedProxLoss,
+PTScaffoldHelper, AlgorithmConstants`; see fedray/client/pt.py).
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
+from fedray.client.pt import PTFedProxLoss, PTScaffoldHelper
+from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, AlgorithmConstants, FLModel, ParamsType
 
 __all__ = [
-    "FLModel", "ParamsType", "NUM_STEPS_CURRENT_ROUND", "init", "receive", "send", "clear", "is_running", "is_train",
+    "FLModel", "ParamsType", "NUM_STEPS_CURRENT_ROUND", "AlgorithmConstants", "PTFedProxLoss", "PTScaffoldHelper", "init", "receive", "send", "clear", "is_running", "is_train",
     "is_evaluate", "is_submit_model", "get_task_name", "get_site_name", "get_job_id", "system_info", "get_config",
     "log", "shutdown",
 ]

@@ -13,7 +13,8 @@ import numpy as np
 import ray
 from ray.actor import ActorHandle
 
-from fedray.aggregation import Params
+from fedray.aggregation import CompensatedSum, Params
+from fedray.algorithms import COUNT, SITE_STATE, Algorithm
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND
 from fedray.tasks import Outcome, WorkerPool, gather
 
@@ -54,11 +55,18 @@ def scatter_and_gather(
     ignore_result_error: Optional[bool] = None,
     best_local_models: dict[str, LocalModel] | None = None,
     max_task_retries: int = 0,
+    algorithm: Algorithm | None = None,
+    state: dict | None = None,
+    site_states: dict[str, ray.ObjectRef] | None = None,
 ) -> Params:
     """Run FedAvg rounds `start_round .. num_rounds-1`.
 
-    After each round, `on_round_end(round, global_ref, sites, failures, seconds, improved)`
-    gets the new global weights as one ObjectRef and the sites whose best local model improved.
+    After each round, `on_round_end(round, global_ref, sites, failures, seconds, improved, state_ref,
+    updated_site_states)` gets the new global weights as one ObjectRef, the sites whose best local
+    model improved, the algorithm's server state (an ObjectRef) and the sites whose state changed.
+    `algorithm` (default FedAvg) moves the global model and `state` (its server state, from
+    `algorithm.init` when None) from each round's fold; `site_states` (ObjectRefs by site, updated
+    in place) hold each site's own state between its rounds, outside every actor.
     `ignore_result_error` is FLARE's: None ignores failed sites while `min_clients` can still
     answer, False stops at the first failure, True always goes on with whatever arrived.
     `best_local_models` is updated in place (ObjectRefs: the models stay in the object store);
@@ -69,13 +77,19 @@ def scatter_and_gather(
     min_clients = min_clients or per_round
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
+    algorithm = algorithm or Algorithm()
+    state = algorithm.init(global_params, len(sites)) if state is None else state
+    site_states = {} if site_states is None else site_states
 
     # One copy of the global weights in the object store per round, shared by every site.
     global_ref = ray.put(global_params)
     for current_round in range(start_round, num_rounds):
         started = time.perf_counter()
         chosen = sample_sites(sites, per_round, seed, current_round)
-        calls = [(site, partial(_train, site, global_ref, current_round, num_rounds)) for site in chosen]
+        message = algorithm.message(state)
+        message_ref = ray.put(message) if message else None  # one copy for every site, as the model
+        calls = [(site, partial(_train, site, global_ref, current_round, num_rounds, message_ref, site_states.get(site)))
+                 for site in chosen]
         outcomes = gather(
             calls,
             pool,
@@ -87,6 +101,8 @@ def scatter_and_gather(
         site_metrics: dict[str, dict] = {}
         failures: dict[str, dict] = {}
         improved: dict[str, LocalModel] = {}
+        updated_site_states: dict[str, ray.ObjectRef] = {}
+        extra_sums = {key: CompensatedSum() for key in algorithm.result_keys}
         stop: list[str] = []
 
         def arriving_updates() -> Iterator[tuple[Params, float]]:
@@ -114,6 +130,11 @@ def scatter_and_gather(
                     # Written so that NaN (no validation split, or a script site) keeps the latest model.
                     if best is None or not local_accuracy <= best.accuracy:
                         best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, outcome.ref)
+                for key, total in extra_sums.items():
+                    total.add(result.meta[key])  # each site once, in an order-independent sum
+                if SITE_STATE in result.meta:
+                    # Kept in the object store, owned here, until the site's next round.
+                    updated_site_states[outcome.site] = ray.put(result.meta[SITE_STATE])
                 params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
                 yield params, factors.get(outcome.site, 1.0) * steps
 
@@ -125,11 +146,17 @@ def scatter_and_gather(
         if stop or (len(site_metrics) < min_clients and ignore_result_error is not True):
             reason = stop[0] if stop else f"{len(site_metrics)} of {len(chosen)} sites returned results, min_clients={min_clients} needed"
             raise RoundFailed(f"round {current_round}: {reason} ({_describe(failures)})")
+        if aggregated:  # a round where no site answered (ignore_result_error=true) moves nothing
+            sums = {key: total.result() for key, total in extra_sums.items()}
+            aggregated, state = algorithm.apply(global_params, aggregated, {**sums, COUNT: len(site_metrics)}, state,
+                                                current_round)
+        site_states.update(updated_site_states)
         global_params = {**global_params, **aggregated}
         if not _finite(global_params):
             raise RoundFailed(f"round {current_round}: training diverged: the aggregated global model has NaN or Inf; lower lr")
         global_ref = ray.put(global_params)
-        on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved)
+        on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved,
+                     ray.put(state), updated_site_states)
     return global_params
 
 
@@ -162,8 +189,9 @@ def _aggregate_any(aggregate: Callable, updates: Iterator[tuple[Params, float]])
     return {} if first is None else aggregate(itertools.chain([first], updates))
 
 
-def _train(site: str, global_ref: ray.ObjectRef, current_round: int, num_rounds: int, worker: ActorHandle):
-    return worker.train.remote(site, global_ref, current_round, num_rounds)
+def _train(site: str, global_ref: ray.ObjectRef, current_round: int, num_rounds: int,
+           message_ref: ray.ObjectRef | None, site_state_ref: ray.ObjectRef | None, worker: ActorHandle):
+    return worker.train.remote(site, global_ref, current_round, num_rounds, message_ref, site_state_ref)
 
 
 def _failure(outcome: Outcome) -> dict:
