@@ -153,3 +153,22 @@ def test_gpu_script_runs_on_cpu_without_ray_hydra_or_omegaconf(tmp_path):
             # Every way trains the same sites from the same weights: float32 rounding apart at most.
             assert ways[way]["max_weight_difference"] < 1e-5, (shape, way)
         assert ways["processes"]["start_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_fixed_cost_measures_ray_start_actors_and_shutdown(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "fixed_cost.py"), "--variants", "monitor_killed_first",
+         "--repeats", "1", f"--results-dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (saved,) = tmp_path.glob("*-fixed-cost.json")
+    variant = json.loads(saved.read_text())["variants"]["monitor_killed_first"]
+    assert variant["processes"]["gcs_server"] == 1 and variant["processes"]["raylet"] == 1
+    # Two site-like actors and the controller- and mailbox-like ones, each its own worker process.
+    assert variant["processes_when_ready"]["worker"] >= 4
+    assert variant["cpu_seconds"]["worker"] > 0 and variant["actors_ready"] > 0
+    # Killed before ray.shutdown, so Ray's shutdown found the monitor gone and spent no wait on it.
+    assert variant["shutdown_by_process"]["monitor"] < 0.5 and variant["shutdown_by_process"]["gcs_server"] >= 0
+    assert "shutdown seconds by process" in done.stdout
