@@ -14,9 +14,9 @@ are padded as FedJAX pads clients: at a step where a site has no batch left, its
 momentum keep their values (`torch.where` on the step's `active` mask); inside a short batch,
 padding items weigh 0 and real ones 1/len(batch), so the loss is the mean over the real items.
 
-Not supported, refused with one line: models with buffers (BatchNorm's running statistics
-would need per-site buffers mutated under vmap) and models whose state_dict holds tied
-parameters. Random layers (dropout) are refused by vmap itself (randomness="error"): they
+Not supported, refused with one line: models with buffers (BatchNorm: its batch statistics
+would count a short batch's padding items, and its running statistics would need per-site
+buffers mutated under vmap) and models whose state_dict holds tied parameters. Random layers (dropout) are refused by vmap itself (randomness="error"): they
 could not match a sequential run's random stream anyway.
 """
 
