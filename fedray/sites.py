@@ -94,10 +94,12 @@ class SiteWorker:
         return FLModel(params=get_params(fresh))
 
     def train(self, site: str, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int,
-              message: Optional[Mapping[str, Any]] = None, site_state: Optional[Mapping[str, np.ndarray]] = None) -> FLModel:
+              message: Optional[Mapping[str, Any]] = None, site_state: Optional[Mapping[str, np.ndarray]] = None,
+              flush: bool = True) -> FLModel:
         """A local update from `global_params`. `message` is what the algorithm's server part sends
         each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
-        `site_state` this site's own state from its last round (None at first)."""
+        `site_state` this site's own state from its last round (None at first). `flush`: wait until
+        the driver's mailbox has the streamed points (a batch of sites does it once, at its end)."""
         if self.script:
             return self._train_script(global_params, current_round, total_rounds, message or {})
         started = time.perf_counter()
@@ -131,7 +133,8 @@ class SiteWorker:
         extra, new_site_state = client.results(self.model)
         if new_site_state is not None:
             extra[SITE_STATE] = new_site_state
-        tracking.flush()
+        if flush:
+            tracking.flush()
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
         local = self._score(site)
         return FLModel(
@@ -163,7 +166,7 @@ class SiteWorker:
         for site, factor, state in zip(sites, factors, states):
             try:
                 state = ray.get(state, timeout=DATA_TIMEOUT) if isinstance(state, ray.ObjectRef) else state
-                result = self.train(site, global_params, current_round, total_rounds, message, state)
+                result = self.train(site, global_params, current_round, total_rounds, message, state, flush=False)
             except TrainingStopped:
                 raise  # the whole batch was given up on
             except Exception as err:  # this site's own failure; the batch's other sites go on
@@ -175,6 +178,7 @@ class SiteWorker:
             total.add(result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND])
             result.params = None
             results[site] = result
+        tracking.flush()
         return {"sum": total, "results": results}
 
     def submit_model(self, site: str, best_local: FLModel | None) -> FLModel:
