@@ -8,6 +8,7 @@ site folder has the same tags, so TensorBoard draws the sites in one chart per t
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -28,10 +29,16 @@ SITE_ROUND_TAGS = {
 }
 
 
+# Each SummaryWriter holds a file and a thread: a cross-device run touches 1000s of sites, a few at a
+# time, so the least recently written site folders are closed (written again, a folder gets one more
+# event file, which TensorBoard reads with the others).
+MAX_OPEN_WRITERS = 64
+
+
 class TensorBoardWriter:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
-        self.writers: dict[str, SummaryWriter] = {}
+        self.writers: OrderedDict[str, SummaryWriter] = OrderedDict()
 
     def add_points(self, points: Iterable[Point]) -> None:
         """Points streamed by the sites while they train (tag `train_loss`, step: the site's local steps)."""
@@ -61,10 +68,15 @@ class TensorBoardWriter:
         self.writers.clear()
 
     def _writer(self, run: str) -> SummaryWriter:
-        if run not in self.writers:
-            # flush_secs is a fallback: each batch of points is flushed as it is written, so TensorBoard shows it live.
-            self.writers[run] = SummaryWriter(log_dir=str(self.folder / run), flush_secs=10)
-        return self.writers[run]
+        if run in self.writers:
+            self.writers.move_to_end(run)
+            return self.writers[run]
+        if len(self.writers) >= MAX_OPEN_WRITERS:
+            oldest = next(name for name in self.writers if name != SERVER)
+            self.writers.pop(oldest).close()
+        # flush_secs is a fallback: each batch of points is flushed as it is written, so TensorBoard shows it live.
+        writer = self.writers[run] = SummaryWriter(log_dir=str(self.folder / run), flush_secs=10)
+        return writer
 
     def _flush(self, runs: Iterable[str]) -> None:
         for run in runs:
