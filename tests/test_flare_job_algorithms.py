@@ -185,11 +185,28 @@ def test_flares_fedprox_is_fedrays_mu_where_the_job_says_it(tmp_path, job_config
     shutil.copytree(JOBS / "hello-pt", job)
     path = job / "app_server" / "config" / "config_fed_server.json"
     server = json.loads(path.read_text())
+    server["workflows"] = server["workflows"][:1]  # FedAvg only: no cross-site evaluation, a shorter run
     server["workflows"][0]["args"]["fedprox_mu"] = 0.01  # FLARE's FedProxRecipe: FedAvg sends mu to the script
     path.write_text(json.dumps(server))
     overrides = translate(str(job), report=lambda line: None)
     assert "algorithm='fedprox'" in overrides and "algorithm.mu=0.01" in overrides
-    assert job_config(*overrides).algorithm.mu == 0.01
+    # hello-pt's client made cifar10_fedprox's: mu from the received model's meta, FLARE's FedProx loss.
+    script = job / "app_site-1" / "custom" / "client.py"
+    text = script.read_text()
+    for line, fedprox in [
+        ("import nvflare.client as flare\n", "import nvflare.client as flare\nimport copy\n"
+         "from nvflare.app_common.utils.fedprox_utils import get_fedprox_mu\n"
+         "from nvflare.app_opt.pt.fedproxloss import PTFedProxLoss\n"),
+        ("        steps = epochs * len(train_loader)\n", "        steps = epochs * len(train_loader)\n"
+         "        prox, global_model = PTFedProxLoss(mu=get_fedprox_mu(input_model)), copy.deepcopy(model)\n"),
+        ("cost = loss(predictions, labels)", "cost = loss(predictions, labels) + prox(model, global_model)"),
+        ('metrics={"accuracy": accuracy},\n            meta=', 'metrics={"accuracy": accuracy, "mu": prox.mu},\n            meta='),
+    ]:
+        assert line in text
+        text = text.replace(line, fedprox)
+    script.write_text(text)
+    summary = run_job(job_config(*overrides), tmp_path / "run")
+    assert [r["sites"]["site-2"]["mu"] for r in summary["rounds"]] == [0.01, 0.01]
 
     # cifar10_fedprox's client: a learner with fedproxloss_mu, which fedray does not run; the line says the key.
     client = {"format_version": 2, "executors": [{"tasks": ["train", "submit_model", "validate"], "executor": {
