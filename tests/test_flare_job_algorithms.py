@@ -90,6 +90,8 @@ def test_a_flare_scaffold_job_runs_as_fedrays_scaffold_with_flares_weighting(sca
     assert "model._target_='net.Net'" in overrides  # the persistor's "model": "model", a component id
     assert ["rounds=2", "min_clients=2"] == [o for o in overrides if o.startswith(("rounds=", "min_clients="))][::-1]
     assert len(warnings) == 2  # IntimeModelSelector, ConvertToFedEvent: nothing about the algorithm
+    with pytest.raises(ConfigError, match=r"^algorithm.control_weights=flare: must be sites .* or steps"):
+        job_config("algorithm=scaffold", "algorithm.control_weights=flare")
 
     summary = run_job(job_config(*overrides), tmp_path / "run")
     assert all(r["failures"] == {} and sorted(r["sites"]) == ["site-1", "site-2"] for r in summary["rounds"])
