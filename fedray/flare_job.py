@@ -205,7 +205,7 @@ def _fedopt(job: _Job, args: dict[str, Any], optimizer: dict[str, Any], schedule
     if isinstance(source, str) and source in job.components:
         job.used.add(source)  # the model component the persistor names too
         source = job.components[source]
-    target = source.get("path") or source.get("class_path") if isinstance(source, dict) else None
+    target = (source.get("path") or source.get("class_path")) if isinstance(source, dict) else None
     if target and job.overrides.get("model._target_", target) != target:
         job.errors.append(f"{owner} source_model {target} is not the persistor's model "
                           f"{job.overrides['model._target_']}: fedray's server optimizer steps the global model")
@@ -359,7 +359,7 @@ def _client_script(job: _Job, folder: Path, client_apps: list[str], path: str) -
             elif name not in CLIENT_PLUMBING:
                 # A learner (ModelLearnerExecutor's, refused above) is the job's own training code; its
                 # FedProx mu is fedray's key for fedray's own training, which is not that code.
-                mu = component.get("args", {}).get("fedproxloss_mu")
+                mu = (component.get("args") or {}).get("fedproxloss_mu")
                 hint = f" (its fedproxloss_mu={mu} is algorithm=fedprox algorithm.mu={mu} in fedray's own training)"
                 job.errors.append(f"{app}: client component {name}: fedray does not know it"
                                   + (hint if mu not in (None, 0, 0.0) else ""))
