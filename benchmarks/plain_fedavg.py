@@ -1,17 +1,20 @@
 """The plain-PyTorch floor of a benchmark workload: the same FedAvg rounds in one process, no Ray.
 
 The same work as the fedray job: the same dataset files read by fedray's loader,
-the same shards (fedray.partition), the same seeded model init and per-site
-shuffles, local SGD and evaluation from fedray.training (itself plain PyTorch
-on tensor-resident data) and FedAvg by steps (fedray.aggregation.fedavg); then
+the same shards (fedray.partition), the same sampled sites each round (fedray's
+seeded draw), the same seeded model init and per-site shuffles, local SGD and
+evaluation from fedray.training (itself plain PyTorch on tensor-resident data)
+and FedAvg by steps, summed in float64 with compensation as fedray.aggregation
+sums (so the global weights come out the same, bit for bit in practice); then
 the global model's test accuracy. It does not score the global model on
 validation splits each round, as a fedray job does: a floor does only what the
 workload asks for.
 
-All cores, two ways (`--parallel`): `processes`, a pool of single-threaded
-workers forked after the data is loaded (they share it copy-on-write) training
-one site per task; or `threads`, one process training the sites in turn with
-torch using every core.
+The cores, two ways (`--parallel`): `processes`, a pool of single-threaded
+workers forked after the data is loaded (they share it copy-on-write), each task
+a share of the round's sites trained in turn and returned as one partial
+weighted sum; or `threads`, one process training the sites in turn with
+`--workers` torch threads (1: the one-process, one-thread floor).
 
 Prints one JSON line: the accuracy and the seconds of each phase.
 """
@@ -37,7 +40,7 @@ _PACKAGE = types.ModuleType("fedray")
 _PACKAGE.__path__ = [str(Path(__file__).resolve().parent.parent / "fedray")]
 sys.modules.setdefault("fedray", _PACKAGE)
 
-from fedray.aggregation import fedavg, pool_metrics  # noqa: E402
+from fedray.aggregation import pool_metrics  # noqa: E402
 from fedray.datasets import load_cifar10  # noqa: E402
 from fedray.models import Net  # noqa: E402
 from fedray.partition import partition  # noqa: E402
@@ -73,11 +76,14 @@ def main(argv: list[str] | None = None) -> None:
 
     timings["training"] = timings["aggregation"] = 0.0
     for current_round in range(args.rounds):
-        tasks = [(site, global_params, current_round) for site in range(1, args.num_sites + 1)]
-        updates = list(run_all(_train_site, tasks))
+        chosen = sample_sites(args.num_sites, args.clients_per_round, args.seed, current_round)
+        shares = [share.tolist() for share in np.array_split(chosen, args.workers if pool else 1) if len(share)]
+        partials = list(run_all(_train_sites, [(share, global_params, current_round) for share in shares]))
         lap, clock = _lap(clock)
         timings["training"] += lap
-        global_params = fedavg(updates)
+        for partial in partials[1:]:
+            partials[0].merge(partial)
+        global_params = partials[0].average()
         lap, clock = _lap(clock)
         timings["aggregation"] += lap
 
@@ -88,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
         pool.close()
         pool.join()
     timings["workers_stop"], clock = _lap(clock)
+    if args.save_weights:
+        np.savez(args.save_weights, **global_params)
     print(json.dumps({
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
@@ -97,18 +105,66 @@ def main(argv: list[str] | None = None) -> None:
     }))
 
 
-def _train_site(task: tuple[int, Params, int]) -> tuple[Params, int]:
-    """One site's local update from the global weights, as fedray's SiteWorker.train does it."""
-    site, global_params, current_round = task
-    args, shard = _state["args"], _state["shards"][site - 1]
-    model = _state["model"]
-    load_params(model, global_params)
-    generator = torch.Generator().manual_seed(site_shuffle_seed(args.seed, current_round, site))
-    _, steps = train_epochs(
-        model, _state["images"], _state["labels"], shard.train, epochs=args.local_epochs,
-        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, generator=generator,
-    )
-    return get_params(model), steps
+class WeightedSum:
+    """Sum of weight x params in float64 with each addition's rounding error kept aside (TwoSum),
+    as fedray.aggregation.fedavg sums: partial sums of any split of the sites merge into the
+    same average, to the last float32 bit in practice, in any order."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.errors: dict[str, np.ndarray] = {}
+        self.dtypes: dict[str, np.dtype] = {}
+        self.weight = 0.0
+
+    def add(self, params: Params, weight: float) -> None:
+        for name, value in params.items():
+            self.dtypes.setdefault(name, value.dtype)
+            self._fold(name, np.asarray(value, dtype=np.float64) * weight, 0.0)
+        self.weight += weight
+
+    def merge(self, other: "WeightedSum") -> None:
+        for name in other.sums:
+            self.dtypes.setdefault(name, other.dtypes[name])
+            self._fold(name, other.sums[name], other.errors[name])
+        self.weight += other.weight
+
+    def average(self) -> Params:
+        return {name: ((self.sums[name] + self.errors[name]) / self.weight).astype(self.dtypes[name])
+                for name in self.sums}
+
+    def _fold(self, name: str, term: np.ndarray, error) -> None:
+        if name not in self.sums:
+            self.sums[name], self.errors[name] = term.copy(), np.zeros_like(term) + error
+            return
+        total = self.sums[name] + term
+        virtual = total - self.sums[name]
+        self.errors[name] += (self.sums[name] - (total - virtual)) + (term - virtual) + error
+        self.sums[name] = total
+
+
+def _train_sites(task: tuple[list[int], Params, int]) -> WeightedSum:
+    """Local updates of some of the round's sites from the global weights, each as fedray's
+    SiteWorker.train does it, folded into one partial sum weighted by steps (FedAvg's weight)."""
+    sites, global_params, current_round = task
+    args, model, partial = _state["args"], _state["model"], WeightedSum()
+    for site in sites:
+        load_params(model, global_params)
+        generator = torch.Generator().manual_seed(site_shuffle_seed(args.seed, current_round, site))
+        _, steps = train_epochs(
+            model, _state["images"], _state["labels"], _state["shards"][site - 1].train, epochs=args.local_epochs,
+            batch_size=args.batch_size, lr=args.lr, momentum=args.momentum, generator=generator,
+        )
+        partial.add(get_params(model), steps)
+    return partial
+
+
+def sample_sites(num_sites: int, count: int | None, seed: int, current_round: int) -> list[int]:
+    """The site numbers (1-based) that train in `current_round`, drawn as fedray's
+    workflows.scatter_and_gather.sample_sites draws them (that module needs Ray; a test checks they agree)."""
+    if count is None or count >= num_sites:
+        return list(range(1, num_sites + 1))
+    picked = np.random.default_rng([seed, current_round]).choice(num_sites, size=count, replace=False)
+    return [int(i) + 1 for i in sorted(picked)]
 
 
 def _evaluate_part(task: tuple[Params, np.ndarray]) -> dict[str, float]:
@@ -162,6 +218,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-root", required=True, help="a folder holding cifar-10-batches-py/")
     parser.add_argument("--check-integrity", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--num-sites", type=int, default=8)
+    parser.add_argument("--clients-per-round", type=int, default=None, help="sites sampled each round (default: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -172,6 +229,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eval-batch-size", type=int, default=1000)
     parser.add_argument("--parallel", choices=("processes", "threads"), default="processes")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes or torch threads")
+    parser.add_argument("--save-weights", default=None, help="write the final global weights to this .npz")
     return parser.parse_args(argv)
 
 

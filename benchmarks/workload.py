@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from fedray.datasets import FOLDER, default_root
 from fedray.synthetic import make_synthetic, write_cifar10
@@ -29,14 +30,25 @@ class Workload:
     seed: int = 0
     val_fraction: float = 0.1
     eval_batch_size: int = 1000
+    clients_per_round: Optional[int] = None  # sites sampled each round (fedray's seeded draw); None: all
+    tiny: bool = False  # a test-suite workload: seconds long, on an easy stand-in of its own size
 
 
 # The issue's W1: CIFAR-10, the tutorial CNN, 8 IID sites, 3 FedAvg rounds of 1 local epoch.
 W1 = Workload("W1", num_sites=8, rounds=3, local_epochs=1, batch_size=32, lr=0.01, momentum=0.9,
               num_train=50_000, num_test=10_000)
+# The issue's W2, cross-device (pfl-research's CIFAR-10 shape): 1000 IID sites of 50 images, 50 sampled
+# a round, 5 steps of batch 10, plain SGD, 100 rounds, no validation split.
+W2 = Workload("W2", num_sites=1000, rounds=100, local_epochs=1, batch_size=10, lr=0.1, momentum=0.0,
+              num_train=50_000, num_test=10_000, val_fraction=0.0, clients_per_round=50)
 # For the test suite: seconds, and still off chance after its single round.
 TINY = Workload("tiny", num_sites=2, rounds=1, local_epochs=2, batch_size=32, lr=0.1, momentum=0.9,
-                num_train=600, num_test=200)
+                num_train=600, num_test=200, tiny=True)
+# W2's shape in seconds: sites of 50 images, a sample each round, plain SGD on batches of 10, no validation
+# split; 3 local epochs, so that 3 rounds leave chance.
+TINY_W2 = Workload("tiny-W2", num_sites=12, rounds=3, local_epochs=3, batch_size=10, lr=0.1, momentum=0.0,
+                   num_train=600, num_test=200, val_fraction=0.0, clients_per_round=4, tiny=True)
+WORKLOADS = {"W1": (W1, TINY), "W2": (W2, TINY_W2)}  # each workload and its tiny version
 
 
 @dataclass(frozen=True)
@@ -51,15 +63,15 @@ class Data:
 
 def find_data(workload: Workload, data_root: str | None, work_dir: Path) -> Data:
     """The real CIFAR-10 when `data_root` (or fedray's cache) holds it, else a stand-in, generated once."""
-    if workload is W1:
+    if not workload.tiny:
         root = Path(data_root or default_root()).expanduser()
         if (root / FOLDER).is_dir():
             return Data(str(root), stand_in=(root / STAND_IN_MARK).exists())
-    # The tiny workload always uses a stand-in of its own size: it must stay seconds long.
+    # A tiny workload always uses a stand-in of its own size: it must stay seconds long.
     root = work_dir / f"cifar10-stand-in-{workload.num_train}"
     if not (root / STAND_IN_MARK).exists():
         # The tiny set is easier, so that one short round is enough to leave chance.
-        hardness = {} if workload is W1 else dict(seed=1, signal=0.9, blotch=20.0)
+        hardness = dict(seed=1, signal=0.9, blotch=20.0) if workload.tiny else {}
         write_cifar10(root, make_synthetic(workload.num_train, workload.num_test, **hardness))
         (root / STAND_IN_MARK).write_text("fedray.synthetic stand-in in CIFAR-10's format; not the real CIFAR-10\n")
     return Data(str(root), stand_in=True)
@@ -76,12 +88,19 @@ _SETTINGS = {
     "seed": ("seed", "--seed"),
     "val_fraction": ("data.val_fraction", "--val-fraction"),
     "eval_batch_size": ("eval_batch_size", "--eval-batch-size"),
+    "clients_per_round": ("clients_per_round", "--clients-per-round"),
 }
+
+
+def _settings(workload: Workload) -> dict[str, tuple[str, str, object]]:
+    """Each setting the workload sets (None: left at both sides' default) as (fedray key, floor option, value)."""
+    values = {name: getattr(workload, name) for name in _SETTINGS}
+    return {name: (*_SETTINGS[name], value) for name, value in values.items() if value is not None}
 
 
 def fedray_command(workload: Workload, data: Data, run_dir: Path) -> list[str]:
     """`python -m fedray.run` with the workload's keys, IID shards, and its own run dir."""
-    keys = {key: getattr(workload, name) for name, (key, _) in _SETTINGS.items()}
+    keys = {key: value for key, _, value in _settings(workload).values()}
     keys.update({
         "partition": "iid",
         "data.root": data.root,
@@ -95,8 +114,8 @@ def fedray_command(workload: Workload, data: Data, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "fedray.run", *(f"{key}={value}" for key, value in keys.items())]
 
 
-def plain_command(workload: Workload, data: Data, parallel: str) -> list[str]:
-    """The floor's script with the same settings; the floor shards IID."""
-    options = [f"{option}={getattr(workload, name)}" for name, (_, option) in _SETTINGS.items()]
+def plain_command(workload: Workload, data: Data, floor_options: list[str]) -> list[str]:
+    """The floor's script with the same settings and `floor_options` (how it uses the cores); it shards IID."""
+    options = [f"{option}={value}" for _, option, value in _settings(workload).values()]
     integrity = "--check-integrity" if data.check_integrity else "--no-check-integrity"
-    return [sys.executable, str(PLAIN_FLOOR), *options, f"--data-root={data.root}", f"--parallel={parallel}", integrity]
+    return [sys.executable, str(PLAIN_FLOOR), *options, f"--data-root={data.root}", integrity, *floor_options]

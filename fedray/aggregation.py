@@ -13,17 +13,21 @@ import numpy as np
 Params = dict[str, np.ndarray]
 
 
-def fedavg(updates: Iterable[tuple[Mapping[str, np.ndarray], float]]) -> Params:
+def fedavg(updates: Iterable[tuple[Mapping[str, np.ndarray], float] | "CompensatedSum"]) -> Params:
     """Weighted average of `(params, weight)` pairs, e.g. weight = NUM_STEPS_CURRENT_ROUND.
 
     Sums are kept in float64 with a compensation term (TwoSum), so the result
     does not depend on the order in which sites answer: the same seed gives the
     same global weights whatever Ray's scheduling. Integer variables (counters)
-    are averaged and rounded back to their dtype.
+    are averaged and rounded back to their dtype. An update may also be a
+    `CompensatedSum` of several sites (a worker's batch), merged as exactly.
     """
     total = CompensatedSum()
-    for params, weight in updates:
-        total.add(params, weight)
+    for update in updates:
+        if isinstance(update, CompensatedSum):
+            total.merge(update)
+        else:
+            total.add(*update)
     if not total.sums:
         raise ValueError("no updates to aggregate")
     if total.total_weight <= 0:
@@ -61,9 +65,32 @@ class CompensatedSum:
             self.sums[name] = total
         self.total_weight += weight
 
+    def merge(self, other: "CompensatedSum") -> None:
+        """Add another sum (of other sites) as if its terms had been added here, to the same bits:
+        the terms are exact in float64, and the pair (sum, error) keeps about twice its precision."""
+        if not other.sums:
+            return
+        if self.sums and other.sums.keys() != self.sums.keys():
+            raise ValueError(f"update has variables {sorted(other.sums.keys() ^ self.sums.keys())} that others lack")
+        for name, term in other.sums.items():
+            if name not in self.sums:
+                self.sums[name], self.errors[name] = term.copy(), other.errors[name].copy()
+                self.dtypes[name] = other.dtypes[name]
+                continue
+            total = self.sums[name] + term
+            virtual = total - self.sums[name]
+            self.errors[name] += (self.sums[name] - (total - virtual)) + (term - virtual) + other.errors[name]
+            self.sums[name] = total
+        self.total_weight += other.total_weight
+
     def result(self, divisor: float = 1.0) -> Params:
         """The sum divided by `divisor`, cast back to each variable's dtype."""
         return {name: _cast((self.sums[name] + self.errors[name]) / divisor, self.dtypes[name]) for name in self.sums}
+
+
+def finite(params: Mapping[str, np.ndarray]) -> bool:
+    """No NaN or Inf in any floating-point variable: a diverged update is never aggregated."""
+    return all(np.isfinite(value).all() for value in params.values() if np.issubdtype(np.asarray(value).dtype, np.inexact))
 
 
 def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:

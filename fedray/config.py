@@ -76,6 +76,7 @@ class SiteConfig:
     max_restarts: int = 2  # times Ray restarts a site actor that died or hung, before the site is given up
     max_task_retries: int = 2  # times a task whose worker process died runs again, before it is the site's failure
     stop_timeout: float = 10.0  # seconds a task given up on has to stop before its actor is restarted
+    sites_per_task: Optional[int] = None  # sites a pool worker trains per task; null: auto (see controller)
 
 
 @dataclass
@@ -238,6 +239,14 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.site.max_restarts >= 0, "site.max_restarts", "must be >= 0")
     require(cfg.site.max_task_retries >= 0, "site.max_task_retries", "must be >= 0")
     require(cfg.site.stop_timeout > 0, "site.stop_timeout", "must be positive (seconds)")
+    if cfg.site.sites_per_task is not None:
+        require(cfg.site.sites_per_task >= 1, "site.sites_per_task", "must be at least 1 (or null for automatic)")
+        require(
+            cfg.site.sites_per_task == 1 or not cfg.workflows.cross_site_validate.enabled,
+            "site.sites_per_task",
+            "must be 1 (or null) with cross-site evaluation, which needs each site's own model; "
+            "or set workflows.cross_site_validate.enabled=false",
+        )
     require(cfg.job_timeout >= 0, "job_timeout", "must be >= 0 seconds (0: no limit)")
     if cfg.site.num_actors is not None:
         require(cfg.site.num_actors <= cfg.num_clients, "site.num_actors", f"must be at most num_clients={cfg.num_clients}")

@@ -125,12 +125,26 @@ class Controller:
             exclude_vars=args["exclude_vars"],
             ignore_result_error=args["ignore_result_error"],
             max_task_retries=self.max_task_retries,
+            sites_per_task=self._sites_per_task(),
             # Only cross-site evaluation reads the sites' best local models.
             best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
             algorithm=algorithms.build(self.job.get("algorithm")),
             state=None if self.algorithm_state is None else ray.get(self.algorithm_state, timeout=300),
             site_states=self.site_states,
         )
+
+    def _sites_per_task(self) -> int:
+        """Batch a round's sites when a pool serves many small ones: a Ray task, a result in the object
+        store and a fold per site cost more than training 5 steps. Two batches per worker balance the
+        load. Not with cross-site evaluation (it needs each site's model), one actor per site, or
+        an aggregator other than FedAvg (it gets each site's update)."""
+        chosen = self.job["site"]["sites_per_task"]
+        if chosen is not None:
+            return chosen
+        if (self.pool.home or self.job["workflows"]["cross_site_validate"]["enabled"]
+                or self.job["aggregator"]["_target_"] != "fedray.aggregation.fedavg"):
+            return 1
+        return max(1, math.ceil(self.sites_per_round / (2 * len(self.pool.workers))))
 
     def _cross_site_validate(self, params: Params | None, args: dict[str, Any]) -> Params | None:
         if self.global_ref is None:  # no FedAvg round ran: the server's model is the initial one

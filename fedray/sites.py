@@ -32,7 +32,7 @@ from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
 from fedray.python_path import put_on_python_path
 from fedray.script_site import ScriptError, ScriptSite
-from fedray.aggregation import pool_metrics
+from fedray.aggregation import CompensatedSum, finite, pool_metrics
 from fedray.training import TrainingStopped, evaluate, get_params, load_params, to_device, train_epochs
 
 # Training-loss points each site streams per round, whatever its shard size: a curve in
@@ -148,6 +148,34 @@ class SiteWorker:
             current_round=current_round,
             total_rounds=total_rounds,
         )
+
+    def train_sites(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
+                    total_rounds: int, factors: Sequence[float], message: Optional[Mapping[str, Any]] = None,
+                    site_states: Optional[Sequence[Any]] = None) -> dict[str, Any]:
+        """Several sites' `train`, one after another, from one fetch of the global weights (a
+        cross-device round's many small sites). Returns {"sum": the compensated sum of their weights,
+        each times factor x steps, "results": site -> FLModel without params, or (kind, message)
+        for a site that failed}. The sum is exact enough that any batching gives the same bits."""
+        total = CompensatedSum()
+        results: dict[str, Any] = {}
+        states = site_states or [None] * len(sites)
+        # ObjectRefs of site states are resolved here, one site at a time (Ray resolves only top-level refs).
+        for site, factor, state in zip(sites, factors, states):
+            try:
+                state = ray.get(state, timeout=DATA_TIMEOUT) if isinstance(state, ray.ObjectRef) else state
+                result = self.train(site, global_params, current_round, total_rounds, message, state)
+            except TrainingStopped:
+                raise  # the whole batch was given up on
+            except Exception as err:  # this site's own failure; the batch's other sites go on
+                results[site] = ("error", f"{type(err).__name__}: {err}".splitlines()[0])
+                continue
+            if not finite(result.params):
+                results[site] = ("non_finite", "its weights have NaN or Inf: local training diverged")
+                continue
+            total.add(result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND])
+            result.params = None
+            results[site] = result
+        return {"sum": total, "results": results}
 
     def submit_model(self, site: str, best_local: FLModel | None) -> FLModel:
         """The site's best local model; `best_local` is the train result it came from (resolved by Ray)."""

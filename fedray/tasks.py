@@ -157,6 +157,7 @@ def gather(
     timeout: float = 0.0,
     max_retries: int = 0,
     unavailable_after: Optional[float] = None,
+    count: Callable[[Outcome], int] = lambda outcome: int(outcome.ok),
 ) -> Iterator[Outcome]:
     """Run `calls` (site, call(worker) -> ObjectRef), each on a free worker among `pool.candidates(site)`.
 
@@ -164,7 +165,8 @@ def gather(
     "abandoned"; sites whose workers stayed busy longer than `timeout` are "timeout";
     with `unavailable_after`, sites whose every worker is still busy (or retired) that many
     seconds in are "unavailable" instead of waited for. A task whose worker died runs
-    again up to `max_retries` times, then is "died".
+    again up to `max_retries` times, then is "died". `count(outcome)`: the results an outcome
+    brings towards `min_results` (a batch of sites brings several).
     """
     queue: deque[tuple[str, Call, int]] = deque((site, call, 0) for site, call in calls)
     in_flight: dict[ray.ObjectRef, tuple[str, Call, int, ActorHandle, float]] = {}
@@ -220,8 +222,8 @@ def gather(
                         queue.appendleft((site, call, retries + 1))
                         continue
                     outcome.message = f"its worker died {retries + 1} time(s) running it: {outcome.message}"
+                successes += count(outcome)
                 if outcome.ok:
-                    successes += 1
                     if min_results is not None and successes >= min_results and enough_at is None:
                         enough_at = time.monotonic()
                 yield outcome

@@ -21,7 +21,8 @@ def test_sampling_is_seeded_per_round():
 
 
 class _SiteWorkerMemory:
-    """Samples the processes Ray runs site actors in (their title is ray::SiteWorker...)."""
+    """Samples the processes this test's Ray runs site actors in (their title is ray::SiteWorker...);
+    only this process's descendants: other people's Ray on the same machine is not ours to count."""
 
     def __init__(self) -> None:
         self.peak_uss = 0
@@ -32,8 +33,12 @@ class _SiteWorkerMemory:
     def _sample(self) -> None:
         while self.running:
             uss, count = 0, 0
-            for process in psutil.process_iter(["cmdline"]):
-                if "ray::SiteWorker" in " ".join(process.info["cmdline"] or []):
+            for process in psutil.Process().children(recursive=True):
+                try:
+                    is_site = "ray::SiteWorker" in " ".join(process.cmdline())
+                except psutil.Error:
+                    continue
+                if is_site:
                     try:
                         # USS: pages only this process holds; RSS would count the object store it maps.
                         uss += process.memory_full_info().uss
