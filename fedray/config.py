@@ -341,6 +341,10 @@ def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], Non
     server_optimizer = algorithm.get("server_optimizer")
     if server_optimizer is not None and "lr" in server_optimizer:
         require(server_optimizer.lr > 0, "algorithm.server_optimizer.lr", "must be positive")
+    if "control_weights" in algorithm:
+        require(algorithm.control_weights in ("sites", "steps"), "algorithm.control_weights",
+                "must be sites (the paper's: c moves by the sum of the updates / all sites) or steps (FLARE's: "
+                "by their average weighted by NUM_STEPS_CURRENT_ROUND)")
     if algorithm._target_.endswith("Scaffold"):
         require(cfg.workflows.scatter_and_gather.exclude_vars is None, "workflows.scatter_and_gather.exclude_vars",
                 "must be null with algorithm=scaffold (every variable has a control variate)")

@@ -22,6 +22,7 @@ from ray.actor import ActorHandle
 
 from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
+from fedray.python_path import put_on_python_path
 from fedray.tasks import Outcome, WorkerPool, gather
 from fedray.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, sample_sites, scatter_and_gather
 
@@ -102,6 +103,7 @@ class Controller:
         )
 
     def _scatter_and_gather(self, params: Params | None, args: dict[str, Any]) -> Params:
+        put_on_python_path(self.job)  # FedOpt builds the job's model (a FLARE job's custom/net.py) for its names
         if params is None:  # pre_train disabled: a site's seeded init is still the starting point
             params = initialize_global_weights(self.sites, self.pool, "first", None, self.job["workflows"]["pre_train"]["timeout"],
                                                self.max_task_retries)

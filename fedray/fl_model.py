@@ -27,7 +27,8 @@ NUM_STEPS_CURRENT_ROUND = "NUM_STEPS_CURRENT_ROUND"
 
 
 class AlgorithmConstants:
-    """FLARE's meta keys for SCAFFOLD's control variates (nvflare.app_common.app_constant)."""
+    """FLARE's meta keys for its algorithms (nvflare.app_common.app_constant)."""
 
+    FEDPROX_MU = "fedprox_mu"  # FLARE's FedAvg(fedprox_mu=...) sends mu with the model
     SCAFFOLD_CTRL_DIFF = "scaffold_c_diff"  # a site's c_i+ - c_i, in its train result
     SCAFFOLD_CTRL_GLOBAL = "scaffold_c_global"  # the server's c, with the global model

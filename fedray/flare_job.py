@@ -100,9 +100,14 @@ def translate(path: str, report: Callable[[str], None] = lambda line: print(line
 
 
 def merge_overrides(derived: list[str], given: list[str]) -> list[str]:
-    """The derived overrides, less those whose key the user gave, then the user's: the user's win."""
+    """The derived overrides, less those whose key (or a key above it: `algorithm` for
+    `algorithm.mu`) the user gave, then the user's: the user's win."""
     given_keys = {_key(arg) for arg in given if "=" in arg}
-    return [arg for arg in derived if _key(arg) not in given_keys] + list(given)
+
+    def overridden(key: str) -> bool:
+        return any(key == given or key.startswith(given + ".") for given in given_keys)
+
+    return [arg for arg in derived if not overridden(_key(arg))] + list(given)
 
 
 # ---- the FLARE classes fedray knows -------------------------------------------------------------
@@ -129,15 +134,94 @@ def _fed_avg(job: _Job, args: dict[str, Any]) -> None:
     """FLARE's newer FedAvg (ModelController): its num_clients sampled each round, all of them needed."""
     _copy(job, args, {"num_rounds": "rounds", "start_round": f"{SAG}.start_round", "num_clients": "min_clients"})
     _aggregation(job, args, "FedAvg")
-    for arg, why in (("stop_cond", "early stopping"), ("patience", "early stopping"), ("fedprox_mu", "FedProx"),
+    for arg, why in (("stop_cond", "early stopping"), ("patience", "early stopping"),
                      ("aggregator", "a custom aggregator")):
         if args.get(arg) not in (None, 0, 0.0):
             job.errors.append(f"FedAvg {arg}={args[arg]}: {why} is not in fedray yet")
+    if args.get("fedprox_mu") not in (None, 0, 0.0):
+        # FLARE's FedAvg sends mu in each train task's meta["fedprox_mu"] (its FedProxRecipe); fedray's
+        # FedProx does the same for a script (and adds the term itself in fedray's own training).
+        job.set("algorithm", "fedprox")
+        job.set("algorithm.mu", args["fedprox_mu"])
     if isinstance(args.get("model"), (str, dict)):
         _model(job, args["model"], "FedAvg model")
     persistor = args.get("persistor_id", "persistor")
     if persistor in job.components or "persistor_id" in args:  # FedAvg may hold its model itself instead
         job.component(persistor, "persistor_id")
+
+
+def _scatter_and_gather_scaffold(job: _Job, args: dict[str, Any]) -> None:
+    """ScatterAndGather's arguments, and SCAFFOLD: FLARE adds the round's control-variate updates,
+    averaged with the aggregator's weights, to c (fedray's control_weights=steps)."""
+    _scatter_and_gather(job, args)
+    _scaffold(job)
+
+
+def _scaffold_controller(job: _Job, args: dict[str, Any]) -> None:
+    """FLARE's Scaffold (ModelController, the Job API's): FedAvg's arguments, and SCAFFOLD, whose
+    control-variate updates are averaged by NUM_STEPS_CURRENT_ROUND as the models are."""
+    _fed_avg(job, args)
+    _scaffold(job)
+
+
+def _scaffold(job: _Job) -> None:
+    job.set("algorithm", "scaffold")
+    job.set("algorithm.control_weights", "steps")
+
+
+def _fedopt_generator(job: _Job, args: dict[str, Any]) -> None:
+    """PTFedOptModelShareableGenerator (ScatterAndGather's shareable generator): with no
+    optimizer_args FLARE takes SGD lr 1.0 (no momentum), with no lr_scheduler_args no schedule."""
+    _fedopt(job, args, {"path": "torch.optim.SGD", "args": {"lr": 1.0}}, None, "PTFedOptModelShareableGenerator")
+
+
+def _fedopt_controller(job: _Job, args: dict[str, Any]) -> None:
+    """FLARE's FedOpt (ModelController, the fedopt_pt template's): FedAvg's arguments, and FedOpt
+    with that class's defaults (SGD lr 1.0 momentum 0.6, cosine T_max=3 down to 0.9)."""
+    _fed_avg(job, args)
+    _fedopt(job, args, {"path": "torch.optim.SGD", "args": {"lr": 1.0, "momentum": 0.6}},
+            {"path": "torch.optim.lr_scheduler.CosineAnnealingLR", "args": {"T_max": 3, "eta_min": 0.9}}, "FedOpt")
+
+
+def _fedopt(job: _Job, args: dict[str, Any], optimizer: dict[str, Any], scheduler: Optional[dict[str, Any]],
+            owner: str) -> None:
+    """FLARE's server optimizer and schedule, {path, args}, as fedray's nodes by _target_: the whole
+    node is replaced (deleted, then added), so none of fedray's defaults (momentum, cosine) stay.
+    `device` is where the step runs: the same numbers (fedray steps on the CPU)."""
+    job.set("algorithm", "fedopt")
+    optimizer_node = _torch_class(job, args.get("optimizer_args") or optimizer, f"{owner} optimizer_args", "params")
+    if optimizer_node:
+        job.set("~algorithm.server_optimizer", None)
+        job.set("+algorithm.server_optimizer", optimizer_node)
+    scheduler = args["lr_scheduler_args"] if "lr_scheduler_args" in args else scheduler
+    if scheduler is None:
+        job.set("algorithm.server_lr_scheduler", None)
+    else:
+        scheduler_node = _torch_class(job, scheduler, f"{owner} lr_scheduler_args", "optimizer")
+        if scheduler_node:
+            job.set("~algorithm.server_lr_scheduler", None)
+            job.set("+algorithm.server_lr_scheduler", scheduler_node)
+    source = args.get("source_model", "model")
+    if isinstance(source, str) and source in job.components:
+        job.used.add(source)  # the model component the persistor names too
+        source = job.components[source]
+    target = (source.get("path") or source.get("class_path")) if isinstance(source, dict) else None
+    if target and job.overrides.get("model._target_", target) != target:
+        job.errors.append(f"{owner} source_model {target} is not the persistor's model "
+                          f"{job.overrides['model._target_']}: fedray's server optimizer steps the global model")
+
+
+def _torch_class(job: _Job, spec: Any, where: str, injected: str) -> Optional[dict[str, Any]]:
+    """FLARE's {path (or class_path, name), args} of a torch class, as a node with `_target_`;
+    FLARE adds `injected` (the parameters, the optimizer) itself, and so does fedray."""
+    path = (spec.get("path") or spec.get("class_path") or spec.get("name")) if isinstance(spec, dict) else None
+    if not path or "." not in str(path):
+        job.errors.append(f"{where}={spec}: give the class's full path, e.g. {{path: torch.optim.SGD, args: {{lr: 1.0}}}}")
+        return None
+    if str(path).startswith(("tensorflow.", "tf.", "keras.")):
+        job.errors.append(f"{where} {path}: a TensorFlow class; fedray's server optimizers are PyTorch's")
+        return None
+    return {"_target_": path, **{k: v for k, v in (spec.get("args") or {}).items() if k != injected}}
 
 
 def _initialize_global_weights(job: _Job, args: dict[str, Any]) -> None:
@@ -203,12 +287,6 @@ def _plumbing(job: _Job, args: dict[str, Any]) -> None:
     """FLARE's machinery that fedray replaces one for one: nothing to say."""
 
 
-def _math(why: str) -> Callable[[_Job, dict[str, Any]], None]:
-    def refuse(job: _Job, args: dict[str, Any]) -> None:
-        job.errors.append(why)
-    return refuse
-
-
 # FLARE class name (the last part of its path) -> what fedray does with it. Add mappings here.
 COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
     "ScatterAndGather": _scatter_and_gather,
@@ -227,13 +305,13 @@ COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
     "FullModelShareableGenerator": _plumbing,  # fedray's sites exchange whole models
     "PTFileModelLocator": _plumbing,  # cross-site evaluation finds the server's models itself
     "ValidationJsonGenerator": _plumbing,  # fedray writes cross_site_val/cross_val_results.json
-    # Algorithms that change the math and that fedray does not have yet: a mapping goes here once it does.
-    "ScatterAndGatherScaffold": _math("Scaffold (ScatterAndGatherScaffold) is not in fedray yet"),
-    "Scaffold": _math("Scaffold is not in fedray yet"),
-    "PTFedOptModelShareableGenerator": _math("FedOpt (PTFedOptModelShareableGenerator) is not in fedray yet"),
-    "FedOpt": _math("FedOpt is not in fedray yet"),
-    "PTFedProxLoss": _math("FedProx (PTFedProxLoss) is not in fedray yet"),
-    "FedProx": _math("FedProx is not in fedray yet"),
+    # The algorithms (fedray/algorithms/). FedProx has no server component in FLARE: a Client API
+    # script that builds PTFedProxLoss itself runs as it is over FedAvg (the server's part of FedProx
+    # is FedAvg's, in FLARE and in fedray); FLARE's FedAvg(fedprox_mu=...) is mapped in _fed_avg.
+    "ScatterAndGatherScaffold": _scatter_and_gather_scaffold,
+    "Scaffold": _scaffold_controller,
+    "PTFedOptModelShareableGenerator": _fedopt_generator,
+    "FedOpt": _fedopt_controller,
 }
 
 # The client's executors that run a Client API script, and the client components that carry its
@@ -279,7 +357,12 @@ def _client_script(job: _Job, folder: Path, client_apps: list[str], path: str) -
             if name in COMPONENTS:
                 COMPONENTS[name](job, component.get("args", {}))
             elif name not in CLIENT_PLUMBING:
-                job.errors.append(f"{app}: client component {name}: fedray does not know it")
+                # A learner (ModelLearnerExecutor's, refused above) is the job's own training code; its
+                # FedProx mu is fedray's key for fedray's own training, which is not that code.
+                mu = (component.get("args") or {}).get("fedproxloss_mu")
+                hint = f" (its fedproxloss_mu={mu} is algorithm=fedprox algorithm.mu={mu} in fedray's own training)"
+                job.errors.append(f"{app}: client component {name}: fedray does not know it"
+                                  + (hint if mu not in (None, 0, 0.0) else ""))
         if script:
             found.setdefault(script, app)
     if len(found) > 1:
@@ -432,6 +515,9 @@ def _aggregation(job: _Job, args: dict[str, Any], owner: str) -> None:
 
 def _model(job: _Job, model: Any, where: str) -> None:
     """FLARE's `model`: a class path, or {path, args}; the module lies in custom/ (python_path)."""
+    if isinstance(model, str) and model in job.components:  # the id of a model component
+        job.used.add(model)
+        model = job.components[model]
     target, args = (model, {}) if isinstance(model, str) else (model.get("path") or model.get("class_path"),
                                                                model.get("args") or {})
     if not target:
@@ -443,7 +529,7 @@ def _model(job: _Job, model: Any, where: str) -> None:
 
 
 def _override(key: str, value: Any) -> str:
-    return f"{key}={_value(value)}"
+    return key if key.startswith("~") else f"{key}={_value(value)}"
 
 
 def _value(value: Any) -> str:
@@ -455,6 +541,8 @@ def _value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{_value(item)}" for key, item in value.items()) + "}"
     # Hydra's quoted strings: a quote is escaped, and so are the backslashes just before one (or the end).
     text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", str(value))
     text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)

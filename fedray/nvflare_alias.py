@@ -1,6 +1,7 @@
 """`import nvflare.client as flare` inside a site, served by fedray.client.
 
-FLARE's training scripts import its Client API by name. `install()`, called in a
+FLARE's training scripts import its Client API by name, and its FedProx and SCAFFOLD scripts
+its algorithm helpers (PTFedProxLoss, PTScaffoldHelper, get_lr_values, AlgorithmConstants). `install()`, called in a
 site's process just before its script runs (fedray/script_site.py), puts a finder
 first on `sys.meta_path` that answers the Client API modules with fedray's own, so
 the scripts run unchanged. Only those modules exist: any other `nvflare.*` import
@@ -24,9 +25,15 @@ ALIASES = {
     "nvflare.client.tracking": "fedray.client.tracking",
     "nvflare.client.lightning": "fedray.client.lightning",
     "nvflare.app_common.abstract.fl_model": "fedray.fl_model",
+    "nvflare.app_common.app_constant": "fedray.fl_model",  # AlgorithmConstants (SCAFFOLD's meta keys)
+    # FLARE's PyTorch helper modules are one fedray module: fedray.client.pt has them all.
+    "nvflare.app_opt.pt.fedproxloss": "fedray.client.pt",  # PTFedProxLoss
+    "nvflare.app_opt.pt.scaffold": "fedray.client.pt",  # PTScaffoldHelper, get_lr_values
+    "nvflare.app_common.utils.fedprox_utils": "fedray.client.pt",  # get_fedprox_mu
 }
 # Packages on the way to an alias: empty modules, so that `import nvflare.client` can walk down.
-_PARENTS = {"nvflare", "nvflare.app_common", "nvflare.app_common.abstract"}
+_PARENTS = {"nvflare", "nvflare.app_common", "nvflare.app_common.abstract", "nvflare.app_common.utils",
+            "nvflare.app_opt", "nvflare.app_opt.pt"}
 
 
 class _NVFlareAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -63,7 +70,8 @@ _FINDER = _NVFlareAliasFinder()
 
 
 def install() -> None:
-    """Serve `nvflare.client` (and its tracking, lightning) from fedray.client in this process."""
+    """Serve `nvflare.client` (and its tracking, lightning, and FLARE's algorithm helpers) from
+    fedray in this process."""
     if _FINDER in sys.meta_path:
         return
     for name in [name for name in sys.modules if name == "nvflare" or name.startswith("nvflare.")]:

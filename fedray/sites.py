@@ -229,8 +229,10 @@ class SiteWorker:
                       message: Mapping[str, Any]) -> FLModel:
         started = time.perf_counter()
         self.last_global = global_params
-        # The algorithm's message as FLARE sends it: writable numpy arrays in the model's meta.
-        sent = {key: {name: np.array(value) for name, value in params.items()} for key, params in message.items()}
+        # The algorithm's message as FLARE sends it: writable numpy arrays (or a number: FedProx's mu)
+        # in the model's meta.
+        sent = {key: {name: np.array(value) for name, value in params.items()} if isinstance(params, Mapping)
+                else params for key, params in message.items()}
         asked = FLModel(params=_torch_copy(global_params), current_round=current_round, total_rounds=total_rounds,
                         start_round=self.job["workflows"]["scatter_and_gather"]["start_round"],
                         meta={"job_id": self.job["job_id"], **sent})

@@ -116,8 +116,7 @@ def test_components_that_change_the_math_are_refused_each_on_its_line_and_loggin
     job = tmp_path / "hello-pt"
     shutil.copytree(JOBS / "hello-pt", job)
     path, server = _server_config(job)
-    server["workflows"][0] = {"id": "scaffold", "path": "nvflare.app_common.workflows.scaffold.Scaffold",
-                              "args": {"num_rounds": 2}}
+    server["workflows"][0]["args"]["stop_cond"] = "accuracy >= 80"
     server["components"].append({"id": "mlflow", "path": "nvflare.app_opt.tracking.mlflow.mlflow_receiver.MLflowReceiver"})
     server["components"].append({"id": "mine", "path": "my_company.fl.SecretSauce", "args": {}})
     server["task_result_filters"] = [{"tasks": ["train"], "filters": [
@@ -128,7 +127,7 @@ def test_components_that_change_the_math_are_refused_each_on_its_line_and_loggin
         translate(str(job), report=warnings.append)
     message = str(refused.value)
     assert "\n" not in message
-    assert "Scaffold is not in fedray yet" in message
+    assert "FedAvg stop_cond=accuracy >= 80: early stopping is not in fedray yet" in message
     assert "my_company.fl.SecretSauce: fedray does not know it" in message
     assert "task_result_filters: PercentilePrivacy: filters are not in fedray yet" in message
     assert any("MLflowReceiver" in line for line in warnings)

@@ -6,7 +6,7 @@ An algorithm is one class in one file here and one YAML in conf/algorithm/ namin
 
     server part (in the controller, no I/O):
         init(params, num_sites) -> state           # explicit server state, saved by the checkpoint
-        message(state) -> {meta key: params}        # sent with the global model each round
+        message(state) -> {meta key: params or number}  # sent with the global model each round
         apply(params, averaged, sums, state, round) -> (params, state)
     client part (in a site actor, built each round):
         client(model, global_params, message, site_state) -> ClientPart
@@ -16,7 +16,8 @@ An algorithm is one class in one file here and one YAML in conf/algorithm/ namin
 
 `averaged` is FedAvg's fold of the sites' models (the same compensated, order-independent sum);
 `sums[key]` is the order-independent sum over the round's results of the extra result `key`
-(each result counted once), with `sums[COUNT]` the number of results. A site state (SCAFFOLD's
+(each result counted once; or, for an algorithm whose `weighs_results` is true, their average with
+FedAvg's weights, as FLARE's aggregator folds every data kind), with `sums[COUNT]` the number of results. A site state (SCAFFOLD's
 control variate) is kept by the controller as an ObjectRef per site, never in an actor, and
 written to the checkpoint when it changes; a site not sampled keeps its own.
 """
@@ -54,11 +55,13 @@ class Algorithm:
     result_keys: tuple[str, ...] = ()
     #: whether each site keeps a state between the rounds it takes part in
     keeps_site_state: bool = False
+    #: whether `sums` are averages with FedAvg's weights (steps x aggregation_weights) instead of sums
+    weighs_results: bool = False
 
     def init(self, params: Mapping[str, np.ndarray], num_sites: int) -> State:
         return {}
 
-    def message(self, state: State) -> dict[str, Params]:
+    def message(self, state: State) -> dict[str, Any]:
         return {}
 
     def apply(self, params: Mapping[str, np.ndarray], averaged: Params, sums: Mapping[str, Any], state: State,

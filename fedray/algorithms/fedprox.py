@@ -1,7 +1,9 @@
 """FedProx (Li et al., 2020): local training minimizes loss + mu/2 * ||w - w_global||^2.
 
 The server part is FedAvg's. `mu` is FLARE's `fedproxloss_mu`; mu=0 is FedAvg bit for bit
-(the term adds exact zeros to the gradients).
+(the term adds exact zeros to the gradients). As FLARE's FedAvg(fedprox_mu=...) does, mu travels
+with the model in meta["fedprox_mu"] (none for mu=0), for a Client API script that reads it
+(`get_fedprox_mu(input_model)`) and adds PTFedProxLoss itself.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from fedray.algorithms import Algorithm, ClientPart, Params
+from fedray.algorithms import Algorithm, ClientPart, Params, State
+from fedray.fl_model import AlgorithmConstants
 
 
 def proximal_term(model: Any, reference: Mapping[str, Any], mu: float) -> Any:
@@ -26,6 +29,9 @@ class FedProx(Algorithm):
         if mu < 0:
             raise ValueError(f"algorithm.mu={mu}: must be >= 0")
         self.mu = mu
+
+    def message(self, state: State) -> dict[str, Any]:
+        return {AlgorithmConstants.FEDPROX_MU: self.mu} if self.mu > 0 else {}
 
     def client(self, model: Any, global_params: Mapping[str, np.ndarray], message: Mapping[str, Params],
                site_state: Optional[Params]) -> ClientPart:

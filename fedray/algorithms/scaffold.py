@@ -10,6 +10,9 @@ then sets c_i+ = c_i - c + (x - y) / (sum of the step lrs)   (K * lr at a consta
 and sends y (averaged by steps, as FedAvg) and dc_i = c_i+ - c_i under FLARE's meta key
 `scaffold_c_diff`. The server: x <- FedAvg(y), c <- c + (1/N) * sum over the round's sites of
 dc_i, N all sites (the paper's |S|/N * mean), so c stays the mean of every site's c_i.
+`control_weights=steps` is FLARE's update instead (ScatterAndGatherScaffold and its Scaffold
+controller): c <- c + the round's dc_i averaged with FedAvg's weights (NUM_STEPS_CURRENT_ROUND,
+times aggregation_weights), which equals the paper's when every site answers with equal steps.
 Client API scripts get c under `scaffold_c_global` and keep c_i themselves (FLARE's
 PTScaffoldHelper, `fedray.client.PTScaffoldHelper`).
 """
@@ -31,6 +34,12 @@ class Scaffold(Algorithm):
     result_keys = (CTRL_DIFF,)
     keeps_site_state = True
 
+    def __init__(self, control_weights: str = "sites") -> None:
+        if control_weights not in ("sites", "steps"):
+            raise ValueError(f"algorithm.control_weights={control_weights}: 'sites' (the paper's 1/N) or 'steps' "
+                             "(FLARE's average weighted by NUM_STEPS_CURRENT_ROUND)")
+        self.weighs_results = control_weights == "steps"
+
     def init(self, params: Mapping[str, np.ndarray], num_sites: int) -> State:
         return {"c": {name: np.zeros_like(params[name], dtype=np.float32) for name in floating(params)},
                 "num_sites": num_sites}
@@ -40,8 +49,9 @@ class Scaffold(Algorithm):
 
     def apply(self, params: Mapping[str, np.ndarray], averaged: Params, sums: Mapping[str, Any], state: State,
               current_round: int) -> tuple[Params, State]:
-        diff = sums[CTRL_DIFF]
-        c = {name: (value + diff[name] / state["num_sites"]).astype(np.float32) if name in diff else value
+        diff = sums[CTRL_DIFF]  # the round's weighted average (control_weights=steps), else their sum
+        divisor = 1.0 if self.weighs_results else state["num_sites"]
+        c = {name: (value + diff[name] / divisor).astype(np.float32) if name in diff else value
              for name, value in state["c"].items()}
         return averaged, {**state, "c": c}
 

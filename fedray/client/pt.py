@@ -1,6 +1,7 @@
 """FLARE's PyTorch algorithm helpers for Client API scripts: `from fedray.client import PTFedProxLoss,
 PTScaffoldHelper, AlgorithmConstants` in place of nvflare.app_opt.pt.fedproxloss,
 nvflare.app_opt.pt.scaffold and nvflare.app_common.app_constant, with FLARE's methods and meta keys.
+Inside a site, FLARE's own imports of those modules are served from here (fedray/nvflare_alias.py).
 
 With `algorithm=scaffold` the server sends its control variate in
 `input_model.meta[AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL]` and reads the script's
@@ -14,6 +15,23 @@ from typing import Mapping
 import numpy as np
 import torch
 from torch import nn
+
+from fedray.fl_model import AlgorithmConstants, FLModel
+
+
+def get_lr_values(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each parameter group's learning rate (FLARE's nvflare.app_opt.pt.scaffold.get_lr_values)."""
+    return [group["lr"] for group in optimizer.state_dict()["param_groups"]]
+
+
+def get_fedprox_mu(model: FLModel) -> float:
+    """The mu that `algorithm=fedprox` sends in meta["fedprox_mu"] (FLARE's
+    nvflare.app_common.utils.fedprox_utils.get_fedprox_mu, for FLARE's FedAvg(fedprox_mu=...))."""
+    mu = (model.meta or {}).get(AlgorithmConstants.FEDPROX_MU)
+    if mu is None:
+        raise ValueError(f"FedProx client requires positive '{AlgorithmConstants.FEDPROX_MU}' metadata on every "
+                         "training round: run the job with algorithm=fedprox algorithm.mu=...")
+    return float(mu)
 
 
 class PTFedProxLoss(nn.Module):

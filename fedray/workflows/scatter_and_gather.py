@@ -148,15 +148,17 @@ def scatter_and_gather(
                 # Written so that NaN (no validation split, or a script site) keeps the latest model.
                 if best is None or not local_accuracy <= best.accuracy:
                     best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, outcome.ref)
+            weight = factors.get(outcome.site, 1.0) * steps
             for key, total in extra_sums.items():
-                total.add(result.meta[key])  # each site once, in an order-independent sum
+                # each site once, in an order-independent sum
+                total.add(result.meta[key], weight if algorithm.weighs_results else 1.0)
             if SITE_STATE in result.meta:
                 # Kept in the object store, owned here, until the site's next round.
                 updated_site_states[outcome.site] = ray.put(result.meta[SITE_STATE])
             if result.params is None:
                 return None
             params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
-            return params, factors.get(outcome.site, 1.0) * steps
+            return params, weight
 
         aggregated = _aggregate_any(aggregate, arriving_updates())
         diverged = [site for site, failure in failures.items() if failure["kind"] == "non_finite"]
@@ -167,7 +169,8 @@ def scatter_and_gather(
             reason = stop[0] if stop else f"{len(site_metrics)} of {len(chosen)} sites returned results, min_clients={min_clients} needed"
             raise RoundFailed(f"round {current_round}: {reason} ({_describe(failures)})")
         if aggregated:  # a round where no site answered (ignore_result_error=true) moves nothing
-            sums = {key: total.result() for key, total in extra_sums.items()}
+            sums = {key: total.result(total.total_weight if algorithm.weighs_results else 1.0)
+                    for key, total in extra_sums.items()}
             aggregated, state = algorithm.apply(global_params, aggregated, {**sums, COUNT: len(site_metrics)}, state,
                                                 current_round)
         site_states.update(updated_site_states)
