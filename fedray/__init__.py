@@ -8,6 +8,8 @@ from typing import Any
 # The public API, imported on first use: Ray loads fedray.<module> in every actor process, and
 # the controller and the metric mailbox have no use for torch (seconds of CPU per process).
 _EXPORTS = {
+    "Algorithm": "fedray.algorithms",
+    "ClientPart": "fedray.algorithms",
     "ConfigError": "fedray.config",
     "FLModel": "fedray.fl_model",
     "JobFailed": "fedray.job",

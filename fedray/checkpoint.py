@@ -21,10 +21,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedray.outputs import BEST_GLOBAL_MODEL, GLOBAL_MODEL, save_model, write_json
+from fedray.outputs import BEST_GLOBAL_MODEL, GLOBAL_MODEL, _atomic, save_model, write_json
 
 STATE = "checkpoint/state.json"
 LOCAL_MODELS = "checkpoint/local_models"
+ALGORITHM_STATE = "checkpoint/algorithm_state.pt"  # the algorithm's server state (FedOpt's moments, SCAFFOLD's c)
+SITE_STATES = "checkpoint/site_states"  # each site's own state (SCAFFOLD's c_i), written when it changes
 
 
 class ResumeError(RuntimeError):
@@ -33,6 +35,35 @@ class ResumeError(RuntimeError):
 
 def save_local_model(run_dir: Path, site: str, accuracy: float, params: Mapping[str, np.ndarray]) -> None:
     save_model(run_dir / LOCAL_MODELS / f"{site}.pt", params, local_val_accuracy=accuracy)
+
+
+def save_algorithm_states(run_dir: Path, current_round: int, state: Any, site_states: Mapping[str, Any]) -> None:
+    """The algorithm's server state and the changed site states after `current_round`, written before
+    that round's global model: each file keeps its previous version too (`*.prev.pt`), so whichever
+    round the model file says, `load` finds the states of that same round."""
+    _save_versioned(run_dir / ALGORITHM_STATE, current_round, state)
+    for site, site_state in site_states.items():
+        _save_versioned(run_dir / SITE_STATES / f"{site}.pt", current_round, site_state)
+
+
+def _save_versioned(path: Path, current_round: int, value: Any) -> None:
+    if path.is_file():
+        os.replace(path, _previous(path))
+    _atomic(path, lambda f: torch.save({"round": current_round, "state": value}, f))
+
+
+def _load_versioned(path: Path, last_round: int) -> tuple[bool, Any]:
+    """(found, value) of the newest version of `path` written for a round <= `last_round`."""
+    for candidate in (path, _previous(path)):
+        if candidate.is_file():
+            saved = torch.load(candidate, map_location="cpu", weights_only=False)
+            if saved["round"] <= last_round:
+                return True, saved["state"]
+    return False, None
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name.replace(".pt", ".prev.pt"))
 
 
 def save_state(run_dir: Path, event: Mapping[str, Any], best_round: int | None) -> None:
@@ -67,6 +98,20 @@ def load(run_dir: str | os.PathLike) -> dict[str, Any]:
         saved = torch.load(path, map_location="cpu")
         local_models[path.stem] = (float(saved.get("local_val_accuracy", math.nan)), _checked(model, saved, path, config))
     best_val = state.get("best_val_accuracy")
+    last_round = int(saved_global["round"])
+    try:
+        found, algorithm_state = _load_versioned(run_dir / ALGORITHM_STATE, last_round)
+        site_states = {}
+        for path in sorted((run_dir / SITE_STATES).glob("*.pt")):
+            if path.name.endswith(".prev.pt"):
+                continue
+            site_found, site_state = _load_versioned(path, last_round)
+            if site_found:
+                site_states[path.stem] = site_state
+    except Exception as err:
+        raise ResumeError(f"{where}: cannot read its algorithm state ({type(err).__name__}: {err})".splitlines()[0]) from None
+    if not found and (run_dir / ALGORITHM_STATE).is_file():
+        raise ResumeError(f"{where}: {ALGORITHM_STATE} has no state for round {last_round + 1}")
     return {
         "run_dir": run_dir,
         "config": config,
@@ -77,6 +122,8 @@ def load(run_dir: str | os.PathLike) -> dict[str, Any]:
         "best_global": best_params,
         "best_val_accuracy": -math.inf if best_val is None else best_val,
         "best_local": local_models,
+        "algorithm_state": algorithm_state,  # None: the algorithm starts from its init (a run before algorithms)
+        "site_states": site_states,
     }
 
 

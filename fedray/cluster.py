@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional
 
 import ray
 
+from fedray import reaper
+from fedray.config import ConfigError
+
 # The settings of the Ray this module started and left up for the next job; None: none kept.
 _kept: Optional[dict[str, Any]] = None
+# The watchdog of the local Ray this module started (see fedray/reaper.py).
+_watchdog: Optional[subprocess.Popen] = None
 
 
 @contextmanager
@@ -40,20 +47,40 @@ def ray_for(ray_cfg: Mapping[str, Any], keep: bool = False) -> Iterator[None]:
         yield
     except BaseException:
         if ours:
-            ray.shutdown()
+            _shutdown()
         raise
     if ours and keep:
         _kept = settings
     elif ours:
-        ray.shutdown()
+        _shutdown()
 
 
 def release() -> None:
     """Shut down the Ray that `ray_for(..., keep=True)` left up, if any."""
     global _kept
     if _kept is not None and ray.is_initialized():
-        ray.shutdown()
+        _shutdown()
     _kept = None
+
+
+def _shutdown() -> None:
+    global _watchdog
+    ray.shutdown()
+    reaper.stop(_watchdog)
+    _watchdog = None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray retries an address where nothing listens for minutes, with a log line every few seconds."""
+    if "://" in address or address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as err:
+        source = "ray.address" if os.environ.get("RAY_ADDRESS") != address else "$RAY_ADDRESS"
+        raise ConfigError(f"{source}={address}: no Ray cluster answers there ({err}); start one with "
+                          "`ray start --head`, or leave ray.address unset for a private local Ray") from None
 
 
 def _start(settings: Mapping[str, Any]) -> None:
@@ -64,9 +91,12 @@ def _start(settings: Mapping[str, Any]) -> None:
     )
     if settings["address"]:
         # Under `ray job submit`, Ray sets RAY_ADDRESS for the driver: this joins that cluster.
+        _check_reachable(settings["address"])
         ray.init(address=settings["address"], **options)
     else:
         # "local": never join a stale cluster someone else left on this machine. Ray turns token
         # auth on for it by default and says so at every start; that notice is noise here.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         ray.init(address="local", num_cpus=settings["num_cpus"], num_gpus=settings["num_gpus"], **options)
+        global _watchdog
+        _watchdog = reaper.start()  # a driver killed outright leaves no Ray process behind

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -21,11 +22,27 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from fedray.python_path import put_on_python_path
+
+# `${fedray.mul:${rounds},${local_epochs}}`: a product in a config (the cosine schedule's length).
+OmegaConf.register_new_resolver("fedray.mul", lambda *factors: math.prod(factors), replace=True)
 
 
 class ConfigError(ValueError):
     """A job config that cannot run; the message is one line naming the key."""
+
+
+def _conf_dir() -> str:
+    """The built-in configs: fedray/conf in an installed wheel, the repository's conf/ in a clone."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise ConfigError(f"fedray's configs are missing: neither {here / 'conf'} nor {here.parent / 'conf'} exists; "
+                      "reinstall fedray")
+
+
+CONF_DIR = _conf_dir()
 
 
 @dataclass
@@ -57,6 +74,9 @@ class SiteConfig:
     script: Optional[str] = None  # a Client API training script run in each site (one actor per site)
     script_args: str = ""  # its command line, e.g. "--batch_size 16"
     max_restarts: int = 2  # times Ray restarts a site actor that died or hung, before the site is given up
+    max_task_retries: int = 2  # times a task whose worker process died runs again, before it is the site's failure
+    stop_timeout: float = 10.0  # seconds a task given up on has to stop before its actor is restarted
+    sites_per_task: Optional[int] = None  # sites a pool worker trains per task; null: auto (see controller)
 
 
 @dataclass
@@ -73,7 +93,7 @@ class PreTrainConfig:
     task_name: str = "get_weights"
     weight_method: str = "first"  # first | client
     weights_client_name: Optional[str] = None
-    timeout: float = 0.0  # 0: no limit
+    timeout: float = 600.0  # seconds; 0: no limit
 
 
 @dataclass
@@ -84,7 +104,7 @@ class ScatterAndGatherConfig:
     num_rounds: int = 5
     start_round: int = 0
     wait_time_after_min_received: float = 0.0
-    train_timeout: float = 0.0  # seconds per train task; 0: no limit
+    train_timeout: float = 3600.0  # seconds per train task; 0: no limit
     aggregation_weights: Dict[str, float] = field(default_factory=dict)
     exclude_vars: Optional[str] = None  # regex of variables kept at their global values
     ignore_result_error: Optional[bool] = None  # FLARE's: null ignores failures while min_clients can answer
@@ -94,8 +114,8 @@ class ScatterAndGatherConfig:
 class CrossSiteValidateConfig:
     enabled: bool = True
     max_participants: int = 32  # with more sites and no participating_clients, a seeded sample this size
-    submit_model_timeout: float = 0.0  # 0: no limit
-    validation_timeout: float = 0.0
+    submit_model_timeout: float = 600.0  # FLARE's default; 0: no limit
+    validation_timeout: float = 6000.0  # FLARE's default
     participating_clients: Optional[List[str]] = None  # null: all sites
 
 
@@ -120,8 +140,13 @@ class JobConfig:
     eval_batch_size: int = 1000
     eval_every: int = 1
     resume: Optional[str] = None  # a stopped run's dir: continue it from its last finished round
+    job_timeout: float = 0.0  # seconds for the whole job, then it stops (finished rounds kept); 0: no limit
+    python_path: List[str] = field(default_factory=list)  # folders importable in the driver and every site
     model: Any = None
     aggregator: Any = None
+    algorithm: Any = None  # conf/algorithm/: fedavg, fedprox, fedopt, scaffold
+    optimizer: Any = None  # conf/optimizer/: each site's local optimizer
+    lr_scheduler: Any = None  # conf/lr_scheduler/: null, or stepped once per local epoch
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
@@ -138,19 +163,30 @@ _CHOICES = {
 }
 
 
-def load_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def load_config(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose `conf/config.yaml` with command-line style overrides, then validate.
 
     This is what `python -m fedray.run` checks before Hydra starts the job, and
-    the programmatic way to build a job config (tests, notebooks).
+    the programmatic way to build a job config (tests, notebooks). `config_dirs` are
+    the users' own config folders (`--config-dir`), searched after the built-in ones as
+    Hydra's `--config-dir` is.
     """
+    search = [f"hydra.searchpath=[{','.join(_file_url(d) for d in config_dirs)}]"] if config_dirs else []
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None, job_name="fedray"):
-            cfg = compose(config_name="config", overrides=list(overrides))
+            cfg = compose(config_name="config", overrides=search + list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line(err, list(overrides))) from None
     validate(cfg)
+    check_model(cfg.model)
     return cfg
+
+
+def _file_url(folder: str) -> str:
+    path = Path(folder).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"--config-dir {folder}: no such folder")
+    return f"file://{path}"
 
 
 def site_names(num_clients: int) -> list[str]:
@@ -201,10 +237,22 @@ def validate(cfg: DictConfig) -> None:
         require(value is None or value >= 1, f"site.{key}", "must be at least 1 (or null for automatic)")
     require(cfg.site.start_timeout > 0, "site.start_timeout", "must be positive (seconds)")
     require(cfg.site.max_restarts >= 0, "site.max_restarts", "must be >= 0")
+    require(cfg.site.max_task_retries >= 0, "site.max_task_retries", "must be >= 0")
+    require(cfg.site.stop_timeout > 0, "site.stop_timeout", "must be positive (seconds)")
+    if cfg.site.sites_per_task is not None:
+        require(cfg.site.sites_per_task >= 1, "site.sites_per_task", "must be at least 1 (or null for automatic)")
+        require(
+            cfg.site.sites_per_task == 1 or not cfg.workflows.cross_site_validate.enabled,
+            "site.sites_per_task",
+            "must be 1 (or null) with cross-site evaluation, which needs each site's own model; "
+            "or set workflows.cross_site_validate.enabled=false",
+        )
+    require(cfg.job_timeout >= 0, "job_timeout", "must be >= 0 seconds (0: no limit)")
     if cfg.site.num_actors is not None:
         require(cfg.site.num_actors <= cfg.num_clients, "site.num_actors", f"must be at most num_clients={cfg.num_clients}")
     if cfg.site.script is not None:
         require(Path(cfg.site.script).is_file(), "site.script", "no such file; give the path of your training script")
+        _require_compiles(cfg.site.script)
         require(
             cfg.site.num_actors in (None, cfg.num_clients),
             "site.num_actors",
@@ -255,6 +303,11 @@ def validate(cfg: DictConfig) -> None:
             ) from None
 
     csv = cfg.workflows.cross_site_validate
+    require(
+        not csv.enabled or cfg.data.val_fraction > 0,
+        "workflows.cross_site_validate.enabled",
+        "needs each site's validation split; set data.val_fraction > 0 or workflows.cross_site_validate.enabled=false",
+    )
     require(csv.max_participants >= 1, "workflows.cross_site_validate.max_participants", "must be at least 1")
     for key in ("submit_model_timeout", "validation_timeout"):
         require(csv[key] >= 0, f"workflows.cross_site_validate.{key}", "must be >= 0 seconds (0: no limit)")
@@ -266,12 +319,77 @@ def validate(cfg: DictConfig) -> None:
             f"must list sites among site-1 ... site-{cfg.num_clients} (unknown: {', '.join(unknown) or 'none'})",
         )
 
-    for key in ("model", "aggregator"):
+    for folder in cfg.python_path:
+        require(Path(folder).is_dir(), "python_path", f"{folder}: no such folder")
+    put_on_python_path(OmegaConf.to_container(cfg), cfg.site.script)  # a model beside the script, in custom/
+    for key in ("model", "aggregator", "algorithm", "optimizer"):
         _require_importable_target(cfg, key)
+    if cfg.lr_scheduler:
+        _require_importable_target(cfg, "lr_scheduler")
+    _validate_algorithm(cfg, require)
+
+
+def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """The algorithm's own keys (see conf/algorithm/)."""
+    algorithm = cfg.algorithm
+    if "mu" in algorithm:
+        require(algorithm.mu >= 0, "algorithm.mu", "must be >= 0 (0 is FedAvg), e.g. algorithm.mu=0.01")
+    for key in ("server_optimizer", "server_lr_scheduler"):
+        node = algorithm.get(key)
+        if node is not None:
+            _require_importable_target(cfg, f"algorithm.{key}")
+    server_optimizer = algorithm.get("server_optimizer")
+    if server_optimizer is not None and "lr" in server_optimizer:
+        require(server_optimizer.lr > 0, "algorithm.server_optimizer.lr", "must be positive")
+    if algorithm._target_.endswith("Scaffold"):
+        require(cfg.workflows.scatter_and_gather.exclude_vars is None, "workflows.scatter_and_gather.exclude_vars",
+                "must be null with algorithm=scaffold (every variable has a control variate)")
+
+
+# What every site feeds a model: CIFAR-10's images and classes (the generated stand-in has the same shape).
+INPUT_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+
+
+def check_model(model_cfg: DictConfig) -> None:
+    """Build the model and run one forward pass on a dummy batch, so a model that cannot take
+    CIFAR-10 fails here in one line rather than in every site actor."""
+    import torch  # here, not at import: `python -m fedray.run` checks configs before it needs torch
+    from hydra.utils import instantiate
+
+    target = model_cfg.get("_target_")
+    try:
+        model = instantiate(model_cfg)
+    except Exception as err:
+        raise ConfigError(f"model._target_={target}: cannot be built ({_first_line(err)})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model._target_={target}: builds a {type(model).__name__}, not a torch.nn.Module")
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(torch.zeros(2, *INPUT_SHAPE))
+    except Exception as err:
+        raise ConfigError(f"model._target_={target}: fails on a batch of 32x32x3 images ({_first_line(err)})") from None
+    shape = tuple(getattr(output, "shape", ()))
+    if shape != (2, NUM_CLASSES):
+        raise ConfigError(f"model._target_={target}: gives outputs of shape {shape} for 2 images, CIFAR-10 needs "
+                          f"(2, {NUM_CLASSES}) (e.g. +model.num_classes={NUM_CLASSES})")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _require_compiles(script: str) -> None:
+    try:
+        compile(Path(script).read_bytes(), script, "exec")
+    except SyntaxError as err:
+        raise ConfigError(f"site.script={script}: does not compile (line {err.lineno}: {err.msg})") from None
 
 
 def _require_importable_target(cfg: DictConfig, key: str) -> None:
-    node = cfg.get(key)
+    node = OmegaConf.select(cfg, key)
     target = node.get("_target_") if isinstance(node, DictConfig) else None
     if not target:
         raise ConfigError(f"{key}: needs a _target_ (e.g. {key}._target_=fedray.models.Net)")

@@ -11,6 +11,7 @@ import logging
 import math
 import threading
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,8 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
+from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
-from fedray.tasks import Outcome, WorkerPool
+from fedray.tasks import Outcome, WorkerPool, gather
 from fedray.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, sample_sites, scatter_and_gather
 
 log = logging.getLogger(__name__)
@@ -34,18 +36,19 @@ class Controller:
         self,
         job: dict[str, Any],
         sites: list[str],
-        workers: list[ActorHandle],
-        one_actor_per_site: bool,
+        shared_data: list[ray.ObjectRef],
         val_index: np.ndarray,
         num_test: int,
         resume: dict[str, Any] | None = None,
     ) -> None:
+        """`shared_data`: the dataset's ObjectRefs, handed to each site actor as it starts (and restarts)."""
         self.job = job
         self.sites = sites
+        self.data = shared_data
         # The sites sent the task each round (clients_per_round samples them): what "8/8 sites" counts.
         self.sites_per_round = min(job["workflows"]["scatter_and_gather"]["clients_per_round"] or len(sites), len(sites))
-        self.pool = WorkerPool(workers, dict(zip(sites, workers)) if one_actor_per_site else None,
-                               max_restarts=job["site"]["max_restarts"])
+        self.pool: WorkerPool | None = None
+        self.max_task_retries = job["site"]["max_task_retries"]
         self.val_index = val_index
         self.num_test = num_test
         # ObjectRefs only: the models themselves stay in Ray's object store.
@@ -53,16 +56,28 @@ class Controller:
         self.best_global_ref: ray.ObjectRef | None = None
         self.best_val_accuracy = -math.inf
         self.best_local_models: dict[str, LocalModel] = {}
+        # The algorithm's server state (None: from its init) and each site's own state, as ObjectRefs.
+        self.algorithm_state: Any = None
+        self.site_states: dict[str, ray.ObjectRef] = {}
         self.resume = resume
         if resume:  # a stopped run's last finished round: see fedray/checkpoint.py
             self.global_ref, self.best_global_ref = resume["global"], resume["best_global"]
             self.best_val_accuracy = resume["best_val_accuracy"]
             self.best_local_models = {site: LocalModel(*model) for site, model in resume["best_local"].items()}
+            self.algorithm_state = resume["algorithm_state"]
+            self.site_states = dict(resume["site_states"])
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
-    def run(self) -> None:
-        """Run the enabled workflows in config order."""
+    def shared_data(self) -> list[ray.ObjectRef]:
+        return self.data
+
+    def run(self, workers: list[ActorHandle], one_actor_per_site: bool) -> None:
+        """Run the enabled workflows in config order on these site actors."""
+        site = self.job["site"]
+        self.pool = WorkerPool(workers, dict(zip(self.sites, workers)) if one_actor_per_site else None,
+                               max_restarts=site["max_restarts"], stop_timeout=site["stop_timeout"],
+                               restart_timeout=site["start_timeout"])
         workflows = {
             "pre_train": self._pre_train,
             "scatter_and_gather": self._scatter_and_gather,
@@ -83,12 +98,13 @@ class Controller:
 
     def _pre_train(self, params: Params | None, args: dict[str, Any]) -> Params:
         return initialize_global_weights(
-            self.sites, self.pool, args["weight_method"], args["weights_client_name"], args["timeout"]
+            self.sites, self.pool, args["weight_method"], args["weights_client_name"], args["timeout"], self.max_task_retries
         )
 
     def _scatter_and_gather(self, params: Params | None, args: dict[str, Any]) -> Params:
         if params is None:  # pre_train disabled: a site's seeded init is still the starting point
-            params = initialize_global_weights(self.sites, self.pool, "first", None, 0.0)
+            params = initialize_global_weights(self.sites, self.pool, "first", None, self.job["workflows"]["pre_train"]["timeout"],
+                                               self.max_task_retries)
         return scatter_and_gather(
             self.sites,
             self.pool,
@@ -106,9 +122,27 @@ class Controller:
             aggregation_weights=args["aggregation_weights"],
             exclude_vars=args["exclude_vars"],
             ignore_result_error=args["ignore_result_error"],
+            max_task_retries=self.max_task_retries,
+            sites_per_task=self._sites_per_task(),
             # Only cross-site evaluation reads the sites' best local models.
             best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
+            algorithm=algorithms.build(self.job.get("algorithm")),
+            state=None if self.algorithm_state is None else ray.get(self.algorithm_state, timeout=300),
+            site_states=self.site_states,
         )
+
+    def _sites_per_task(self) -> int:
+        """Batch a round's sites when a pool serves many small ones: a Ray task, a result in the object
+        store and a fold per site cost more than training 5 steps. Two batches per worker balance the
+        load. Not with cross-site evaluation (it needs each site's model), one actor per site, or
+        an aggregator other than FedAvg (it gets each site's update)."""
+        chosen = self.job["site"]["sites_per_task"]
+        if chosen is not None:
+            return chosen
+        if (self.pool.home or self.job["workflows"]["cross_site_validate"]["enabled"]
+                or self.job["aggregator"]["_target_"] != "fedray.aggregation.fedavg"):
+            return 1
+        return max(1, math.ceil(self.sites_per_round / (2 * len(self.pool.workers))))
 
     def _cross_site_validate(self, params: Params | None, args: dict[str, Any]) -> Params | None:
         if self.global_ref is None:  # no FedAvg round ran: the server's model is the initial one
@@ -129,6 +163,9 @@ class Controller:
             dict(zip(SERVER_MODELS, (self.global_ref, self.best_global_ref))),
             submit_model_timeout=args["submit_model_timeout"],
             validation_timeout=args["validation_timeout"],
+            max_task_retries=self.max_task_retries,
+            # A site whose actor is still stuck in an abandoned task is skipped, not waited for.
+            unavailable_after=self.job["site"]["stop_timeout"],
         )
         self._emit({"type": "cross_site", **outcome})
         return params
@@ -144,7 +181,7 @@ class Controller:
         })
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
-                   improved: dict[str, LocalModel]) -> None:
+                   improved: dict[str, LocalModel], state_ref: ray.ObjectRef, site_states: dict[str, ray.ObjectRef]) -> None:
         started = time.perf_counter()
         num_rounds = self.job["workflows"]["scatter_and_gather"]["num_rounds"]
         metrics: dict[str, float] = {}
@@ -174,36 +211,38 @@ class Controller:
             "params": params_ref,
             # For the checkpoint; a script site answers submit_model itself, from its own state.
             "improved_local_models": {} if self.job["site"]["script"] else {site: tuple(m) for site, m in improved.items()},
+            "algorithm_state": state_ref,  # the algorithm's server state after this round
+            "site_states": site_states,  # the sites whose own state this round changed
         })
 
     def _evaluate(self, params_ref: ray.ObjectRef, splits: list[tuple[str, np.ndarray]]) -> list[dict[str, float]]:
         """The global model on each (split, indices), cut over the free workers so they score it in
-        parallel, every split in one wave."""
+        parallel, every split in one wave; a part whose worker died runs again elsewhere."""
         workers = self.pool.free() or self.pool.workers
-        parts = {split: [part for part in np.array_split(indices, len(workers)) if len(part)] for split, indices in splits}
-        refs = {split: [worker.evaluate_part.remote(params_ref, split, part) for worker, part in zip(workers, cut)]
-                for split, cut in parts.items()}
-        every = [ref for split_refs in refs.values() for ref in split_refs]
-        done, late = ray.wait(every, num_returns=len(every), timeout=EVALUATION_TIMEOUT)
-        for ref in late:
-            ray.cancel(ref)
-        done = set(done)
-        results = []
-        for split, split_refs in refs.items():
-            sums = []
-            for ref in split_refs:
-                if ref not in done:
-                    continue
-                try:
-                    sums.append(ray.get(ref, timeout=60))
-                except Exception as err:  # a worker that died mid-evaluation: score on the rest
-                    log.warning("global evaluation on %s: a part failed (%s)", split, err)
-            results.append(pool_metrics(*sums))
-        return results
+        calls = [
+            (f"{split}-part-{k}", partial(_evaluate_part, params_ref, split, part))
+            for split, indices in splits
+            for k, part in enumerate(np.array_split(indices, len(workers)))
+            if len(part)
+        ]
+        sums: dict[str, dict[str, float]] = {}
+        for outcome in gather(calls, self.pool, timeout=EVALUATION_TIMEOUT, max_retries=self.max_task_retries):
+            if outcome.ok:
+                sums[outcome.site] = outcome.value
+            else:  # score on the rest, and say so
+                log.warning("global evaluation: %s %s: %s", outcome.site, outcome.failure, outcome.message)
+        # Pooled in call order, not arrival order: the same bits whichever worker answered first.
+        return [pool_metrics(*(sums[label] for label, _ in calls if label in sums and label.startswith(f"{split}-")))
+                for split, _ in splits]
 
     def _emit(self, event: dict[str, Any]) -> None:
         with self.lock:
             self.events.append(event)
 
 
-ControllerActor = ray.remote(num_cpus=0, max_concurrency=2)(Controller)
+def _evaluate_part(params_ref: ray.ObjectRef, split: str, part: np.ndarray, worker: ActorHandle) -> ray.ObjectRef:
+    return worker.evaluate_part.remote(params_ref, split, part)
+
+
+# run() holds one thread for the whole job; the others answer the driver's polls and starting sites.
+ControllerActor = ray.remote(num_cpus=0, max_concurrency=4)(Controller)

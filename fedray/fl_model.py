@@ -24,3 +24,10 @@ class FLModel:
 
 
 NUM_STEPS_CURRENT_ROUND = "NUM_STEPS_CURRENT_ROUND"
+
+
+class AlgorithmConstants:
+    """FLARE's meta keys for SCAFFOLD's control variates (nvflare.app_common.app_constant)."""
+
+    SCAFFOLD_CTRL_DIFF = "scaffold_c_diff"  # a site's c_i+ - c_i, in its train result
+    SCAFFOLD_CTRL_GLOBAL = "scaffold_c_global"  # the server's c, with the global model

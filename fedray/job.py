@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from fedray import checkpoint
 from fedray.checkpoint import ResumeError
 from fedray.cluster import ray_for
-from fedray.config import ConfigError, site_names, validate
+from fedray.config import ConfigError, check_model, site_names, validate
 from fedray.controller import ControllerActor
 from fedray.datasets import DataError, ensure_dataset, load_dataset
 from fedray.fl_model import FLModel
@@ -70,6 +70,7 @@ def run_job(
     """
     began = time.perf_counter()
     validate(cfg)
+    check_model(cfg.model)  # one forward pass here, not a traceback from every site actor
     saved = checkpoint.load(cfg.resume) if cfg.resume else None  # before Ray: a bad checkpoint fails fast
     if saved:
         cfg = OmegaConf.create({key: value for key, value in saved["config"].items() if key != "job_id"})
@@ -83,10 +84,15 @@ def run_job(
         job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
         if job["site"]["script"]:
             job["site"]["script"] = os.path.abspath(job["site"]["script"])
+        job["python_path"] = [os.path.abspath(folder) for folder in job.get("python_path", ())]
         recorder.summary["config"] = job
         if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
             raise JobFailed(f"resume={recorder.run_dir}: that run already finished all its rounds")
-        _run(cfg, job, saved, recorder, on_event or progress, keep_ray, timings)
+        if not cfg.data.val_fraction:
+            log.warning("data.val_fraction=0: no validation split, so no round is chosen as the best "
+                        "(models/%s is not written)", "best_FL_global_model.pt")
+        deadline = began + cfg.job_timeout if cfg.job_timeout else None
+        _run(cfg, job, saved, recorder, on_event or progress, keep_ray, timings, deadline)
     except KeyboardInterrupt:
         rounds, where = len(recorder.summary["rounds"]), recorder.run_dir
         err = JobInterrupted(f"interrupted; {rounds} finished round(s) kept in {where}"
@@ -113,6 +119,7 @@ def _run(
     report: Callable[[dict[str, Any]], None],
     keep_ray: bool,
     timings: dict[str, float],
+    deadline: float | None,
 ) -> None:
     clock = time.perf_counter()
     ensure_dataset(cfg.data)  # before Ray: a bad data path fails in a second, not after start-up
@@ -126,7 +133,7 @@ def _run(
             # After Ray started: its core worker installs a C-level SIGTERM handler that aborts the process.
             interrupt = _raise_on_sigterm()
             try:
-                workflows_ended = _run_sites(cfg, job, saved, dataset, shards, recorder, report, timings)
+                workflows_ended = _run_sites(cfg, job, saved, dataset, shards, recorder, report, timings, deadline)
             finally:
                 interrupt.restore()
     timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
@@ -135,15 +142,18 @@ def _run(
 def _load_and_partition(cfg: DictConfig, timings: dict[str, float]) -> tuple[Dataset, list[Shard]]:
     started = time.perf_counter()
     dataset = load_dataset(cfg.data)
-    shards = partition(
-        dataset.train_labels,
-        cfg.num_clients,
-        method=cfg.partition.name,
-        alpha=cfg.partition.alpha,
-        min_samples=cfg.partition.min_samples,
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.seed,
-    )
+    try:
+        shards = partition(
+            dataset.train_labels,
+            cfg.num_clients,
+            method=cfg.partition.name,
+            alpha=cfg.partition.alpha,
+            min_samples=cfg.partition.min_samples,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.seed,
+        )
+    except ValueError as err:  # a split the data cannot give (it names the key): one line, no actor started
+        raise ConfigError(str(err)) from None
     timings["data"] = round(time.perf_counter() - started, 3)
     return dataset, shards
 
@@ -157,6 +167,7 @@ def _run_sites(
     recorder: RunRecorder,
     report: Callable[[dict[str, Any]], None],
     timings: dict[str, float],
+    deadline: float | None,
 ) -> float:
     """Start the site actors and the controller on the connected Ray, follow the workflows, stop the actors."""
     clock = time.perf_counter()
@@ -168,7 +179,7 @@ def _run_sites(
         sites = site_names(cfg.num_clients)
         namespace = job["job_id"]
         # The sites' channel to the driver for points streamed while they train (see fedray/tracking.py).
-        metric_stream = MetricStreamActor.options(namespace=namespace).remote()
+        metric_stream = MetricStreamActor.options(name="metric-stream", namespace=namespace).remote()
         actors.append(metric_stream)
         # One copy of the data in the object store, read zero-copy by every actor on a node;
         # other nodes fetch it from the driver's, so only the driver's node needs the files.
@@ -179,22 +190,23 @@ def _run_sites(
             ray.put(_chw(dataset.test_images)),
             ray.put(dataset.test_labels),
         ]
+        # The controller holds the data's refs and hands them to each site actor as it starts or
+        # restarts; its process starts while the sites' do, and it sends no task before they are ready.
+        val_index = np.concatenate([shard.val for shard in shards])
+        controller = ControllerActor.options(name="controller", namespace=namespace).remote(
+            job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved)
+        )
+        actors.append(controller)
         one_per_site = plan.num_actors == len(sites)
         names = sites if one_per_site else [f"site-worker-{k}" for k in range(1, plan.num_actors + 1)]
         workers = [
             SiteWorkerActor.options(
                 name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
-                max_restarts=cfg.site.max_restarts, max_task_retries=0,
-            ).remote(job, shared, plan.num_threads, name if one_per_site else None, metric_stream)
+                max_restarts=cfg.site.max_restarts, max_task_retries=0,  # fedray retries, on any free worker
+            ).remote(job, plan.num_threads, name if one_per_site else None)
             for name in names
         ]
         actors.extend(workers)
-        # The controller's process starts while the sites' do; it sends no task before they are ready.
-        val_index = np.concatenate([shard.val for shard in shards])
-        controller = ControllerActor.options(namespace=namespace).remote(
-            job, sites, workers, one_per_site, val_index, len(dataset.test_labels), _resume_state(saved)
-        )
-        actors.append(controller)
         _await_workers({worker.ready.remote(): name for worker, name in zip(workers, names)}, cfg.site.start_timeout)
         timings["site_start"], clock = _lap(clock)
         log.info(
@@ -202,7 +214,7 @@ def _run_sites(
             len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
             plan.num_threads, recorder.run_dir,
         )
-        _follow(controller, metric_stream, recorder, report)
+        _follow(controller.run.remote(workers, one_per_site), controller, metric_stream, recorder, report, deadline)
         timings["workflows"], clock = _lap(clock)
         recorder.start_drawing()
         return clock
@@ -229,15 +241,20 @@ def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
 
 
 def _follow(
+    run_ref: ray.ObjectRef,
     controller: ray.actor.ActorHandle,
     metric_stream: ray.actor.ActorHandle,
     recorder: RunRecorder,
     report: Callable[[dict[str, Any]], None],
+    deadline: float | None,
 ) -> None:
-    """Wait for the controller, writing the sites' streamed points and each finished round, and
-    relaying progress, as they come."""
-    run_ref = controller.run.remote()
+    """Wait for the controller's `run`, writing the sites' streamed points and each finished round,
+    and relaying progress, as they come; past `deadline` (job_timeout), stop."""
     while True:
+        if deadline is not None and time.perf_counter() > deadline:
+            rounds = len(recorder.summary["rounds"])
+            raise JobFailed(f"job_timeout={recorder.summary['config']['job_timeout']:g} s passed; "
+                            f"{rounds} finished round(s) kept in {recorder.run_dir}")
         finished, _ = ray.wait([run_ref], timeout=EVENT_POLL_SECONDS)
         events = ray.get(controller.drain_events.remote(), timeout=60)
         # Drained after the events: sites flush their points before they answer, so a round's
@@ -245,6 +262,9 @@ def _follow(
         recorder.record_points(ray.get(metric_stream.drain.remote(), timeout=60))
         for event in events:
             if event["type"] == "round":
+                site_states = {site: ray.get(ref, timeout=60) for site, ref in event.pop("site_states").items()}
+                checkpoint.save_algorithm_states(recorder.run_dir, event["round"],
+                                                 ray.get(event.pop("algorithm_state"), timeout=60), site_states)
                 recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
                 for site, (accuracy, result) in event.pop("improved_local_models").items():
                     checkpoint.save_local_model(recorder.run_dir, site, accuracy, ray.get(result, timeout=60).params)
@@ -280,6 +300,8 @@ def _resume_state(saved: dict[str, Any] | None) -> dict[str, Any] | None:
         "best_val_accuracy": saved["best_val_accuracy"],
         "best_local": {site: (accuracy, ray.put(FLModel(params=params)))
                        for site, (accuracy, params) in saved["best_local"].items()},
+        "algorithm_state": None if saved["algorithm_state"] is None else ray.put(saved["algorithm_state"]),
+        "site_states": {site: ray.put(state) for site, state in saved["site_states"].items()},
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +20,10 @@ import torch
 
 from fedray.tensorboard_writer import TensorBoardWriter
 from fedray.tracking import Point
+
+# One drawing thread for the process: matplotlib caches open font files per thread, so a thread
+# per run (a sweep's hundreds of jobs) would leak a file and some memory each time.
+_DRAWER = ThreadPoolExecutor(1, thread_name_prefix="fedray-plots")
 
 GLOBAL_MODEL = "FL_global_model.pt"
 BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
@@ -39,7 +43,7 @@ class RunRecorder:
         if resumed:  # a resumed run goes on from the rounds it had finished
             self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
         self.tensorboard = TensorBoardWriter(self.run_dir / "tb")
-        self.drawing: threading.Thread | None = None
+        self.drawing: Future | None = None
 
     def record_points(self, points: list[Point]) -> None:
         self.tensorboard.add_points(points)
@@ -71,16 +75,14 @@ class RunRecorder:
         self.tensorboard.close()
         if self.drawing is None:
             self.start_drawing()
-        self.drawing.join()
+        self.drawing.result()
         return self.summary
 
     def start_drawing(self) -> None:
         """Draw plots/ in a thread once the workflows are done: it overlaps stopping the actors and Ray."""
         from fedray.plots import draw_run
 
-        self.drawing = threading.Thread(target=draw_run, args=(self.summary, self.run_dir / "plots"),
-                                        name="fedray-plots", daemon=True)
-        self.drawing.start()
+        self.drawing = _DRAWER.submit(draw_run, self.summary, self.run_dir / "plots")
 
     def write(self, **fields: Any) -> dict[str, Any]:
         self.summary.update(fields)

@@ -15,12 +15,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedray.cluster import release
-from fedray.config import ConfigError, load_config
+from fedray.config import CONF_DIR, ConfigError, load_config
 from fedray.job import USER_ERRORS, JobInterrupted, run_job
 
 log = logging.getLogger("fedray")
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
+CONFIG_DIR_FLAGS = ("-cd", "--config-dir")  # the user's own config folder, searched after fedray's
+FLARE_JOB = "flare_job="  # a FLARE job folder, translated into overrides (fedray/flare_job.py)
 HYDRA_OVERRIDES = ("hydra.", "hydra/", "+hydra", "~hydra")
 
 # Whether each of a sweep's jobs failed, by Hydra's job number: a failed job does not stop the
@@ -28,7 +30,7 @@ HYDRA_OVERRIDES = ("hydra.", "hydra/", "+hydra", "~hydra")
 _sweep_failed: dict[int, bool] = {}
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
 def _hydra_main(cfg: DictConfig) -> Optional[float]:
     """Run one job; return its best global validation accuracy, the objective sweeper plugins maximize."""
     hydra_cfg = HydraConfig.get()
@@ -65,6 +67,9 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
 def main() -> None:
     args = sys.argv[1:]
     try:
+        if any(arg.startswith(FLARE_JOB) for arg in args):
+            args = _with_flare_job(args)
+            sys.argv[1:] = args  # what Hydra parses
         _check_before_start(args)
     except USER_ERRORS as err:
         _exit(err)
@@ -88,6 +93,7 @@ def _check_before_start(args: list[str]) -> None:
     A sweep's every combination is checked, so a bad value stops it before its first job
     rather than failing jobs hours in. Other flags (--cfg, --help ...) are Hydra's business.
     """
+    args, config_dirs = _config_dirs(args)
     flags = [arg for arg in args if arg.startswith("-")]
     if any(flag not in MULTIRUN_FLAGS for flag in flags):
         return
@@ -96,12 +102,38 @@ def _check_before_start(args: list[str]) -> None:
     errors: list[str] = []
     for combination in combinations:
         try:
-            load_config(combination)
+            load_config(combination, config_dirs)
         except ConfigError as err:
             if str(err) not in errors:
                 errors.append(str(err))
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+def _config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
+    """Split `--config-dir DIR` / `-cd DIR` / `--config-dir=DIR` off the arguments."""
+    rest, dirs = [], []
+    words = iter(args)
+    for arg in words:
+        flag, eq, value = arg.partition("=")
+        if flag in CONFIG_DIR_FLAGS:
+            dirs.append(value if eq else next(words, ""))
+        else:
+            rest.append(arg)
+    return rest, dirs
+
+
+def _with_flare_job(args: list[str]) -> list[str]:
+    """`flare_job=PATH`: the overrides a FLARE job folder means, printed, then the user's, which win."""
+    from fedray.flare_job import merge_overrides, translate
+
+    job_args = [arg for arg in args if arg.startswith(FLARE_JOB)]
+    if len(job_args) > 1:
+        raise ConfigError("flare_job: give one FLARE job folder")
+    rest = [arg for arg in args if not arg.startswith(FLARE_JOB)]
+    derived = translate(job_args[0][len(FLARE_JOB):])
+    print(f"fedray: {job_args[0]} means: {' '.join(derived)}", file=sys.stderr)
+    return merge_overrides(derived, rest)
 
 
 def _combinations(overrides: list[str]) -> list[list[str]]:

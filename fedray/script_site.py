@@ -14,12 +14,15 @@ import queue
 import runpy
 import shlex
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from typing import Any, Callable, Optional
 
+from fedray import nvflare_alias
 from fedray.fl_model import FLModel
+from fedray.python_path import put_on_python_path
 
 POLL_SECONDS = 0.5
 _ENDED = object()  # put in the answers queue when the script's thread ends
@@ -41,6 +44,7 @@ class ScriptSite:
         self.answers: queue.Queue = queue.Queue()
         self.running = True
         self.task_name: Optional[str] = None
+        self.received: Optional[FLModel] = None  # fedray.client.receive()'s model until it is answered
         self.failure: Optional[str] = None
         self.thread = threading.Thread(target=self._main, name=f"fedray-script-{site}", daemon=True)
 
@@ -80,6 +84,8 @@ class ScriptSite:
 
     # Called by fedray.client, from the script's thread.
     def next_task(self, timeout: Optional[float]) -> Optional[tuple[str, FLModel]]:
+        if not self.running:
+            return None  # the job has ended: every later receive() returns None at once
         try:
             task = self.tasks.get(timeout=timeout)
         except queue.Empty:
@@ -95,15 +101,24 @@ class ScriptSite:
 
     def _main(self) -> None:
         sys.argv = [self.script, *shlex.split(self.script_args)]
-        folder = os.path.dirname(self.script)
-        if folder not in sys.path:
-            sys.path.insert(0, folder)  # `from net import Net` beside the script
+        # The site's own working directory, as FLARE's site workspace: what the script writes by a
+        # relative path (./cifar_net.pth, Lightning's lightning_logs/) stays apart from the other sites'.
+        workspace = os.path.join(tempfile.gettempdir(), "fedray-sites", self.job["job_id"], self.site)
+        os.makedirs(workspace, exist_ok=True)
+        os.chdir(workspace)  # the actor's process is this script's alone (one actor per script site)
+        put_on_python_path(self.job, self.script)  # `from net import Net` beside the script
+        nvflare_alias.install()  # FLARE's scripts run unchanged: `import nvflare.client as flare`
         try:
             runpy.run_path(self.script, run_name="__main__")
         except SystemExit as exit_:
             if exit_.code not in (None, 0):
                 self.failure = f"exited with status {exit_.code}"
         except BaseException as err:  # the script's own error: its traceback goes to this site's log
+            if not self.running:
+                # FLARE's examples use receive()'s model without checking for None, the job's end.
+                print(f"[{self.site}] script {self.script} raised {type(err).__name__} after the job ended; ignored",
+                      file=sys.stderr, flush=True)
+                return
             print(f"[{self.site}] script {self.script} raised:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
             self.failure = f"raised {type(err).__name__}: {err}".splitlines()[0]
         finally:

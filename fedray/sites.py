@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -25,33 +26,42 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
-from fedray import tracking
+from fedray import algorithms, tracking
+from fedray.algorithms import SITE_STATE
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
+from fedray.python_path import put_on_python_path
 from fedray.script_site import ScriptError, ScriptSite
-from fedray.aggregation import pool_metrics
-from fedray.training import evaluate, get_params, load_params, to_device, train_epochs
+from fedray.aggregation import CompensatedSum, finite, pool_metrics
+from fedray.training import TrainingStopped, evaluate, get_params, load_params, to_device, train_epochs
 
 # Training-loss points each site streams per round, whatever its shard size: a curve in
 # TensorBoard, and a host sync only every few steps on a GPU.
 LOSS_POINTS_PER_ROUND = 20
 DATA_TIMEOUT = 600.0  # seconds to fetch the dataset from the object store (another node's, on a cluster)
+LOOKUP_TIMEOUT = 60.0  # seconds for the job's named actors to be registered
 
 
 class SiteWorker:
     def __init__(
         self,
         job: dict[str, Any],
-        data: Sequence[ray.ObjectRef],
         num_threads: int,
         home_site: str | None = None,
-        metric_stream: Optional[ActorHandle] = None,
+        namespace: str | None = None,
+        data_holder: str = "controller",
+        metric_stream: str | None = "metric-stream",
     ) -> None:
-        """`data`: ObjectRefs of (shards by site, train images, train labels, test images, test labels),
-        in a list so that Ray hands them over unresolved: the actor reads them zero-copy, and Ray has
-        no by-reference constructor arguments to warn about when it restarts the actor."""
+        """`data_holder`, `metric_stream`: names of actors in `namespace` (default: the job id's). The holder's
+        `shared_data()` gives the ObjectRefs of (shards by site, train images, train labels, test
+        images, test labels), which the actor reads zero-copy. Names, not handles or refs: Ray
+        restarts a dead site actor by calling this again, and constructor arguments that live in
+        the object store could be gone by then (Ray logs an error line for each such actor)."""
         self.job = job
-        shards, train_images, train_labels, test_images, test_labels = ray.get(list(data), timeout=DATA_TIMEOUT)
+        namespace = namespace or job["job_id"]
+        holder = _named_actor(data_holder, namespace)
+        shards, train_images, train_labels, test_images, test_labels = ray.get(
+            ray.get(holder.shared_data.remote(), timeout=DATA_TIMEOUT), timeout=DATA_TIMEOUT)
         self.shards: dict[str, Shard] = shards
         use_gpu = torch.cuda.is_available() and len(ray.get_gpu_ids()) > 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
@@ -60,11 +70,13 @@ class SiteWorker:
         self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         # Every site starts from the same seeded weights, so `first` in pre_train is deterministic.
         torch.manual_seed(job["seed"])
+        put_on_python_path(job, job["site"]["script"])  # the job's own model module (a FLARE job's custom/)
         self.model = instantiate(OmegaConf.create(job["model"])).to(self.device)
         # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
         # the actor starts, not inside the first round's train_timeout.
         torch.optim.SGD(self.model.parameters(), lr=job["lr"])
-        tracking.connect(metric_stream)
+        self.algorithm = algorithms.build(job.get("algorithm"))
+        tracking.connect(_named_actor(metric_stream, namespace) if metric_stream else None)
         # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
         self.script: ScriptSite | None = None
         if job["site"]["script"]:
@@ -81,13 +93,19 @@ class SiteWorker:
         fresh = instantiate(OmegaConf.create(self.job["model"]))
         return FLModel(params=get_params(fresh))
 
-    def train(self, site: str, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int) -> FLModel:
+    def train(self, site: str, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int,
+              message: Optional[Mapping[str, Any]] = None, site_state: Optional[Mapping[str, np.ndarray]] = None) -> FLModel:
+        """A local update from `global_params`. `message` is what the algorithm's server part sends
+        each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
+        `site_state` this site's own state from its last round (None at first)."""
         if self.script:
-            return self._train_script(global_params, current_round, total_rounds)
+            return self._train_script(global_params, current_round, total_rounds, message or {})
         started = time.perf_counter()
         shard = self.shards[site]
         load_params(self.model, global_params)
         received = self._score(site)
+        client = self.algorithm.client(self.model, global_params, message or {}, site_state)
+        optimizer, scheduler = local_optimizer(self.model, self.job, current_round)
         generator = torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
         # Every round of a site takes the same steps, so its loss curve continues across rounds.
         steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
@@ -104,7 +122,15 @@ class SiteWorker:
             generator=generator,
             on_loss=lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step),
             loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
+            optimizer=optimizer,
+            scheduler=scheduler,
+            client=client,
+            # A task the server gave up on (late at a round's close, or timed out) stops within a batch.
+            should_stop=ray.get_runtime_context().is_canceled,
         )
+        extra, new_site_state = client.results(self.model)
+        if new_site_state is not None:
+            extra[SITE_STATE] = new_site_state
         tracking.flush()
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
         local = self._score(site)
@@ -118,10 +144,38 @@ class SiteWorker:
                 "local_val_loss": local["loss"],
                 "seconds": time.perf_counter() - started,
             },
-            meta={NUM_STEPS_CURRENT_ROUND: steps},
+            meta={NUM_STEPS_CURRENT_ROUND: steps, **extra},
             current_round=current_round,
             total_rounds=total_rounds,
         )
+
+    def train_sites(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
+                    total_rounds: int, factors: Sequence[float], message: Optional[Mapping[str, Any]] = None,
+                    site_states: Optional[Sequence[Any]] = None) -> dict[str, Any]:
+        """Several sites' `train`, one after another, from one fetch of the global weights (a
+        cross-device round's many small sites). Returns {"sum": the compensated sum of their weights,
+        each times factor x steps, "results": site -> FLModel without params, or (kind, message)
+        for a site that failed}. The sum is exact enough that any batching gives the same bits."""
+        total = CompensatedSum()
+        results: dict[str, Any] = {}
+        states = site_states or [None] * len(sites)
+        # ObjectRefs of site states are resolved here, one site at a time (Ray resolves only top-level refs).
+        for site, factor, state in zip(sites, factors, states):
+            try:
+                state = ray.get(state, timeout=DATA_TIMEOUT) if isinstance(state, ray.ObjectRef) else state
+                result = self.train(site, global_params, current_round, total_rounds, message, state)
+            except TrainingStopped:
+                raise  # the whole batch was given up on
+            except Exception as err:  # this site's own failure; the batch's other sites go on
+                results[site] = ("error", f"{type(err).__name__}: {err}".splitlines()[0])
+                continue
+            if not finite(result.params):
+                results[site] = ("non_finite", "its weights have NaN or Inf: local training diverged")
+                continue
+            total.add(result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND])
+            result.params = None
+            results[site] = result
+        return {"sum": total, "results": results}
 
     def submit_model(self, site: str, best_local: FLModel | None) -> FLModel:
         """The site's best local model; `best_local` is the train result it came from (resolved by Ray)."""
@@ -136,7 +190,10 @@ class SiteWorker:
     def validate_models(self, site: str, models: dict[str, ray.ObjectRef]) -> dict[str, dict[str, float]]:
         """Each model (an FLModel, or server weights) on this site's validation split."""
         results = {}
+        cancelled = ray.get_runtime_context().is_canceled
         for owner, model in zip(models, ray.get(list(models.values()), timeout=300)):
+            if cancelled():  # given up on: stop between models
+                raise TrainingStopped(f"{site}: validation stopped: the server gave up on this task")
             params = model.params if isinstance(model, FLModel) else model
             if self.script:
                 asked = FLModel(params=_torch_copy(params), meta={"model_owner": owner})
@@ -164,12 +221,15 @@ class SiteWorker:
         if self.script:
             self.script.stop(timeout)
 
-    def _train_script(self, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int) -> FLModel:
+    def _train_script(self, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int,
+                      message: Mapping[str, Any]) -> FLModel:
         started = time.perf_counter()
         self.last_global = global_params
+        # The algorithm's message as FLARE sends it: writable numpy arrays in the model's meta.
+        sent = {key: {name: np.array(value) for name, value in params.items()} for key, params in message.items()}
         asked = FLModel(params=_torch_copy(global_params), current_round=current_round, total_rounds=total_rounds,
                         start_round=self.job["workflows"]["scatter_and_gather"]["start_round"],
-                        meta={"job_id": self.job["job_id"]})
+                        meta={"job_id": self.job["job_id"], **sent})
         answer = self.script.ask("train", asked)
         tracking.flush()  # the script's SummaryWriter points reach the driver before its result
         params = self._checked_params(answer)
@@ -181,8 +241,15 @@ class SiteWorker:
                   file=sys.stderr)
             steps = 1
         metrics = {name: float(value) for name, value in answer.metrics.items() if np.isscalar(value)}
+        extra = {}
+        for key in self.algorithm.result_keys:
+            if key not in answer.meta:
+                raise ScriptError(f"{self.script.site}: script {self.script.script} sent no meta['{key}'], which "
+                                  f"algorithm={type(self.algorithm).__name__} needs")
+            extra[key] = {name: _to_numpy(value) for name, value in answer.meta[key].items()}
         return FLModel(params=params, metrics={**metrics, "seconds": time.perf_counter() - started},
-                       meta={NUM_STEPS_CURRENT_ROUND: steps}, current_round=current_round, total_rounds=total_rounds)
+                       meta={NUM_STEPS_CURRENT_ROUND: steps, **extra}, current_round=current_round,
+                       total_rounds=total_rounds)
 
     def _checked_params(self, answer: FLModel) -> dict[str, np.ndarray]:
         """The script's params as numpy, with exactly the model's variables."""
@@ -196,6 +263,24 @@ class SiteWorker:
             raise ScriptError(f"{self.script.site}: script {self.script.script} sent params that do not match the "
                               f"model (missing: {missing[:5]}, unexpected: {extra[:5]})")
         return params
+
+
+def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_round: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The job's local optimizer (`optimizer._target_`) and LR schedule (`lr_scheduler`, stepped once
+    per local epoch over the whole run), built afresh each round: the schedule is brought to this
+    round's first epoch by stepping it, so its LRs are those of one scheduler run across rounds."""
+    if not job.get("optimizer"):  # a run saved before `optimizer` existed: its SGD
+        optimizer = torch.optim.SGD(model.parameters(), lr=job["lr"], momentum=job["momentum"])
+    else:
+        optimizer = instantiate(OmegaConf.create(job["optimizer"]), model.parameters())
+    if not job.get("lr_scheduler"):
+        return optimizer, None
+    scheduler = instantiate(OmegaConf.create(job["lr_scheduler"]), optimizer)
+    with warnings.catch_warnings():  # stepping it before any optimizer step is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(current_round * job["local_epochs"]):
+            scheduler.step()
+    return optimizer, scheduler
 
 
 def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
@@ -214,6 +299,18 @@ def _validation_metrics(metrics: Mapping[str, Any], script: ScriptSite) -> dict[
         raise ScriptError(f"{script.site}: script {script.script} sent no 'accuracy' metric for 'validate'")
     loss = metrics.get("val_loss", metrics.get("loss"))
     return {"val_accuracy": float(accuracy), "val_loss": None if loss is None else float(loss)}
+
+
+def _named_actor(name: str, namespace: str) -> ActorHandle:
+    """An actor of this job by name; just created ones register within moments."""
+    deadline = time.monotonic() + LOOKUP_TIMEOUT
+    while True:
+        try:
+            return ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _site_number(site: str) -> int:

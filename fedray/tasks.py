@@ -4,8 +4,17 @@ Every workflow uses this one loop, with FLARE's stopping rules: a task that
 passes `timeout` (counted from when a worker started it) is given up, and once
 `min_results` answers are in, the loop waits at most `wait_after_min` seconds
 more. A worker runs one task at a time, so the pool's size bounds how many
-sites train at once, and a worker still busy with a task given up on gets no
-new one until it finishes. Every `ray.wait` here has a bound.
+sites train at once.
+
+Two kinds of failure are told apart. A site's own fault (its code raised, it
+hung past `timeout`) is its outcome. A dead worker process (the OOM killer, a
+lost node: Ray's actor-died errors) is the infrastructure's: the task runs
+again, on any worker the site may use, up to `max_retries` times. Tasks are
+seeded by what they compute, not by where, so a retried task gives the same bits.
+
+A task given up on is cancelled: built-in site tasks check Ray's cancellation
+flag between batches and return at once; a worker whose task has not ended
+`stop_timeout` seconds later is restarted. Every `ray.wait` here has a bound.
 """
 
 from __future__ import annotations
@@ -17,9 +26,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
 
 POLL_SECONDS = 1.0
+RESTART_POLL_SECONDS = 0.25
 
 Call = Callable[[ActorHandle], ray.ObjectRef]
 
@@ -28,65 +38,114 @@ Call = Callable[[ActorHandle], ray.ObjectRef]
 class Outcome:
     site: str
     value: Any = None
-    failure: Optional[str] = None  # None: success; else "error", "timeout", "died", "abandoned" or "no_worker"
+    # None: success; else "error", "timeout", "died", "abandoned", "unavailable" (or, from the workflows, "non_finite")
+    failure: Optional[str] = None
     message: str = ""
     seconds: float = 0.0
     ref: Optional[ray.ObjectRef] = None  # the result in the object store, to pass on without a copy
+    retries: int = 0  # times the task ran again because its worker died
 
     @property
     def ok(self) -> bool:
         return self.failure is None
 
 
+@dataclass
+class _Busy:
+    """Why a worker takes no work: a task given up on (until it ends), or a restart (until `ready`)."""
+
+    ref: ray.ObjectRef
+    deadline: float  # monotonic: past it, a given-up task's worker is restarted, a restart is given up
+    restarting: bool
+    ask_again_at: Optional[float] = None  # a restarting actor said "not yet": ask `ready` again then
+
+
 class WorkerPool:
     """The site actors, which of them each site may use, and which cannot take work now.
 
-    A worker is *stuck* while it runs a task that was given up on (it gets no new
-    work until that task ends), *restarted* when a task of its timed out (Ray
-    starts it afresh with the same data), and *retired* once it died more often
-    than Ray may restart it.
+    A worker is *busy* while it runs a task that was given up on or while Ray restarts it;
+    *restarted* when a given-up task does not stop within `stop_timeout` (Ray starts it
+    afresh, with its data); *retired* once it died more often than Ray may restart it, or
+    did not come back within `restart_timeout`.
     """
 
     def __init__(self, workers: Sequence[ActorHandle], home: Mapping[str, ActorHandle] | None = None,
-                 max_restarts: int = 0) -> None:
+                 max_restarts: int = 0, stop_timeout: float = 10.0, restart_timeout: float = 180.0) -> None:
         self.workers = list(workers)
         self.home = dict(home or {})  # site -> its own actor, when each site has one
         self.max_restarts = max_restarts
-        self.stuck: dict[ActorHandle, ray.ObjectRef] = {}
+        self.stop_timeout = stop_timeout
+        self.restart_timeout = restart_timeout
+        self.busy: dict[ActorHandle, _Busy] = {}
         self.deaths: dict[ActorHandle, int] = {}
+        self.gone: set[ActorHandle] = set()  # retired for good
 
     def candidates(self, site: str) -> list[ActorHandle]:
         return [self.home[site]] if site in self.home else self.workers
 
     def free(self) -> list[ActorHandle]:
-        """Workers that can take a task now (those that finished a given-up task are free again)."""
-        if self.stuck:
-            refs = list(self.stuck.values())
+        """Workers that can take a task now; restarts those whose given-up task would not stop."""
+        if self.busy:
+            refs = [busy.ref for busy in self.busy.values()]
             finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-            for worker, ref in list(self.stuck.items()):
-                if ref in finished:
-                    del self.stuck[worker]
-                    if _actor_failed(ref):  # the abandoned task went down with its actor: Ray restarts it
+            finished = set(finished)
+            now = time.monotonic()
+            for worker, busy in list(self.busy.items()):
+                if busy.ask_again_at is not None:
+                    if now >= busy.ask_again_at:
+                        busy.ref, busy.ask_again_at = worker.ready.remote(), None
+                elif busy.ref in finished:
+                    failure = _actor_failure(busy.ref)
+                    if failure is ActorUnavailableError and busy.restarting:
+                        busy.ask_again_at = now + RESTART_POLL_SECONDS  # still restarting
+                        continue
+                    del self.busy[worker]
+                    if failure is not None:  # it went down with its actor: Ray restarts it
                         self.died(worker)
-        return [w for w in self.workers if w not in self.stuck and not self.retired(w)]
+                    continue
+                if now >= busy.deadline and worker in self.busy:
+                    del self.busy[worker]
+                    if busy.restarting:  # it never came back
+                        self._retire(worker)
+                    else:
+                        self._restart(worker)
+        return [w for w in self.workers if w not in self.busy and not self.retired(w)]
 
     def retired(self, worker: ActorHandle) -> bool:
-        return self.deaths.get(worker, 0) > self.max_restarts
+        return worker in self.gone or self.deaths.get(worker, 0) > self.max_restarts
 
-    def give_up(self, worker: ActorHandle, ref: ray.ObjectRef, restart: bool = False) -> None:
-        """Stop waiting for `ref`; with `restart`, end it by restarting its actor (a hung task)."""
-        ray.cancel(ref)  # drops it if still queued; a running actor task runs on
-        if restart and self.max_restarts > 0:
-            ray.kill(worker, no_restart=self.deaths.get(worker, 0) + 1 > self.max_restarts)
-            self.died(worker)
-        else:
-            self.stuck[worker] = ref
+    def unavailable(self, site: str) -> bool:
+        return all(w in self.busy or self.retired(w) for w in self.candidates(site))
+
+    def give_up(self, worker: ActorHandle, ref: ray.ObjectRef) -> None:
+        """Stop waiting for `ref`: cancel it (a queued task is dropped, a running one sees the flag)."""
+        ray.cancel(ref)
+        self.busy[worker] = _Busy(ref, time.monotonic() + self.stop_timeout, restarting=False)
 
     def died(self, worker: ActorHandle) -> None:
         """Ray restarts a dead actor; until it answers again, it is busy (calls would fail at once)."""
         self.deaths[worker] = self.deaths.get(worker, 0) + 1
         if not self.retired(worker):
-            self.stuck[worker] = worker.ready.options(max_task_retries=-1).remote()
+            # Asked again while Ray restarts it (Ray's own retries would log a line per attempt).
+            ready = worker.ready.remote()
+            self.busy[worker] = _Busy(ready, time.monotonic() + self.restart_timeout, restarting=True)
+
+    def busy_refs(self) -> list[ray.ObjectRef]:
+        return [busy.ref for busy in self.busy.values() if busy.ask_again_at is None]
+
+    def _restart(self, worker: ActorHandle) -> None:
+        if self.max_restarts <= 0:  # Ray may not restart it: it stays busy until its task ends
+            self.busy[worker] = _Busy(self._last_ref(worker), float("inf"), restarting=False)
+            return
+        ray.kill(worker, no_restart=self.deaths.get(worker, 0) + 1 > self.max_restarts)
+        self.died(worker)
+
+    def _retire(self, worker: ActorHandle) -> None:
+        self.gone.add(worker)
+        ray.kill(worker, no_restart=True)
+
+    def _last_ref(self, worker: ActorHandle) -> ray.ObjectRef:
+        return worker.ready.remote()  # finishes once the running task has: the actor runs one at a time
 
 
 def gather(
@@ -96,15 +155,21 @@ def gather(
     min_results: Optional[int] = None,
     wait_after_min: float = 0.0,
     timeout: float = 0.0,
+    max_retries: int = 0,
+    unavailable_after: Optional[float] = None,
+    count: Callable[[Outcome], int] = lambda outcome: int(outcome.ok),
 ) -> Iterator[Outcome]:
     """Run `calls` (site, call(worker) -> ObjectRef), each on a free worker among `pool.candidates(site)`.
 
-    Yields one Outcome per site. Sites still running when the loop stops early
-    are reported as "abandoned"; sites whose workers stayed busy (with tasks
-    given up on earlier) longer than `timeout` are reported as "timeout".
+    Yields one Outcome per site. Sites still running when the loop stops early are
+    "abandoned"; sites whose workers stayed busy longer than `timeout` are "timeout";
+    with `unavailable_after`, sites whose every worker is still busy (or retired) that many
+    seconds in are "unavailable" instead of waited for. A task whose worker died runs
+    again up to `max_retries` times, then is "died". `count(outcome)`: the results an outcome
+    brings towards `min_results` (a batch of sites brings several).
     """
-    queue = deque(calls)
-    in_flight: dict[ray.ObjectRef, tuple[str, ActorHandle, float]] = {}
+    queue: deque[tuple[str, Call, int]] = deque((site, call, 0) for site, call in calls)
+    in_flight: dict[ray.ObjectRef, tuple[str, Call, int, ActorHandle, float]] = {}
     successes = 0
     began = time.monotonic()
     enough_at: Optional[float] = None
@@ -114,93 +179,116 @@ def gather(
             now = time.monotonic()
             if enough_at is not None and now >= enough_at + wait_after_min:
                 break
-            busy = {worker for _, worker, _ in in_flight.values()}
-            _dispatch(queue, pool, set(pool.free()) - busy, in_flight)
+            busy = {entry[3] for entry in in_flight.values()}
+            _dispatch(queue, pool, [w for w in pool.free() if w not in busy], in_flight)
 
             if not in_flight:
-                # Every worker the queued sites may use is busy with a task given up on, or retired.
-                retired = [site for site, _ in queue if all(pool.retired(w) for w in pool.candidates(site))]
-                for site in retired:
-                    yield Outcome(site, failure="died", message="its actor died more often than site.max_restarts")
-                queue = deque(call for call in queue if call[0] not in retired)
-                if queue and timeout > 0 and now - began >= timeout:
-                    for site, _ in queue:
-                        yield Outcome(site, failure="timeout", message=f"no free worker in {timeout:g} s")
+                # Every worker the queued sites may use is busy (a given-up task, a restart) or retired.
+                for site, _, retries in [entry for entry in queue if all(pool.retired(w) for w in pool.candidates(entry[0]))]:
+                    yield Outcome(site, failure="died", retries=retries,
+                                  message="its actor died more often than site.max_restarts")
+                queue = deque(entry for entry in queue if not all(pool.retired(w) for w in pool.candidates(entry[0])))
+                waited = now - began
+                if queue and unavailable_after is not None and waited >= unavailable_after:
+                    for site, _, _ in queue:
+                        yield Outcome(site, failure="unavailable", seconds=waited,
+                                      message=f"its actor could not take work within {unavailable_after:g} s")
                     return
-                if not queue or not pool.stuck:
-                    continue
-                ray.wait(list(pool.stuck.values()), num_returns=1, timeout=POLL_SECONDS)
+                if queue and timeout > 0 and waited >= timeout:
+                    for site, _, _ in queue:
+                        yield Outcome(site, failure="timeout", message=f"no free worker in {timeout:g} s", seconds=waited)
+                    return
+                if queue:
+                    refs = pool.busy_refs()
+                    if refs:
+                        ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
+                    else:
+                        time.sleep(RESTART_POLL_SECONDS)
                 continue
 
-            deadlines = [started + timeout for _, _, started in in_flight.values()] if timeout > 0 else []
+            deadlines = [entry[4] + timeout for entry in in_flight.values()] if timeout > 0 else []
             if enough_at is not None:
                 deadlines.append(enough_at + wait_after_min)
             wait = min([POLL_SECONDS, *(d - now for d in deadlines)])
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(wait, 0.0))
 
             for ref in ready:
-                site, worker, started = in_flight.pop(ref)
+                site, call, retries, worker, started = in_flight.pop(ref)
                 outcome = _collect(ref, site, started)
+                outcome.retries = retries
                 if outcome.failure == "died":
                     pool.died(worker)
+                    if retries < max_retries:  # the infrastructure's fault, not the site's: run it again
+                        queue.appendleft((site, call, retries + 1))
+                        continue
+                    outcome.message = f"its worker died {retries + 1} time(s) running it: {outcome.message}"
+                successes += count(outcome)
                 if outcome.ok:
-                    successes += 1
                     if min_results is not None and successes >= min_results and enough_at is None:
                         enough_at = time.monotonic()
                 yield outcome
 
             if timeout > 0:
                 now = time.monotonic()
-                for ref, (site, worker, started) in list(in_flight.items()):
+                for ref, (site, _, retries, worker, started) in list(in_flight.items()):
                     if now - started >= timeout:
                         del in_flight[ref]
-                        pool.give_up(worker, ref, restart=True)
-                        yield Outcome(site, failure="timeout", message=f"no answer in {timeout:g} s", seconds=now - started)
+                        pool.give_up(worker, ref)
+                        yield Outcome(site, failure="timeout", message=f"no answer in {timeout:g} s",
+                                      seconds=now - started, retries=retries)
 
         now = time.monotonic()
-        for ref, (site, worker, started) in list(in_flight.items()):
+        for ref, (site, _, retries, worker, started) in list(in_flight.items()):
             del in_flight[ref]
             pool.give_up(worker, ref)
-            yield Outcome(site, failure="abandoned", message="still running when the round closed", seconds=now - started)
+            yield Outcome(site, failure="abandoned", message="still running when the round closed",
+                          seconds=now - started, retries=retries)
     finally:
         # A caller that stops reading early (first answer wins) leaves tasks behind.
-        for ref, (_, worker, _) in in_flight.items():
-            pool.give_up(worker, ref)
+        for ref, entry in in_flight.items():
+            pool.give_up(entry[3], ref)
 
 
-def _dispatch(queue: deque, pool: WorkerPool, idle: set, in_flight: dict) -> None:
+def _dispatch(queue: deque, pool: WorkerPool, idle: list[ActorHandle], in_flight: dict) -> None:
     """Start queued sites, in order, on idle workers they may use."""
+    idle_set = set(idle)
     for _ in range(len(queue)):
-        if not idle:
+        if not idle_set:
             return
-        site, call = queue.popleft()
-        worker = next((w for w in pool.candidates(site) if w in idle), None)
+        site, call, retries = queue.popleft()
+        worker = next((w for w in pool.candidates(site) if w in idle_set), None)
         if worker is None:
-            queue.append((site, call))  # its workers are busy; it waits for them
+            queue.append((site, call, retries))  # its workers are busy; it waits for them
             continue
-        idle.discard(worker)
-        in_flight[call(worker)] = (site, worker, time.monotonic())
+        idle_set.discard(worker)
+        in_flight[call(worker)] = (site, call, retries, worker, time.monotonic())
 
 
-def _actor_failed(ref: ray.ObjectRef) -> bool:
+def _actor_failure(ref: ray.ObjectRef) -> Optional[type]:
+    """The actor error a finished task ended with (ActorUnavailableError: restarting), or None."""
     try:
         ray.get(ref, timeout=0)
-    except RayActorError:
-        return True
+    except RayActorError as err:
+        return ActorUnavailableError if isinstance(err, ActorUnavailableError) else RayActorError
     except Exception:  # the task's own error, or a cancellation: the actor is fine
-        return False
-    return False
+        return None
+    return None
 
 
 def _collect(ref: ray.ObjectRef, site: str, started: float) -> Outcome:
+    seconds = time.monotonic() - started
     try:
         value = ray.get(ref, timeout=60)  # ready already; the bound only guards a lost object
+    except RayActorError as err:
+        return Outcome(site, failure="died", message=str(err).strip().splitlines()[0], seconds=seconds)
+    except TaskCancelledError:
+        return Outcome(site, failure="abandoned", message="cancelled", seconds=seconds)
     except RayTaskError as err:
         cause = err.cause if getattr(err, "cause", None) is not None else err
+        if isinstance(cause, RayActorError):  # the task itself lost an actor it called: the infrastructure's
+            return Outcome(site, failure="died", message=str(cause).strip().splitlines()[0], seconds=seconds)
         message = f"{type(cause).__name__}: {cause}".splitlines()[0]
-        return Outcome(site, failure="error", message=message, seconds=time.monotonic() - started)
-    except RayActorError as err:
-        return Outcome(site, failure="died", message=str(err).splitlines()[0], seconds=time.monotonic() - started)
+        return Outcome(site, failure="error", message=message, seconds=seconds)
     except GetTimeoutError:
-        return Outcome(site, failure="timeout", message="result could not be fetched", seconds=time.monotonic() - started)
-    return Outcome(site, value=value, seconds=time.monotonic() - started, ref=ref)
+        return Outcome(site, failure="timeout", message="result could not be fetched", seconds=seconds)
+    return Outcome(site, value=value, seconds=seconds, ref=ref)

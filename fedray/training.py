@@ -9,12 +9,18 @@ no host round-trips, and no per-site copy of the data.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fedray.algorithms import ClientPart
+
+
+class TrainingStopped(RuntimeError):
+    """Training was asked to stop between batches (its result would be thrown away)."""
 
 
 def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,13 +54,23 @@ def train_epochs(
     generator: torch.Generator,
     on_loss: Optional[Callable[[int, float], None]] = None,
     loss_every: int = 10,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    scheduler: Optional[Any] = None,
+    client: Optional[ClientPart] = None,
+    should_stop: Optional[Callable[[], bool]] = None,
 ) -> tuple[float, int]:
-    """SGD over `epochs` shuffled passes of `indices`; returns (mean loss of the last epoch, steps).
+    """Local training over `epochs` shuffled passes of `indices`; returns (mean loss of the last epoch, steps).
 
-    `on_loss(steps, loss)` hears, every `loss_every` steps, the mean loss of the steps since its last call.
+    `optimizer` defaults to SGD(lr, momentum); `scheduler`, if any, steps after each epoch.
+    `client` is the algorithm's part (fedray/algorithms): a term added to each batch's loss, a
+    correction after each step. `on_loss(steps, loss)` hears, every `loss_every` steps, the mean
+    loss of the steps since its last call.
+    `should_stop()`, asked before every batch, ends training at once with `TrainingStopped`.
     """
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if optimizer is None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    client = client or ClientPart()
     index = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(images.device)
     steps = 0
     epoch_loss = torch.zeros((), device=images.device)
@@ -63,11 +79,15 @@ def train_epochs(
         seen = heard_loss = heard_seen = 0
         order = index[torch.randperm(len(index), generator=generator).to(images.device)]
         for start in range(0, len(order), batch_size):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(f"stopped after {steps} steps: the server gave up on this task")
             batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(normalize(images[batch])), labels[batch])
-            loss.backward()
+            term = client.loss_term(model)
+            (loss if term is None else loss + term).backward()
             optimizer.step()
+            client.after_step(model, optimizer.param_groups[0]["lr"])
             # Summed on the device: no host sync per step, only one every `loss_every` for `on_loss`.
             epoch_loss += loss.detach() * len(batch)
             seen += len(batch)
@@ -76,6 +96,8 @@ def train_epochs(
                 total = float(epoch_loss)
                 on_loss(steps, (total - heard_loss) / (seen - heard_seen))
                 heard_loss, heard_seen = total, seen
+        if scheduler is not None:
+            scheduler.step()
     return float(epoch_loss) / max(len(index), 1), steps
 
 

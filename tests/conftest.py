@@ -25,11 +25,15 @@ def tiny_cifar(tmp_path_factory) -> str:
     return str(root)
 
 
+def start_session_ray() -> None:
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One private Ray for every test that runs jobs; jobs started inside it leave it running."""
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    start_session_ray()
     yield
     ray.shutdown()
 
@@ -53,3 +57,23 @@ def job_config(tiny_cifar):
         return load_config(base + list(overrides))
 
     return build
+
+
+@ray.remote(num_cpus=0)
+class DataHolder:
+    """The controller's part for site actors started by hand: it hands them the dataset's refs."""
+
+    def __init__(self, data: list) -> None:
+        self.data = data
+
+    def shared_data(self) -> list:
+        return self.data
+
+
+def start_site_worker(job: dict, data: list, namespace: str, **options):
+    """A SiteWorker actor outside a job, and the holder it asks for `data` (kill both when done)."""
+    from fedray.sites import SiteWorkerActor
+
+    holder = DataHolder.options(name="controller", namespace=namespace).remote(data)
+    worker = SiteWorkerActor.options(namespace=namespace, **options).remote(job, 1, None, namespace, "controller", None)
+    return worker, holder

@@ -35,12 +35,13 @@ class SiteTaggedNet(Net):
 
 class FaultyNet(Net):
     """Sleeps `delay` s per training batch in `slow_sites`; raises after `fail_after_steps` in `fail_sites`,
-    and whenever it evaluates in `fail_eval_sites`."""
+    and whenever it evaluates in `fail_eval_sites`; trains to NaN weights in `nan_sites`."""
 
     def __init__(self, slow_sites=(), delay: float = 0.0, fail_sites=(), fail_after_steps: int = 0,
-                 fail_eval_sites=(), crash_sites=(), crash_once_file: str = "") -> None:
+                 fail_eval_sites=(), crash_sites=(), crash_once_file: str = "", nan_sites=()) -> None:
         super().__init__()
         self.site = _site_name()
+        self.nan = self.site in nan_sites
         self.slow = self.site in slow_sites
         self.delay = delay
         self.fails = self.site in fail_sites
@@ -62,7 +63,8 @@ class FaultyNet(Net):
                 raise RuntimeError(f"injected failure in {self.site}")
         elif self.fails_eval:
             raise RuntimeError(f"injected evaluation failure in {self.site}")
-        return super().forward(x)
+        out = super().forward(x)
+        return out * float("nan") if self.training and self.nan else out
 
 
 class SlowNet(Net):

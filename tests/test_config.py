@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,16 @@ def test_defaults_compose_and_interpolate():
         (["+workflows.scatter_and_gather.aggregation_weights.site-9=2"], "aggregation_weights.site-9", "names no site"),
         (["model._target_=nowhere.Net"], "model._target_", "cannot be imported"),
         (["site.num_gpus=-1"], "site.num_gpus", ">= 0"),
+        (["model._target_=torchvision.models.resnet18"], "model._target_=torchvision.models.resnet18",
+         "+model.num_classes=10"),
+        (["model._target_=torch.nn.Linear", "+model.in_features=5", "+model.out_features=10"], "model._target_",
+         "fails on a batch of 32x32x3 images"),
+        (["model._target_=collections.OrderedDict"], "model._target_", "not a torch.nn.Module"),
+        (["data.val_fraction=0"], "workflows.cross_site_validate.enabled",
+         "data.val_fraction > 0 or workflows.cross_site_validate.enabled=false"),
+        (["site.max_task_retries=-1"], "site.max_task_retries", ">= 0"),
+        (["site.stop_timeout=0"], "site.stop_timeout", "positive"),
+        (["job_timeout=-5"], "job_timeout", ">= 0"),
     ],
 )
 def test_bad_input_gives_one_line_naming_the_key(overrides, key, fix):
@@ -88,3 +99,33 @@ def test_cli_checks_every_sweep_combination_before_the_first_job(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["fedray: lr=-1.0: must be positive"]
     assert not (tmp_path / "sweep").exists()  # no job ran, not even the good combinations
+
+
+def test_a_script_that_does_not_compile_is_refused_in_one_line(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import torch\nfor x in range(3)\n    print(x)\n")
+    with pytest.raises(ConfigError, match=r"site.script=.*train.py: does not compile \(line 2: "):
+        load_config([f"site.script={script}"])
+
+
+def test_an_infeasible_dirichlet_split_is_one_line_naming_alpha_before_any_actor(job_config, tmp_path, ray_session):
+    from fedray import run_job
+
+    job = job_config("num_clients=200", "partition=dirichlet", "partition.alpha=0.01")
+    with pytest.raises(ConfigError, match="partition.alpha=0.01: no draw in 1000 gave every one of 200 sites") as caught:
+        run_job(job, tmp_path)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "models").exists()
+
+
+def test_a_healthy_run_prints_no_error_lines_from_ray(tiny_cifar, tmp_path):
+    env = {**os.environ, "PYTHONPATH": REPO, "RAY_ADDRESS": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "fedray.run", f"data.root={tiny_cifar}", "data.download=false", "data.check_integrity=false",
+         "num_clients=3", "rounds=1", "site.num_actors=2", f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Ray's C++ log lines read "[date time,ms E pid tid] file.cc:line: ..."; Python's say "ERROR".
+    noisy = [line for line in (done.stdout + done.stderr).splitlines() if re.search(r"\d E \d+ \d+\]| ERROR ", line)]
+    assert not noisy, noisy

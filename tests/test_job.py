@@ -14,6 +14,7 @@ from fedray.partition import Shard
 from fedray.sites import SiteWorkerActor
 from fedray.tasks import WorkerPool
 from fedray.workflows import initialize_global_weights
+from tests.conftest import DataHolder
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -67,64 +68,15 @@ def test_initial_weights_come_from_the_chosen_site(job_config, method, client, e
     images, labels = np.zeros((30, 3, 32, 32), np.uint8), np.zeros(30, np.int64)
     shards = {f"site-{k}": Shard(np.arange(10 * k - 10, 10 * k - 2), np.arange(10 * k - 2, 10 * k)) for k in (1, 2, 3)}
     data = [ray.put(value) for value in (shards, images, labels, images, labels)]
-    workers = {name: SiteWorkerActor.options(name=name, namespace=f"init-{method}", num_cpus=0).remote(job, data, 1)
-               for name in shards}
+    holder = DataHolder.options(name="controller", namespace=f"init-{method}").remote(data)
+    workers = {name: SiteWorkerActor.options(name=name, namespace=f"init-{method}", num_cpus=0).remote(
+        job, 1, None, f"init-{method}", "controller", None) for name in shards}
     try:
         pool = WorkerPool(list(workers.values()), home=workers)
         params = initialize_global_weights(list(workers), pool, method, client, timeout=120)
         tags = set(np.unique(params["fc3.bias"]).tolist())
         assert len(tags) == 1 and tags <= expected
     finally:
-        for worker in workers.values():
+        for worker in [*workers.values(), holder]:
             ray.kill(worker)
 
-
-def test_round_ends_after_wait_time_once_min_clients_answered(job_config, tmp_path):
-    job = job_config(
-        "rounds=1", "min_clients=2", "site.num_actors=3",
-        "model._target_=tests.fault_models.FaultyNet", "+model.slow_sites=[site-3]", "+model.delay=2.0",
-        "workflows.scatter_and_gather.wait_time_after_min_received=0.5",
-        "workflows.cross_site_validate.enabled=false",  # it would wait for site-3's abandoned, still running task
-    )
-    summary = run_job(job, tmp_path)
-    (entry,) = summary["rounds"]
-    assert set(entry["sites"]) == {"site-1", "site-2"}
-    assert entry["failures"]["site-3"]["kind"] == "abandoned"
-    assert entry["train_seconds"] < 10  # site-3 alone needs 2 s x 2 epochs x 9 batches
-
-
-def test_train_timeout_gives_up_on_a_slow_site(job_config, tmp_path):
-    job = job_config(
-        "rounds=1", "min_clients=2", "site.num_actors=3",
-        "model._target_=tests.fault_models.FaultyNet", "+model.slow_sites=[site-3]", "+model.delay=2.0",
-        "workflows.scatter_and_gather.train_timeout=4",
-        "workflows.scatter_and_gather.wait_time_after_min_received=60",  # only the timeout can end the round
-    )
-    summary = run_job(job, tmp_path)
-    (entry,) = summary["rounds"]
-    assert set(entry["sites"]) == {"site-1", "site-2"}
-    assert entry["failures"]["site-3"]["kind"] == "timeout"
-    assert entry["train_seconds"] < 15
-
-
-def test_too_few_results_stop_the_run_and_keep_earlier_rounds(job_config, tmp_path):
-    # Each site takes 18 steps a round (2 epochs x 9 batches): sites 2 and 3 fail in round 1.
-    job = job_config(
-        "rounds=3", "min_clients=2", "site.num_actors=3",
-        "model._target_=tests.fault_models.FaultyNet", "+model.fail_sites=[site-2,site-3]", "+model.fail_after_steps=18",
-    )
-    with pytest.raises(JobFailed, match="round 1: only 1 sites can still answer, min_clients=2 needed"):
-        run_job(job, tmp_path)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [r["round"] for r in summary["rounds"]] == [0]
-    assert summary["status"] == "failed" and summary["error"].startswith("RoundFailed: round 1: only 1 sites can still answer")
-    assert torch.load(tmp_path / "models" / "FL_global_model.pt")["round"] == 0
-
-
-def test_eval_every_skips_the_global_evaluation_between_and_keeps_the_last(job_config, tmp_path):
-    job = job_config("rounds=3", "eval_every=2", "local_epochs=1", "workflows.cross_site_validate.enabled=false")
-    summary = run_job(job, tmp_path)
-    assert [bool(r["global"]) for r in summary["rounds"]] == [False, True, True]  # round 2, then the last
-    assert summary["rounds"][0]["evaluation_seconds"] < 0.01
-    assert summary["best_round"] in (1, 2)
-    assert (tmp_path / "plots" / "global_metrics.png").is_file()

@@ -84,3 +84,21 @@ def test_summary_reads_job_dirs_in_job_order_and_marks_unfinished_jobs(tmp_path)
     assert rows[2]["best_test_accuracy"] == 0.3 and rows[2]["wall_seconds"] == 12.5
     assert (tmp_path / "sweep_summary.csv").read_text().splitlines()[0].startswith("job,seed,model.delay,status")
     assert "Best validation accuracy: job 10, 0.4000" in (tmp_path / "sweep_summary.md").read_text()
+
+
+def test_a_sweep_over_algorithms_and_alphas_is_tabled_as_flare_does(tmp_path):
+    for number, (algorithm, alpha, accuracy) in enumerate(
+            [("fedavg", "0.1", 0.5), ("fedavg", "1.0", 0.7), ("scaffold", "0.1", 0.6), ("scaffold", "1.0", None)]):
+        job = tmp_path / str(number)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
+            ["+experiment=cifar10_sim", f"algorithm={algorithm}", f"partition.alpha={alpha}"]))
+        if accuracy is not None:
+            rounds = [{"round": 0, "global": {"val_accuracy": accuracy, "test_accuracy": accuracy, "test_loss": 1.0}}]
+            (job / "summary.json").write_text(json.dumps({"status": "completed", "error": None, "rounds": rounds,
+                                                          "best_round": 0, "wall_seconds": 3.0}))
+    write_sweep_summary(tmp_path, fixed_overrides=["+experiment=cifar10_sim", "algorithm=fedavg,scaffold",
+                                                   "partition.alpha=0.1,1.0"])
+    markdown = (tmp_path / "sweep_summary.md").read_text()
+    assert ("| algorithm | alpha=1.0 | alpha=0.1 |\n|---|---|---|\n| fedavg | 0.7000 | 0.5000 |\n"
+            "| scaffold |  | 0.6000 |\n") in markdown

@@ -25,16 +25,20 @@ def cross_site_model_eval(
     *,
     submit_model_timeout: float = 0.0,
     validation_timeout: float = 0.0,
+    max_task_retries: int = 0,
+    unavailable_after: float | None = None,
 ) -> dict[str, Any]:
     """Returns {"results": {evaluating_site: {model_owner: {"val_accuracy", "val_loss"}}}, "failures": [...]}.
 
     A site that fails to submit loses its column, one that fails to validate its
-    row; every other cell is still computed.
+    row; every other cell is still computed. A site whose actor is still busy `unavailable_after`
+    seconds in (a task it would not stop) is skipped and recorded, never waited for.
     """
+    retry = dict(max_retries=max_task_retries, unavailable_after=unavailable_after)
     failures: list[dict[str, Any]] = []
     models: dict[str, ray.ObjectRef] = {}
     submissions = [(site, partial(_submit_model, site, best_local_models.get(site))) for site in participating]
-    for outcome in gather(submissions, pool, timeout=submit_model_timeout):
+    for outcome in gather(submissions, pool, timeout=submit_model_timeout, **retry):
         if outcome.ok:
             models[outcome.site] = outcome.ref  # already in the object store: every site reads this one copy
         else:
@@ -44,7 +48,7 @@ def cross_site_model_eval(
 
     results: dict[str, dict] = {}
     validations = [(site, partial(_validate_models, site, models)) for site in participating]
-    for outcome in gather(validations, pool, timeout=validation_timeout):
+    for outcome in gather(validations, pool, timeout=validation_timeout, **retry):
         if outcome.ok:
             results[outcome.site] = outcome.value
         else:

@@ -23,12 +23,14 @@ def initialize_global_weights(
     weight_method: str = "first",
     weights_client_name: str | None = None,
     timeout: float = 0.0,
+    max_task_retries: int = 0,
 ) -> Params:
     """Send `get_weights`; `first` keeps the first answer, `client` the named site's."""
     asked = sites if weight_method == "first" else [weights_client_name]
     calls = [(site, partial(_get_weights, site)) for site in asked]
     failures = []
-    for outcome in gather(calls, pool, min_results=1, wait_after_min=0.0, timeout=timeout):
+    for outcome in gather(calls, pool, min_results=1, wait_after_min=0.0, timeout=timeout,
+                          max_retries=max_task_retries):
         if outcome.ok:
             log.info("pre_train: initial weights from %s", outcome.site)
             return outcome.value.params

@@ -13,7 +13,8 @@ import numpy as np
 import ray
 from ray.actor import ActorHandle
 
-from fedray.aggregation import Params
+from fedray.aggregation import CompensatedSum, Params, finite
+from fedray.algorithms import COUNT, SITE_STATE, Algorithm
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND
 from fedray.tasks import Outcome, WorkerPool, gather
 
@@ -53,71 +54,129 @@ def scatter_and_gather(
     exclude_vars: str | None = None,
     ignore_result_error: Optional[bool] = None,
     best_local_models: dict[str, LocalModel] | None = None,
+    max_task_retries: int = 0,
+    sites_per_task: int = 1,
+    algorithm: Algorithm | None = None,
+    state: dict | None = None,
+    site_states: dict[str, ray.ObjectRef] | None = None,
 ) -> Params:
     """Run FedAvg rounds `start_round .. num_rounds-1`.
 
-    After each round, `on_round_end(round, global_ref, sites, failures, seconds, improved)`
-    gets the new global weights as one ObjectRef and the sites whose best local model improved.
+    After each round, `on_round_end(round, global_ref, sites, failures, seconds, improved, state_ref,
+    updated_site_states)` gets the new global weights as one ObjectRef, the sites whose best local
+    model improved, the algorithm's server state (an ObjectRef) and the sites whose state changed.
+    `algorithm` (default FedAvg) moves the global model and `state` (its server state, from
+    `algorithm.init` when None) from each round's fold; `site_states` (ObjectRefs by site, updated
+    in place) hold each site's own state between its rounds, outside every actor.
     `ignore_result_error` is FLARE's: None ignores failed sites while `min_clients` can still
     answer, False stops at the first failure, True always goes on with whatever arrived.
     `best_local_models` is updated in place (ObjectRefs: the models stay in the object store);
-    None: no local model is kept (nothing will evaluate them).
+    None: no local model is kept (nothing will evaluate them). A task whose worker died runs
+    again up to `max_task_retries` times. An update with NaN or Inf is a failed site (`non_finite`).
     """
     per_round = clients_per_round or len(sites)
     min_clients = min_clients or per_round
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
+    algorithm = algorithm or Algorithm()
+    state = algorithm.init(global_params, len(sites)) if state is None else state
+    site_states = {} if site_states is None else site_states
 
     # One copy of the global weights in the object store per round, shared by every site.
     global_ref = ray.put(global_params)
     for current_round in range(start_round, num_rounds):
         started = time.perf_counter()
         chosen = sample_sites(sites, per_round, seed, current_round)
-        calls = [(site, partial(_train, site, global_ref, current_round, num_rounds)) for site in chosen]
+        message = algorithm.message(state)
+        message_ref = ray.put(message) if message else None  # one copy for every site, as the model
+        if sites_per_task > 1:  # a task per batch of sites: a round of many small sites costs a few tasks
+            batches = {f"batch-{k + 1}": chosen[start:start + sites_per_task]
+                       for k, start in enumerate(range(0, len(chosen), sites_per_task))}
+            calls = [(label, partial(_train_batch, members, global_ref, current_round, num_rounds,
+                                     [factors.get(site, 1.0) for site in members], message_ref,
+                                     [site_states.get(site) for site in members]))
+                     for label, members in batches.items()]
+        else:
+            batches = {}
+            calls = [(site, partial(_train, site, global_ref, current_round, num_rounds, message_ref, site_states.get(site)))
+                     for site in chosen]
         outcomes = gather(
             calls,
             pool,
             min_results=min_clients,
             wait_after_min=wait_time_after_min_received,
-            timeout=train_timeout,
+            timeout=train_timeout * max(1, sites_per_task),  # train_timeout is per site
+            max_retries=max_task_retries,
+            count=lambda outcome: _answered(outcome, batches),
         )
         site_metrics: dict[str, dict] = {}
         failures: dict[str, dict] = {}
         improved: dict[str, LocalModel] = {}
+        updated_site_states: dict[str, ray.ObjectRef] = {}
+        extra_sums = {key: CompensatedSum() for key in algorithm.result_keys}
         stop: list[str] = []
 
-        def arriving_updates() -> Iterator[tuple[Params, float]]:
-            for outcome in outcomes:
-                if on_site_done is not None:
-                    on_site_done(current_round, outcome)
-                if not outcome.ok:
-                    failures[outcome.site] = _failure(outcome)
-                    log.warning("round %d: %s %s: %s", current_round, outcome.site, outcome.failure, outcome.message)
-                    reason = _must_stop(ignore_result_error, outcome, len(chosen) - len(failures), min_clients)
-                    if reason:
-                        stop.append(reason)
-                        outcomes.close()  # gives up the tasks still running
-                        return
-                    continue
-                result = outcome.value
-                steps = result.meta[NUM_STEPS_CURRENT_ROUND]
-                site_metrics[outcome.site] = {**result.metrics, "num_steps": steps}
-                if best_local_models is not None:
-                    local_accuracy = result.metrics.get("local_val_accuracy", float("nan"))
-                    best = best_local_models.get(outcome.site)
-                    # Written so that NaN (no validation split, or a script site) keeps the latest model.
-                    if best is None or not local_accuracy <= best.accuracy:
-                        best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, outcome.ref)
-                params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
-                yield params, factors.get(outcome.site, 1.0) * steps
+        def arriving_updates() -> Iterator[tuple[Params, float] | CompensatedSum]:
+            for task_outcome in outcomes:
+                for outcome in _site_outcomes(task_outcome, batches):
+                    if on_site_done is not None:
+                        on_site_done(current_round, outcome)
+                    if not outcome.ok:
+                        failures[outcome.site] = _failure(outcome)
+                        log.warning("round %d: %s %s: %s", current_round, outcome.site, outcome.failure, outcome.message)
+                        reason = _must_stop(ignore_result_error, outcome, len(chosen) - len(failures), min_clients)
+                        if reason:
+                            stop.append(reason)
+                            outcomes.close()  # gives up the tasks still running
+                            return
+                        continue
+                    update = take_result(outcome)
+                    if update is not None:
+                        yield update
+                if task_outcome.site in batches and task_outcome.ok and task_outcome.value["sum"].sums:
+                    # The batch's sites, already weighted and summed by the worker that trained them.
+                    yield _without(task_outcome.value["sum"], excluded)
+
+        def take_result(outcome: Outcome) -> tuple[Params, float] | None:
+            """Record a site's result; its (params, weight) to fold, or None when a batch's sum holds them."""
+            result = outcome.value
+            steps = result.meta[NUM_STEPS_CURRENT_ROUND]
+            site_metrics[outcome.site] = {**result.metrics, "num_steps": steps}
+            if best_local_models is not None and outcome.ref is not None:
+                local_accuracy = result.metrics.get("local_val_accuracy", float("nan"))
+                best = best_local_models.get(outcome.site)
+                # Written so that NaN (no validation split, or a script site) keeps the latest model.
+                if best is None or not local_accuracy <= best.accuracy:
+                    best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, outcome.ref)
+            for key, total in extra_sums.items():
+                total.add(result.meta[key])  # each site once, in an order-independent sum
+            if SITE_STATE in result.meta:
+                # Kept in the object store, owned here, until the site's next round.
+                updated_site_states[outcome.site] = ray.put(result.meta[SITE_STATE])
+            if result.params is None:
+                return None
+            params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
+            return params, factors.get(outcome.site, 1.0) * steps
 
         aggregated = _aggregate_any(aggregate, arriving_updates())
+        diverged = [site for site, failure in failures.items() if failure["kind"] == "non_finite"]
+        if diverged and not site_metrics:
+            raise RoundFailed(f"round {current_round}: training diverged: every update had NaN or Inf weights "
+                              f"({', '.join(diverged)}); lower lr")
         if stop or (len(site_metrics) < min_clients and ignore_result_error is not True):
             reason = stop[0] if stop else f"{len(site_metrics)} of {len(chosen)} sites returned results, min_clients={min_clients} needed"
             raise RoundFailed(f"round {current_round}: {reason} ({_describe(failures)})")
+        if aggregated:  # a round where no site answered (ignore_result_error=true) moves nothing
+            sums = {key: total.result() for key, total in extra_sums.items()}
+            aggregated, state = algorithm.apply(global_params, aggregated, {**sums, COUNT: len(site_metrics)}, state,
+                                                current_round)
+        site_states.update(updated_site_states)
         global_params = {**global_params, **aggregated}
+        if not finite(global_params):
+            raise RoundFailed(f"round {current_round}: training diverged: the aggregated global model has NaN or Inf; lower lr")
         global_ref = ray.put(global_params)
-        on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved)
+        on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved,
+                     ray.put(state), updated_site_states)
     return global_params
 
 
@@ -140,14 +199,60 @@ def _must_stop(ignore_result_error: Optional[bool], outcome: Outcome, still_poss
     return ""
 
 
+def _site_outcomes(outcome: Outcome, batches: dict[str, list[str]]) -> list[Outcome]:
+    """A task's outcome as its sites' outcomes: FLARE's rules (failures, min_clients) stay per site."""
+    if outcome.site not in batches:
+        if outcome.ok and not finite(outcome.value.params):
+            return [Outcome(outcome.site, failure="non_finite", seconds=outcome.seconds,
+                            message="its weights have NaN or Inf: local training diverged")]
+        return [outcome]
+    members = batches[outcome.site]
+    if not outcome.ok:  # the whole batch timed out, was abandoned, or its worker died too often
+        return [Outcome(site, failure=outcome.failure, message=outcome.message, seconds=outcome.seconds,
+                        retries=outcome.retries) for site in members]
+    site_outcomes = []
+    for site in members:
+        result = outcome.value["results"][site]
+        if isinstance(result, tuple):  # (kind, message): this site failed inside the batch
+            site_outcomes.append(Outcome(site, failure=result[0], message=result[1], retries=outcome.retries))
+        else:
+            site_outcomes.append(Outcome(site, value=result, seconds=result.metrics.get("seconds", 0.0),
+                                         retries=outcome.retries))
+    return site_outcomes
+
+
+def _answered(outcome: Outcome, batches: dict[str, list[str]]) -> int:
+    """How many sites a task's outcome brought results for (what min_clients counts)."""
+    if not outcome.ok:
+        return 0
+    if outcome.site not in batches:
+        return 1
+    return sum(not isinstance(result, tuple) for result in outcome.value["results"].values())
+
+
+def _without(total: CompensatedSum, excluded: Optional[re.Pattern]) -> CompensatedSum:
+    """A batch's sum without the variables that keep their global values (exclude_vars)."""
+    if excluded is None:
+        return total
+    for name in [name for name in total.sums if excluded.search(name)]:
+        del total.sums[name], total.errors[name], total.dtypes[name]
+    return total
+
+
 def _aggregate_any(aggregate: Callable, updates: Iterator[tuple[Params, float]]) -> Params:
     """`aggregate(updates)`, or nothing when no site answered (aggregators need one update at least)."""
     first = next(updates, None)
     return {} if first is None else aggregate(itertools.chain([first], updates))
 
 
-def _train(site: str, global_ref: ray.ObjectRef, current_round: int, num_rounds: int, worker: ActorHandle):
-    return worker.train.remote(site, global_ref, current_round, num_rounds)
+def _train_batch(sites: list[str], global_ref: ray.ObjectRef, current_round: int, num_rounds: int, factors: list[float],
+                 message_ref: ray.ObjectRef | None, site_state_refs: list, worker: ActorHandle):
+    return worker.train_sites.remote(sites, global_ref, current_round, num_rounds, factors, message_ref, site_state_refs)
+
+
+def _train(site: str, global_ref: ray.ObjectRef, current_round: int, num_rounds: int,
+           message_ref: ray.ObjectRef | None, site_state_ref: ray.ObjectRef | None, worker: ActorHandle):
+    return worker.train.remote(site, global_ref, current_round, num_rounds, message_ref, site_state_ref)
 
 
 def _failure(outcome: Outcome) -> dict:

@@ -1,13 +1,14 @@
 # A minimal FLARE-style Client API script for tests; `--misbehave` makes one site fail in a chosen way.
 import argparse
 import sys
+import time
 
 import torch
 
 import fedray.client as flare
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--misbehave", choices=["import_error", "task_error", "no_send", "wrong_keys"])
+parser.add_argument("--misbehave", choices=["import_error", "task_error", "no_send", "wrong_keys", "hang"])
 parser.add_argument("--site", default="site-2")
 parser.add_argument("--diff", type=float, default=None, help="send params_type DIFF: this constant added to every variable")
 parser.add_argument("--done_file", default=None, help="written after the loop, to show the epilogue ran")
@@ -33,6 +34,8 @@ while flare.is_running():
         raise ValueError("the training step blew up in " + me)
     if bad == "no_send":
         break
+    if bad == "hang":  # never answers train, and never returns to receive()
+        time.sleep(10**6)
     if bad == "wrong_keys":
         flare.send(flare.FLModel(params={"bogus": torch.zeros(3)}, meta={"NUM_STEPS_CURRENT_ROUND": 1}))
         continue

@@ -1,0 +1,71 @@
+"""`import nvflare.client as flare` inside a site, served by fedray.client.
+
+FLARE's training scripts import its Client API by name. `install()`, called in a
+site's process just before its script runs (fedray/script_site.py), puts a finder
+first on `sys.meta_path` that answers the Client API modules with fedray's own, so
+the scripts run unchanged. Only those modules exist: any other `nvflare.*` import
+fails with a line saying what fedray serves, and a real NVFlare installed beside
+fedray is never used in that process. The driver and the tests' own process never
+call `install()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+import types
+from typing import Optional, Sequence
+
+# FLARE's module -> the fedray module that serves it.
+ALIASES = {
+    "nvflare.client": "fedray.client",
+    "nvflare.client.tracking": "fedray.client.tracking",
+    "nvflare.client.lightning": "fedray.client.lightning",
+    "nvflare.app_common.abstract.fl_model": "fedray.fl_model",
+}
+# Packages on the way to an alias: empty modules, so that `import nvflare.client` can walk down.
+_PARENTS = {"nvflare", "nvflare.app_common", "nvflare.app_common.abstract"}
+
+
+class _NVFlareAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self) -> None:
+        self.own_specs: dict[str, importlib.machinery.ModuleSpec] = {}
+
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None, target: Optional[types.ModuleType] = None):
+        if fullname in ALIASES or fullname in _PARENTS:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        if fullname.startswith("nvflare."):
+            raise ModuleNotFoundError(
+                f"No module named '{fullname}': inside a fedray site, nvflare is fedray's Client API "
+                f"({', '.join(sorted(ALIASES))}) only", name=fullname)
+        return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        if spec.name in ALIASES:
+            served = importlib.import_module(ALIASES[spec.name])  # the fedray module itself, not a copy
+            self.own_specs[spec.name] = served.__spec__
+            return served
+        module = types.ModuleType(spec.name, "fedray's stand-in for NVFlare's package of the same name")
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """The module is fedray's, already run (or an empty package); the import machinery gave it
+        the alias's spec, and it gets its own back."""
+        own = self.own_specs.pop(module.__spec__.name, None)
+        if own is not None:
+            module.__spec__ = own
+
+
+_FINDER = _NVFlareAliasFinder()
+
+
+def install() -> None:
+    """Serve `nvflare.client` (and its tracking, lightning) from fedray.client in this process."""
+    if _FINDER in sys.meta_path:
+        return
+    for name in [name for name in sys.modules if name == "nvflare" or name.startswith("nvflare.")]:
+        del sys.modules[name]  # a real NVFlare imported earlier must not answer the script's imports
+    sys.meta_path.insert(0, _FINDER)
