@@ -26,8 +26,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 import numpy as np
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 Params = dict[str, np.ndarray]
 State = dict[str, Any]  # plain, picklable values: numpy arrays, numbers, torch state_dicts
@@ -77,6 +75,11 @@ def build(node: Any) -> Algorithm:
     FedAvg for none (a run saved before algorithms existed)."""
     if not node:
         return Algorithm()
+    # Imported here: fedray.training imports this package, and must load where only torch and numpy
+    # are installed (a bare GPU machine running benchmarks/gpu.py).
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
     node = OmegaConf.create(node) if not OmegaConf.is_config(node) else node
     return instantiate(node, _recursive_=False, _convert_="all")
 
