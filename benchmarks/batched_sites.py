@@ -35,10 +35,10 @@ RoundResult = list[tuple[Params, int]]  # each site's (weights, steps)
 
 def resident_data(num_images: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random uint8 CIFAR-shaped images and labels on `device`: the timing of training does not
-    depend on what the pixels show, and the data is made in a fraction of a second."""
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(num_images, 3, 32, 32), dtype=np.uint8)
-    labels = rng.integers(0, 10, size=num_images).astype(np.int64)
+    depend on what the pixels show, and the data is made in a fraction of a second. Each from its
+    own stream, so a smaller set is the first items of a larger one."""
+    images = np.random.default_rng([seed, 0]).integers(0, 256, size=(num_images, 3, 32, 32), dtype=np.uint8)
+    labels = np.random.default_rng([seed, 1]).integers(0, 10, size=num_images).astype(np.int64)
     return torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
 
 

@@ -23,13 +23,15 @@ Ways:
 - `batched`: one process training the round's sites at once (fedray.batched_training).
 - `processes_batched` (W2): the processes, each training its share batched.
 
-Printed: one JSON object. Per way: `seconds_per_round` (median of the rounds after the first),
+Printed: one JSON object. `pool`: the worker processes' start (seconds, not in any round; the
+one pool serves every processes way) and the device memory it holds (their CUDA contexts and
+copies of the data). Per way: `seconds_per_round` (median of the rounds after the first),
 `first_round_seconds` (cuDNN's and vmap's warm-up), `ratio_to_floor` (seconds against
-`in_turn`'s), `start_seconds` (the worker processes' start, not in the rounds), GPU memory:
-`peak_allocated_mb` (torch's allocator peak, the data left out, summed over processes) and
-`device_used_mb` (the whole GPU's used memory while the way ran, less before: CUDA contexts,
-caches and each worker process's copy of the data included; this process's own context is made
-before and left out), and `mb_per_site`, device_used_mb over
+`in_turn`'s), GPU memory: `peak_allocated_mb` (torch's allocator peak, the data left out, summed
+over processes) and `device_used_mb` (the whole GPU's used memory after the rounds, less before
+them: for the in-process ways the data and the allocator's cache, this process's context made
+before and left out; for the processes ways the pool's and what the rounds added), and
+`mb_per_site`, device_used_mb over
 the sites that hold GPU memory at once (the round's sites: all are resident in the batched and
 process ways). `max_weight_difference`: after round 0, the largest difference between a way's
 global weights and `in_turn`'s (float32 rounding; TF32 convolutions where cuDNN allows them).
@@ -99,42 +101,56 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         "processes": args.processes, "threads_per_process": args.threads,
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None,
     }
-    for shape in shapes:
-        ways = ["in_turn", "processes", "batched"] + (["processes_batched"] if shape.per_round > args.processes else [])
-        report[shape.name] = {"shape": dataclasses.asdict(shape)}
-        floor_params = None
-        for way in ways:
-            _progress(f"{shape.name} {way} ...")
-            result, first_params = run_way(shape, way, device, args.processes, args.threads)
-            if floor_params is None:
-                floor_params = first_params
-            result["max_weight_difference"] = max(float(np.abs(first_params[n] - floor_params[n]).max())
-                                                  for n in floor_params)
-            floor = report[shape.name].get("in_turn", result)["seconds_per_round"]
-            result["ratio_to_floor"] = round(result["seconds_per_round"] / floor, 3)
-            report[shape.name][way] = result
-            _progress(f"  {json.dumps(result)}")
+    # One pool of worker processes for every processes way, its data sized for the largest shape: a
+    # pool's start (each process imports torch and makes its CUDA context) is paid and reported once.
+    used_before_pool = _device_used(device)
+    started = time.perf_counter()
+    pool = _start_pool(args.processes, device, max(shape.num_sites * shape.site_size for shape in shapes),
+                       args.threads)
+    pool_used = _device_used(device)
+    report["pool"] = {"start_seconds": round(time.perf_counter() - started, 3),
+                      "device_used_mb": None if pool_used is None else round(pool_used - used_before_pool, 1)}
+    try:
+        for shape in shapes:
+            ways = ["in_turn", "processes", "batched"]
+            ways += ["processes_batched"] if shape.per_round > args.processes else []
+            report[shape.name] = {"shape": dataclasses.asdict(shape)}
+            floor_params = None
+            for way in ways:
+                _progress(f"{shape.name} {way} ...")
+                in_pool = way.startswith("processes")
+                result, first_params = run_way(shape, way, device, pool if in_pool else None, args.processes,
+                                               held_mb=report["pool"]["device_used_mb"] if in_pool else 0.0)
+                if floor_params is None:
+                    floor_params = first_params
+                result["max_weight_difference"] = max(float(np.abs(first_params[n] - floor_params[n]).max())
+                                                      for n in floor_params)
+                floor = report[shape.name].get("in_turn", result)["seconds_per_round"]
+                result["ratio_to_floor"] = round(result["seconds_per_round"] / floor, 3)
+                report[shape.name][way] = result
+                _progress(f"  {json.dumps(result)}")
+    finally:
+        pool.close()
+        pool.join()
     print(json.dumps(report, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
-def run_way(shape: Shape, way: str, device: torch.device, processes: int, threads: int) -> tuple[dict, Params]:
-    """Time `shape.rounds` FedAvg rounds done `way`; also the global weights after round 0."""
-    used_before = _device_used(device)
-    num_images = shape.num_sites * shape.site_size
-    pool, start_seconds = None, 0.0
-    if way.startswith("processes"):
-        started = time.perf_counter()
-        pool = _start_pool(processes, device, num_images, threads)
-        start_seconds = time.perf_counter() - started
+def run_way(shape: Shape, way: str, device: torch.device, pool, processes: int,
+            held_mb: Optional[float] = 0.0) -> tuple[dict, Params]:
+    """Time `shape.rounds` FedAvg rounds done `way` (in `pool` for the processes ways, whose processes
+    hold `held_mb` of device memory before any round); also the global weights after round 0."""
+    if pool is None:
+        used_before = _device_used(device)
+        _worker_start(str(device), shape.num_sites * shape.site_size, threads=0, in_parent=True)
     else:
-        _worker_start(str(device), num_images, threads, in_parent=True)
+        pool.map(_release_cache, range(processes), chunksize=1)
+        used_before = _device_used(device)
     torch.manual_seed(0)
     global_params = get_params(Net())
     seconds, after_first = [], None
-    peak_allocated = 0.0
     try:
         for current_round in range(shape.rounds):
             sites = sample_sites(shape, current_round)
@@ -153,18 +169,14 @@ def run_way(shape: Shape, way: str, device: torch.device, processes: int, thread
         peak_allocated = sum(p["peak_allocated_mb"] for p in partials)
         used_during = _device_used(device)
     finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
-        _worker.clear()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    device_used = None if used_during is None else round(used_during - used_before, 1)
+        if pool is None:
+            _worker.clear()
+            _release_cache(0)
+    device_used = None if used_during is None else round(used_during - used_before + (held_mb or 0.0), 1)
     return {
         "seconds_per_round": round(statistics.median(seconds[1:] or seconds), 5),
         "first_round_seconds": round(seconds[0], 5),
         "rounds": len(seconds),
-        "start_seconds": round(start_seconds, 3),
         "peak_allocated_mb": round(peak_allocated, 1) if device.type == "cuda" else None,
         "device_used_mb": device_used,
         "mb_per_site": None if device_used is None else round(device_used / shape.per_round, 2),
@@ -216,6 +228,13 @@ def _worker_start(device: str, num_images: int, threads: int, in_parent: bool = 
     torch.optim.SGD(model.parameters(), lr=0.01)  # torch.optim's one-off import, outside the rounds
     _worker.update(images=images, labels=labels, model=model,
                    data_bytes=images.numel() * images.element_size() + labels.numel() * labels.element_size())
+
+
+def _release_cache(_: int) -> bool:
+    """The allocator's cached blocks back to the device, so that the next way's memory is its own."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return True
 
 
 def _ready(_: int) -> bool:
