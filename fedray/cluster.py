@@ -65,9 +65,23 @@ def release() -> None:
 
 def _shutdown() -> None:
     global _watchdog
+    _stop_autoscaler_monitor()
     ray.shutdown()
     reaper.stop(_watchdog)
     _watchdog = None
+
+
+def _stop_autoscaler_monitor() -> None:
+    """Ray's shutdown waits a full second for its autoscaler monitor to take SIGTERM, every time
+    (measured 1.37 s -> 0.38 s without it); a private local Ray has nothing to autoscale. Uses Ray's
+    private node handle, so it does nothing if that changes."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    processes = getattr(node, "all_processes", None) or {}
+    for info in processes.get("monitor", []):
+        try:
+            info.process.kill()
+        except Exception:  # already gone
+            pass
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -33,7 +33,7 @@ from fedray.partition import Shard
 from fedray.python_path import put_on_python_path
 from fedray.script_site import ScriptError, ScriptSite
 from fedray.aggregation import CompensatedSum, finite, pool_metrics
-from fedray.training import TrainingStopped, evaluate, get_params, load_params, to_device, train_epochs
+from fedray.training import PlainSGD, TrainingStopped, evaluate, get_params, load_params, to_device, train_epochs
 
 # Training-loss points each site streams per round, whatever its shard size: a curve in
 # TensorBoard, and a host sync only every few steps on a GPU.
@@ -72,9 +72,10 @@ class SiteWorker:
         torch.manual_seed(job["seed"])
         put_on_python_path(job, job["site"]["script"])  # the job's own model module (a FLARE job's custom/)
         self.model = instantiate(OmegaConf.create(job["model"])).to(self.device)
-        # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
-        # the actor starts, not inside the first round's train_timeout.
-        torch.optim.SGD(self.model.parameters(), lr=job["lr"])
+        if not _plain_sgd(job):
+            # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
+            # the actor starts, not inside the first round's train_timeout.
+            torch.optim.SGD(self.model.parameters(), lr=job["lr"])
         self.algorithm = algorithms.build(job.get("algorithm"))
         tracking.connect(_named_actor(metric_stream, namespace) if metric_stream else None)
         # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
@@ -275,7 +276,9 @@ def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_roun
     """The job's local optimizer (`optimizer._target_`) and LR schedule (`lr_scheduler`, stepped once
     per local epoch over the whole run), built afresh each round: the schedule is brought to this
     round's first epoch by stepping it, so its LRs are those of one scheduler run across rounds."""
-    if not job.get("optimizer"):  # a run saved before `optimizer` existed: its SGD
+    if _plain_sgd(job):  # the default: the same bits as torch.optim.SGD, without importing torch.optim
+        return PlainSGD(model.parameters(), lr=job["lr"], momentum=job["momentum"]), None
+    if not job.get("optimizer"):  # a run saved before `optimizer` existed, with a schedule: its SGD
         optimizer = torch.optim.SGD(model.parameters(), lr=job["lr"], momentum=job["momentum"])
     else:
         optimizer = instantiate(OmegaConf.create(job["optimizer"]), model.parameters())
@@ -287,6 +290,13 @@ def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_roun
         for _ in range(current_round * job["local_epochs"]):
             scheduler.step()
     return optimizer, scheduler
+
+
+def _plain_sgd(job: Mapping[str, Any]) -> bool:
+    """The job trains with plain SGD (lr, momentum; no weight decay, no schedule): `PlainSGD` does."""
+    optimizer = job.get("optimizer") or {"_target_": "torch.optim.SGD", "lr": job["lr"], "momentum": job["momentum"]}
+    plain = {"_target_": "torch.optim.SGD", "lr": job["lr"], "momentum": job["momentum"], "weight_decay": 0.0}
+    return not job.get("lr_scheduler") and {**plain, **optimizer} == plain
 
 
 def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:

@@ -19,6 +19,36 @@ from torch import nn
 from fedray.algorithms import ClientPart
 
 
+class PlainSGD:
+    """SGD with momentum, computed as `torch.optim.SGD` computes it (its single-tensor loop: the same
+    bits), without `torch.optim`: its first use imports torch._dynamo, a second of CPU in every fresh
+    site actor, which the job's default optimizer has no need of."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.param_groups = [{"lr": lr, "momentum": momentum}]  # read by algorithms' client parts
+        self.buffers: list[Optional[torch.Tensor]] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.params:
+            param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        lr, momentum = self.param_groups[0]["lr"], self.param_groups[0]["momentum"]
+        for k, param in enumerate(self.params):
+            if param.grad is None:
+                continue
+            step = param.grad
+            if momentum != 0:
+                if self.buffers[k] is None:
+                    self.buffers[k] = torch.clone(step).detach()
+                else:
+                    self.buffers[k].mul_(momentum).add_(step)
+                step = self.buffers[k]
+            param.add_(step, alpha=-lr)
+
+
 class TrainingStopped(RuntimeError):
     """Training was asked to stop between batches (its result would be thrown away)."""
 
@@ -69,7 +99,7 @@ def train_epochs(
     """
     model.train()
     if optimizer is None:
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        optimizer = PlainSGD(model.parameters(), lr=lr, momentum=momentum)
     client = client or ClientPart()
     index = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(images.device)
     steps = 0

@@ -73,3 +73,22 @@ def test_batchnorm_model_is_refused_in_one_line(data):
     with pytest.raises(ValueError, match=r"^batched site training does not support models with buffers[^\n]*$"):
         train_sites_batched(model, images, labels, shards, generators=_generators(len(shards)),
                             epochs=1, batch_size=BATCH, lr=0.1, momentum=0.0)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_plain_sgd_gives_torch_sgds_bits(momentum):
+    from fedray.models import Net
+    from fedray.training import PlainSGD
+
+    torch.manual_seed(0)
+    ours, theirs = Net(), Net()
+    theirs.load_state_dict(ours.state_dict())
+    mine, torchs = PlainSGD(ours.parameters(), lr=0.05, momentum=momentum), torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=momentum)
+    data = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(8, 3, 32, 32, generator=data), torch.randint(0, 10, (8,), generator=data)
+        for model, optimizer in ((ours, mine), (theirs, torchs)):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
