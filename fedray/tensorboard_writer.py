@@ -8,11 +8,14 @@ site folder has the same tags, so TensorBoard draws the sites in one chart per t
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+import socket
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from torch.utils.tensorboard import SummaryWriter
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.summary.writer.record_writer import RecordWriter
 
 from fedray.tracking import Point
 
@@ -29,56 +32,50 @@ SITE_ROUND_TAGS = {
 }
 
 
-# Each SummaryWriter holds a file and a thread: a cross-device run touches 1000s of sites, a few at a
-# time, so the least recently written site folders are closed (written again, a folder gets one more
-# event file, which TensorBoard reads with the others).
-MAX_OPEN_WRITERS = 64
-
-
 class TensorBoardWriter:
+    """Event files in TensorBoard's format, one per run folder, appended to synchronously.
+
+    No `SummaryWriter`: each holds an open file and a thread, and a cross-device run touches
+    thousands of site folders (800 in 30 rounds of W2); closing and reopening them cost the
+    driver seconds. Here a folder's file is opened, appended to and closed per batch of points,
+    so TensorBoard sees every batch at once and nothing stays open between them.
+    """
+
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
-        self.writers: OrderedDict[str, SummaryWriter] = OrderedDict()
+        self.files: dict[str, Path] = {}
 
     def add_points(self, points: Iterable[Point]) -> None:
         """Points streamed by the sites while they train (tag `train_loss`, step: the site's local steps)."""
-        touched = set()
+        by_site: dict[str, list[tuple[str, float, int]]] = {}
         for site, tag, value, step in points:
-            self._writer(site).add_scalar(tag, value, step)
-            touched.add(site)
-        self._flush(touched)
+            by_site.setdefault(site, []).append((tag, value, step))
+        for site, scalars in by_site.items():
+            self._append(site, scalars)
 
     def add_round(self, event: Mapping[str, Any]) -> None:
         """A finished round: the global metrics and round seconds, and each answering site's round metrics."""
         step = event["round"]
-        server = self._writer(SERVER)
-        for tag in GLOBAL_TAGS:
-            if tag in event["global"]:  # not in rounds that eval_every skips
-                server.add_scalar(tag, event["global"][tag], step)
-        server.add_scalar("round_seconds", event["seconds"], step)
+        server = [(tag, event["global"][tag], step) for tag in GLOBAL_TAGS if tag in event["global"]]  # eval_every
+        self._append(SERVER, [*server, ("round_seconds", event["seconds"], step)])
         for site, metrics in event["sites"].items():
-            for key, tag in SITE_ROUND_TAGS.items():
-                if key in metrics:
-                    self._writer(site).add_scalar(tag, metrics[key], step)
-        self._flush([SERVER, *event["sites"]])
+            self._append(site, [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics])
 
     def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-        self.writers.clear()
+        """Nothing is held open; kept so that callers need not know."""
 
-    def _writer(self, run: str) -> SummaryWriter:
-        if run in self.writers:
-            self.writers.move_to_end(run)
-            return self.writers[run]
-        if len(self.writers) >= MAX_OPEN_WRITERS:
-            oldest = next(name for name in self.writers if name != SERVER)
-            self.writers.pop(oldest).close()
-        # flush_secs is a fallback: each batch of points is flushed as it is written, so TensorBoard shows it live.
-        writer = self.writers[run] = SummaryWriter(log_dir=str(self.folder / run), flush_secs=10)
-        return writer
-
-    def _flush(self, runs: Iterable[str]) -> None:
-        for run in runs:
-            if run in self.writers:
-                self.writers[run].flush()
+    def _append(self, run: str, scalars: list[tuple[str, float, int]]) -> None:
+        now = time.time()
+        events = [Event(wall_time=now, step=int(step), summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]))
+                  for tag, value, step in scalars]
+        path = self.files.get(run)
+        if path is None:
+            folder = self.folder / run
+            folder.mkdir(parents=True, exist_ok=True)
+            # TensorBoard's own naming: events.out.tfevents.<time>.<host>, with the pid to keep runs apart.
+            path = self.files[run] = folder / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.fedray"
+            events.insert(0, Event(wall_time=now, file_version="brain.Event:2"))
+        with open(path, "ab") as file:
+            records = RecordWriter(file)
+            for event in events:
+                records.write(event.SerializeToString())
