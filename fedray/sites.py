@@ -276,8 +276,9 @@ def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_roun
     """The job's local optimizer (`optimizer._target_`) and LR schedule (`lr_scheduler`, stepped once
     per local epoch over the whole run), built afresh each round: the schedule is brought to this
     round's first epoch by stepping it, so its LRs are those of one scheduler run across rounds."""
-    if _plain_sgd(job):  # the default: the same bits as torch.optim.SGD, without importing torch.optim
-        return PlainSGD(model.parameters(), lr=job["lr"], momentum=job["momentum"]), None
+    plain = _plain_sgd(job)
+    if plain:  # the default: the same bits as torch.optim.SGD, without importing torch.optim
+        return PlainSGD(model.parameters(), lr=plain[0], momentum=plain[1]), None
     if not job.get("optimizer"):  # a run saved before `optimizer` existed, with a schedule: its SGD
         optimizer = torch.optim.SGD(model.parameters(), lr=job["lr"], momentum=job["momentum"])
     else:
@@ -292,11 +293,14 @@ def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_roun
     return optimizer, scheduler
 
 
-def _plain_sgd(job: Mapping[str, Any]) -> bool:
-    """The job trains with plain SGD (lr, momentum; no weight decay, no schedule): `PlainSGD` does."""
+def _plain_sgd(job: Mapping[str, Any]) -> Optional[tuple[float, float]]:
+    """(lr, momentum) when the job trains with plain SGD (no weight decay, no schedule), which
+    `PlainSGD` computes; else None."""
     optimizer = job.get("optimizer") or {"_target_": "torch.optim.SGD", "lr": job["lr"], "momentum": job["momentum"]}
-    plain = {"_target_": "torch.optim.SGD", "lr": job["lr"], "momentum": job["momentum"], "weight_decay": 0.0}
-    return not job.get("lr_scheduler") and {**plain, **optimizer} == plain
+    settings = {key: value for key, value in optimizer.items() if key != "_target_"}
+    plain = (optimizer["_target_"] == "torch.optim.SGD" and not job.get("lr_scheduler")
+             and set(settings) <= {"lr", "momentum", "weight_decay"} and not settings.get("weight_decay"))
+    return (settings["lr"], settings.get("momentum", 0.0)) if plain else None
 
 
 def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:

@@ -243,6 +243,8 @@ def gather(
             pool.give_up(worker, ref)
             yield Outcome(site, failure="abandoned", message="still running when the round closed",
                           seconds=now - started, retries=retries)
+        for site, _, retries in queue:  # their workers were busy: never started
+            yield Outcome(site, failure="abandoned", message="not started when the round closed", retries=retries)
     finally:
         # A caller that stops reading early (first answer wins) leaves tasks behind.
         for ref, entry in in_flight.items():

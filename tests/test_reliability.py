@@ -59,14 +59,15 @@ def test_a_hung_site_is_timed_out_and_restarted_in_bounded_time(job_config, tmp_
     assert all(set(entry["sites"]) == {"site-1", "site-2"} for entry in summary["rounds"])
 
 
-def test_a_crashed_site_actor_is_restarted_and_rejoins(job_config, tmp_path):
+def test_a_crashed_site_actor_is_restarted_and_its_task_runs_again(job_config, tmp_path):
     job = job_config(*FAULTY, "min_clients=2", "+model.crash_sites=[site-2]",
                      f"+model.crash_once_file={tmp_path}/crashed",
                      "workflows.scatter_and_gather.wait_time_after_min_received=60")  # see the death, not just a late site
     summary = run_job(job, tmp_path / "run")
-    first, second = summary["rounds"]
-    assert first["failures"]["site-2"]["kind"] == "died"
-    assert set(second["sites"]) == {"site-1", "site-2", "site-3"}  # back with its data after Ray restarted it
+    assert (tmp_path / "crashed.site-2").exists()  # it did die, in round 0's training
+    # A dead worker process is the infrastructure's fault: the task ran again on the restarted actor.
+    assert all(set(entry["sites"]) == {"site-1", "site-2", "site-3"} and not entry["failures"]
+               for entry in summary["rounds"])
     assert "site-2" in summary["cross_site"]["results"]
 
 
@@ -155,7 +156,8 @@ def test_a_hung_script_site_neither_hangs_cross_site_nor_the_job(job_config, tmp
     assert time.monotonic() - started < 20 + 30  # train_timeout plus a few seconds, on a busy 2-core machine
     assert summary["rounds"][0]["failures"]["site-3"]["kind"] == "abandoned"
     failed = {(f["site"], f["task"]): f["kind"] for f in summary["cross_site"]["failures"]}
-    assert failed.get(("site-3", "submit_model")) == "unavailable"
+    # Skipped while its actor is stuck, or, once restarted, a fresh script with no model to submit.
+    assert failed.get(("site-3", "submit_model")) in ("unavailable", "error")
     assert {"site-1", "site-2"} <= set(summary["cross_site"]["results"]["site-1"])
 
 
