@@ -1,0 +1,41 @@
+"""Two logical GPUs on a CPU machine: 16 sites get 16 actors of an eighth each, and Ray places them all."""
+
+import pytest
+import ray
+
+from fedray.resources import plan_sites
+from tests.conftest import start_session_ray
+
+SITE = {"num_actors": None, "num_gpus": None, "num_cpus": None, "num_threads": None, "script": None}
+
+
+@pytest.fixture(scope="module")
+def two_logical_gpus():
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+    start_session_ray()  # the session's Ray, for the tests after these
+
+
+@ray.remote
+class _Placed:
+    """Holds its share like a site actor, without a site actor's seconds of torch import."""
+
+    def gpu_ids(self) -> list:
+        return ray.get_gpu_ids()
+
+
+def test_sixteen_sites_on_two_gpus_are_sixteen_actors_of_an_eighth_that_ray_places(two_logical_gpus):
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    plan = plan_sites(SITE, 16, ray.cluster_resources(), nodes)
+    assert (plan.num_actors, plan.num_gpus) == (16, 0.125)
+    actors = [_Placed.options(num_gpus=plan.num_gpus, num_cpus=plan.num_cpus).remote() for _ in range(plan.num_actors)]
+    try:
+        placed = ray.get([actor.gpu_ids.remote() for actor in actors], timeout=120)
+        # Each actor is lent one of the two GPUs; eight share each one.
+        assert sorted(str(ids[0]) for ids in placed) == ["0"] * 8 + ["1"] * 8
+        assert ray.available_resources().get("GPU", 0.0) == 0.0
+    finally:
+        for actor in actors:
+            ray.kill(actor)
