@@ -21,7 +21,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedray.outputs import BEST_GLOBAL_MODEL, GLOBAL_MODEL, _atomic, save_model, write_json
+from fedray.outputs import BEST_GLOBAL_MODEL, GLOBAL_MODEL, ROUNDS_LOG, _atomic, save_model, write_json
 
 STATE = "checkpoint/state.json"
 LOCAL_MODELS = "checkpoint/local_models"
@@ -88,6 +88,12 @@ def load(run_dir: str | os.PathLike) -> dict[str, Any]:
         saved_global = torch.load(global_path, map_location="cpu")
     except Exception as err:
         raise ResumeError(f"{where}: cannot read its checkpoint ({type(err).__name__}: {err})".splitlines()[0]) from None
+    # summary.json is rewritten at most every few seconds; rounds.jsonl has every finished round.
+    rounds_log = run_dir / ROUNDS_LOG
+    if rounds_log.is_file():
+        rounds = [json.loads(line) for line in rounds_log.read_text().splitlines() if line.strip()]
+        summary["rounds"] = [entry for entry in rounds if entry["round"] <= int(saved_global["round"])]
+        summary["best_round"] = _best_round(summary["rounds"], summary.get("best_round"))
     config = summary["config"]
     model = instantiate(OmegaConf.create(config["model"]))
     global_params = _checked(model, saved_global, global_path, config)
@@ -136,6 +142,16 @@ def _checked(model: torch.nn.Module, saved: Mapping[str, Any], path: Path, confi
             f"resume: {path} does not match model._target_={config['model']['_target_']} ({reason})"
         ) from None
     return {name: value.numpy() for name, value in saved["model"].items()}
+
+
+def _best_round(rounds: list[dict[str, Any]], default: int | None) -> int | None:
+    """The round the controller chose as best: the first with the highest global val_accuracy."""
+    best, best_score = default, -math.inf
+    for entry in rounds:
+        score = entry["global"].get("val_accuracy", -math.inf)
+        if score is not None and score > best_score:  # NaN (no validation split) is never the best
+            best, best_score = entry["round"], score
+    return best
 
 
 def _json_number(value: float) -> float | None:

@@ -10,7 +10,9 @@ never leaves a torn file. The plots are drawn at the end, from the summary.
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +28,8 @@ from fedray.tracking import Point
 _DRAWER = ThreadPoolExecutor(1, thread_name_prefix="fedray-plots")
 
 GLOBAL_MODEL = "FL_global_model.pt"
+ROUNDS_LOG = "rounds.jsonl"  # a line per finished round, appended as it finishes
+SUMMARY_SECONDS = 2.0
 BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
 
 
@@ -44,6 +48,7 @@ class RunRecorder:
             self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
         self.tensorboard = TensorBoardWriter(self.run_dir / "tb")
         self.drawing: Future | None = None
+        self.written_at = -math.inf  # when summary.json was last written
 
     def record_points(self, points: list[Point]) -> None:
         self.tensorboard.add_points(points)
@@ -55,8 +60,15 @@ class RunRecorder:
             save_model(models / BEST_GLOBAL_MODEL, params, round=event["round"])
             self.summary["best_round"] = event["round"]
         keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds")
-        self.summary["rounds"].append({key: event[key] for key in keep})
-        self.write()
+        entry = {key: event[key] for key in keep}
+        self.summary["rounds"].append(entry)
+        # Every round lands in rounds.jsonl at once (an appended line); summary.json, which holds every
+        # round and grows with them, is rewritten at most every SUMMARY_SECONDS: rewriting it after each
+        # of a cross-device run's fast rounds cost the driver seconds (its total is quadratic in rounds).
+        with open(self.run_dir / ROUNDS_LOG, "a") as log:
+            log.write(json.dumps(entry, default=_plain) + "\n")
+        if time.monotonic() - self.written_at >= SUMMARY_SECONDS:
+            self.write()
         self.tensorboard.add_round(event)
 
     def record_cross_site(self, event: Mapping[str, Any]) -> None:
@@ -87,6 +99,7 @@ class RunRecorder:
     def write(self, **fields: Any) -> dict[str, Any]:
         self.summary.update(fields)
         write_json(self.run_dir / "summary.json", self.summary)
+        self.written_at = time.monotonic()
         return self.summary
 
 

@@ -250,3 +250,14 @@ def test_no_process_of_a_run_outlives_its_killed_driver(tiny_cifar, tmp_path):
     driver.wait(timeout=30)
     gone, alive = psutil.wait_procs(ray_processes, timeout=30)
     assert not alive, f"left behind: {[p.name() for p in alive]}"
+
+
+def test_resume_takes_every_finished_round_from_the_rounds_log(job_config, tmp_path):
+    """summary.json is rewritten at most every few seconds; rounds.jsonl has each round as it finished."""
+    run_job(job_config("rounds=2", "workflows.cross_site_validate.enabled=false"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    logged = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert logged == summary["rounds"]
+    summary["rounds"] = summary["rounds"][:1]  # as if the run died before summary.json caught up
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert [entry["round"] for entry in load(tmp_path)["summary"]["rounds"]] == [0, 1]
