@@ -82,9 +82,8 @@ class RunRecorder:
         self.write(cross_site={"results": event["results"], "failures": event["failures"]})
 
     def finish(self, **fields: Any) -> dict[str, Any]:
-        """The last summary.json, TensorBoard's files closed, and the pictures in plots/."""
+        """The last summary.json, and the pictures in plots/ (TensorBoard's files are closed after each write)."""
         self.write(**fields)
-        self.tensorboard.close()
         if self.drawing is None:
             self.start_drawing()
         self.drawing.result()

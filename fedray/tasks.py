@@ -184,10 +184,11 @@ def gather(
 
             if not in_flight:
                 # Every worker the queued sites may use is busy (a given-up task, a restart) or retired.
-                for site, _, retries in [entry for entry in queue if all(pool.retired(w) for w in pool.candidates(entry[0]))]:
+                given_up = [entry for entry in queue if all(pool.retired(w) for w in pool.candidates(entry[0]))]
+                for site, _, retries in given_up:
                     yield Outcome(site, failure="died", retries=retries,
                                   message="its actor died more often than site.max_restarts")
-                queue = deque(entry for entry in queue if not all(pool.retired(w) for w in pool.candidates(entry[0])))
+                queue = deque(entry for entry in queue if entry not in given_up)
                 waited = now - began
                 if queue and unavailable_after is not None and waited >= unavailable_after:
                     for site, _, _ in queue:

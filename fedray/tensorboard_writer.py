@@ -61,9 +61,6 @@ class TensorBoardWriter:
         for site, metrics in event["sites"].items():
             self._append(site, [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics])
 
-    def close(self) -> None:
-        """Nothing is held open; kept so that callers need not know."""
-
     def _append(self, run: str, scalars: list[tuple[str, float, int]]) -> None:
         now = time.time()
         events = [Event(wall_time=now, step=int(step), summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private test head on loopback needs no token
@@ -28,6 +29,18 @@ def tiny_cifar(tmp_path_factory) -> str:
 def start_session_ray() -> None:
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+
+
+@contextmanager
+def logical_gpus(count: int):
+    """A private Ray with `count` logical GPUs in place of the session's (which has none), then the session's back."""
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, num_gpus=count, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        start_session_ray()
 
 
 @pytest.fixture(scope="session")

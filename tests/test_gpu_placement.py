@@ -18,18 +18,15 @@ from omegaconf import OmegaConf
 
 from fedray import run_job
 from fedray.resources import ResourceError, plan_sites
-from tests.conftest import start_session_ray, start_site_worker
+from tests.conftest import logical_gpus, start_site_worker
 
 SITE = {"num_actors": None, "num_gpus": None, "num_cpus": None, "num_threads": None, "script": None}
 
 
 @pytest.fixture(scope="module")
 def one_logical_gpu():
-    ray.shutdown()
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    start_session_ray()  # the session's Ray, for the tests after these
+    with logical_gpus(1):
+        yield
 
 
 @pytest.mark.slow

@@ -4,18 +4,15 @@ import pytest
 import ray
 
 from fedray.resources import plan_sites
-from tests.conftest import start_session_ray
+from tests.conftest import logical_gpus
 
 SITE = {"num_actors": None, "num_gpus": None, "num_cpus": None, "num_threads": None, "script": None}
 
 
 @pytest.fixture(scope="module")
 def two_logical_gpus():
-    ray.shutdown()
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    start_session_ray()  # the session's Ray, for the tests after these
+    with logical_gpus(2):
+        yield
 
 
 @ray.remote
