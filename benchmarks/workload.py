@@ -34,9 +34,10 @@ class Workload:
     tiny: bool = False  # a test-suite workload: seconds long, on an easy stand-in of its own size
 
 
-# The W1: CIFAR-10, the tutorial CNN, 8 IID sites, 3 FedAvg rounds of 1 local epoch.
+# The W1: CIFAR-10, the tutorial CNN, 8 IID sites, 3 FedAvg rounds of 1 local epoch; no validation
+# split (the floor has none: the same work on both sides, scored once at the end).
 W1 = Workload("W1", num_sites=8, rounds=3, local_epochs=1, batch_size=32, lr=0.01, momentum=0.9,
-              num_train=50_000, num_test=10_000)
+              num_train=50_000, num_test=10_000, val_fraction=0.0)
 # The W2, cross-device (pfl-research's CIFAR-10 shape): 1000 IID sites of 50 images, 50 sampled
 # a round, 5 steps of batch 10, plain SGD, 100 rounds, no validation split.
 W2 = Workload("W2", num_sites=1000, rounds=100, local_epochs=1, batch_size=10, lr=0.1, momentum=0.0,

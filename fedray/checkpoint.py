@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -40,13 +39,17 @@ def save_local_model(run_dir: Path, site: str, accuracy: float, params: Mapping[
 def save_algorithm_states(run_dir: Path, current_round: int, state: Any, site_states: Mapping[str, Any]) -> None:
     """The algorithm's server state and the changed site states after `current_round`, written before
     that round's global model: each file keeps its previous version too (`*.prev.pt`), so whichever
-    round the model file says, `load` finds the states of that same round."""
-    _save_versioned(run_dir / ALGORITHM_STATE, current_round, state)
+    round the model file says, `load` finds the states of that same round. A stateless algorithm's
+    (FedAvg's) None is not written: `load` reads a missing file as None."""
+    if state is not None or (run_dir / ALGORITHM_STATE).is_file():
+        _save_versioned(run_dir / ALGORITHM_STATE, current_round, state)
     for site, site_state in site_states.items():
         _save_versioned(run_dir / SITE_STATES / f"{site}.pt", current_round, site_state)
 
 
 def _save_versioned(path: Path, current_round: int, value: Any) -> None:
+    import torch  # in the functions, as in fedray/outputs.py
+
     if path.is_file():
         os.replace(path, _previous(path))
     _atomic(path, lambda f: torch.save({"round": current_round, "state": value}, f))
@@ -54,6 +57,8 @@ def _save_versioned(path: Path, current_round: int, value: Any) -> None:
 
 def _load_versioned(path: Path, last_round: int) -> tuple[bool, Any]:
     """(found, value) of the newest version of `path` written for a round <= `last_round`."""
+    import torch
+
     for candidate in (path, _previous(path)):
         if candidate.is_file():
             saved = torch.load(candidate, map_location="cpu", weights_only=False)
@@ -77,6 +82,8 @@ def save_state(run_dir: Path, event: Mapping[str, Any], best_round: int | None) 
 
 def load(run_dir: str | os.PathLike) -> dict[str, Any]:
     """A stopped run's config, summary and models, checked against its model before any Ray work."""
+    import torch
+
     run_dir = Path(run_dir).expanduser().resolve()
     where = f"resume={run_dir}"
     summary_path, global_path = run_dir / "summary.json", run_dir / "models" / GLOBAL_MODEL
@@ -133,7 +140,7 @@ def load(run_dir: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def _checked(model: torch.nn.Module, saved: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _checked(model: Any, saved: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     try:
         model.load_state_dict(saved["model"], strict=True)
     except (RuntimeError, KeyError) as err:

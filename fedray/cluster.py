@@ -13,8 +13,10 @@ import logging
 import os
 import socket
 import subprocess
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import ray
 
@@ -25,28 +27,50 @@ from fedray.config import ConfigError
 _kept: Optional[dict[str, Any]] = None
 # The watchdog of the local Ray this module started (see fedray/reaper.py).
 _watchdog: Optional[subprocess.Popen] = None
+# Ray starts in this thread while the driver goes on (imports torch, reads the data): 2-3 s of
+# Ray's start-up are mostly other processes' work, on the cores the driver does not use.
+_STARTER = ThreadPoolExecutor(1, thread_name_prefix="fedray-ray-start")
+START_TIMEOUT = 300.0  # seconds for ray.init to return; it has bounds of its own, this one is the last
+# A start whose job failed before Ray was up: that Ray is stopped once up (`_stop_abandoned`).
+_abandoned: Optional[Future] = None
+_stopping = threading.Lock()
 
 
 @contextmanager
-def ray_for(ray_cfg: Mapping[str, Any], keep: bool = False) -> Iterator[None]:
+def ray_for(ray_cfg: Mapping[str, Any], keep: bool = False) -> Iterator[Callable[[], None]]:
     """Run the body on Ray: `ray.address` or $RAY_ADDRESS if set, else a private local Ray.
 
-    A Ray the caller already started (a test's, a notebook's) is used and left running.
-    The Ray started here is shut down at the end, unless `keep` and the body succeeded:
-    then it stays up for the next `ray_for` with the same settings (see `release`).
+    Ray starts in a thread and the body runs at once: it calls the yielded `wait_until_up()`
+    before its first use of Ray (which raises what the start raised). A Ray the caller already
+    started (a test's, a notebook's) is used and left running. The Ray started here is shut
+    down at the end, unless `keep` and the body succeeded: then it stays up for the next
+    `ray_for` with the same settings (see `release`). A body that fails before Ray is up
+    raises at once; that Ray stops as soon as it is up.
     """
-    global _kept
+    global _kept, _abandoned
     settings = {**ray_cfg, "address": ray_cfg["address"] or os.environ.get("RAY_ADDRESS")}
+    _settle_abandoned()  # an earlier job's Ray, still starting when that job failed, is stopped first
     if _kept is not None and _kept != settings:
         release()
     ours = _kept is not None or not ray.is_initialized()
-    if not ray.is_initialized():
-        _start(settings)
+    starting = _STARTER.submit(_start, settings) if not ray.is_initialized() else None
     _kept = None
+
+    def wait_until_up() -> None:
+        if starting is not None:
+            try:
+                starting.result(timeout=START_TIMEOUT)
+            except TimeoutError:
+                raise RuntimeError(f"Ray did not start within {START_TIMEOUT:g} s") from None
+
     try:
-        yield
+        yield wait_until_up
     except BaseException:
-        if ours:
+        if ours and starting is not None and not starting.done():
+            # The body's error (a bad model, missing data) is for the user now; Ray stops once up.
+            _abandoned = starting
+            starting.add_done_callback(_stop_abandoned)
+        elif ours:
             _shutdown()
         raise
     if ours and keep:
@@ -56,17 +80,40 @@ def ray_for(ray_cfg: Mapping[str, Any], keep: bool = False) -> Iterator[None]:
 
 
 def release() -> None:
-    """Shut down the Ray that `ray_for(..., keep=True)` left up, if any."""
+    """Shut down the Ray that `ray_for(..., keep=True)` left up, if any; and one still starting for a
+    job that failed before it was up (so a process may leave at once after this)."""
     global _kept
+    _settle_abandoned()
     if _kept is not None and ray.is_initialized():
         _shutdown()
     _kept = None
 
 
+def _settle_abandoned() -> None:
+    """Wait for an abandoned start and its stop (done already, or under way in the starter thread)."""
+    abandoned = _abandoned
+    if abandoned is not None:
+        try:
+            abandoned.result(timeout=START_TIMEOUT)
+        except Exception:  # that job has reported its own error; here only the wait matters
+            pass
+        _stop_abandoned(abandoned)
+
+
+def _stop_abandoned(start: Future) -> None:
+    global _abandoned
+    with _stopping:
+        if _abandoned is start:
+            _abandoned = None
+            if start.exception() is None:
+                _shutdown()
+
+
 def _shutdown() -> None:
     global _watchdog
     _stop_autoscaler_monitor()
-    ray.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()
     reaper.stop(_watchdog)
     _watchdog = None
 

@@ -88,6 +88,11 @@ class RayConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    per_site: Optional[bool] = None  # tb/site-k/ curves (streamed train loss, round metrics); null: up to PER_SITE_LIMIT sites
+
+
+@dataclass
 class PreTrainConfig:
     enabled: bool = True
     task_name: str = "get_weights"
@@ -151,6 +156,7 @@ class JobConfig:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
 
 
@@ -163,13 +169,15 @@ _CHOICES = {
 }
 
 
-def load_config(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def load_config(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = (),
+                code_check: bool = True) -> DictConfig:
     """Compose `conf/config.yaml` with command-line style overrides, then validate.
 
     This is what `python -m fedray.run` checks before Hydra starts the job, and
     the programmatic way to build a job config (tests, notebooks). `config_dirs` are
     the users' own config folders (`--config-dir`), searched after the built-in ones as
-    Hydra's `--config-dir` is.
+    Hydra's `--config-dir` is. `code_check`: also import every `_target_` and run the model
+    once (`check_code`, which imports torch; a job does it anyway, while its Ray starts).
     """
     search = [f"hydra.searchpath=[{','.join(_file_url(d) for d in config_dirs)}]"] if config_dirs else []
     try:
@@ -178,7 +186,8 @@ def load_config(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[s
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line(err, list(overrides))) from None
     validate(cfg)
-    check_model(cfg.model)
+    if code_check:
+        check_code(cfg)
     return cfg
 
 
@@ -191,6 +200,21 @@ def _file_url(folder: str) -> str:
 
 def site_names(num_clients: int) -> list[str]:
     return [f"site-{k}" for k in range(1, num_clients + 1)]
+
+
+# Sites up to which a run has per-site TensorBoard curves by default. Beyond, a chart of hundreds of
+# lines says nothing, each site's folder costs the driver a file per write, and streaming a 5-step
+# site's loss costs more than training it; the round's sites are then summed up in tb/ instead.
+PER_SITE_LIMIT = 64
+
+
+def per_site_curves(job: Any) -> bool:
+    """Whether sites stream their training curves and get tb/site-k/ (`tensorboard.per_site`); by
+    default with a Client API script too, whose own metrics are the point of its curves."""
+    chosen = (job.get("tensorboard") or {}).get("per_site")
+    if chosen is not None:
+        return bool(chosen)
+    return job["num_clients"] <= PER_SITE_LIMIT or bool(job["site"]["script"])
 
 
 def validate(cfg: DictConfig) -> None:
@@ -322,11 +346,18 @@ def validate(cfg: DictConfig) -> None:
     for folder in cfg.python_path:
         require(Path(folder).is_dir(), "python_path", f"{folder}: no such folder")
     put_on_python_path(OmegaConf.to_container(cfg), cfg.site.script)  # a model beside the script, in custom/
-    for key in ("model", "aggregator", "algorithm", "optimizer"):
-        _require_importable_target(cfg, key)
-    if cfg.lr_scheduler:
-        _require_importable_target(cfg, "lr_scheduler")
     _validate_algorithm(cfg, require)
+
+
+def check_code(cfg: DictConfig) -> None:
+    """What `validate` leaves to the code: every `_target_` imports, and the model takes a CIFAR-10
+    batch (`check_model`). Apart, because importing them imports torch (1.2 s): a job runs this
+    while its Ray starts."""
+    targets = ["model", "aggregator", "algorithm", "optimizer"] + (["lr_scheduler"] if cfg.lr_scheduler else [])
+    targets += [f"algorithm.{key}" for key in ("server_optimizer", "server_lr_scheduler") if cfg.algorithm.get(key) is not None]
+    for key in targets:
+        _require_importable_target(cfg, key)
+    check_model(cfg.model)
 
 
 def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
@@ -334,10 +365,6 @@ def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], Non
     algorithm = cfg.algorithm
     if "mu" in algorithm:
         require(algorithm.mu >= 0, "algorithm.mu", "must be >= 0 (0 is FedAvg), e.g. algorithm.mu=0.01")
-    for key in ("server_optimizer", "server_lr_scheduler"):
-        node = algorithm.get(key)
-        if node is not None:
-            _require_importable_target(cfg, f"algorithm.{key}")
     server_optimizer = algorithm.get("server_optimizer")
     if server_optimizer is not None and "lr" in server_optimizer:
         require(server_optimizer.lr > 0, "algorithm.server_optimizer.lr", "must be positive")

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from fedray import checkpoint
 from fedray.checkpoint import ResumeError
 from fedray.cluster import ray_for
-from fedray.config import ConfigError, check_model, site_names, validate
+from fedray.config import ConfigError, check_code, per_site_curves, site_names, validate
 from fedray.controller import ControllerActor
 from fedray.datasets import DataError, ensure_dataset, load_dataset
 from fedray.fl_model import FLModel
@@ -33,7 +33,6 @@ from fedray.resources import ResourceError, plan_sites
 from fedray.sites import SiteWorkerActor
 from fedray.synthetic import Dataset
 from fedray.progress import Progress
-from fedray.tracking import MetricStreamActor
 
 log = logging.getLogger("fedray")
 
@@ -70,13 +69,13 @@ def run_job(
     """
     began = time.perf_counter()
     validate(cfg)
-    check_model(cfg.model)  # one forward pass here, not a traceback from every site actor
     saved = checkpoint.load(cfg.resume) if cfg.resume else None  # before Ray: a bad checkpoint fails fast
     if saved:
         cfg = OmegaConf.create({key: value for key, value in saved["config"].items() if key != "job_id"})
         run_dir = saved["run_dir"]
         log.info("resuming %s at round %d with its own config", run_dir, saved["next_round"] + 1)
-    recorder = RunRecorder(Path(run_dir).resolve(), resumed=saved["summary"] if saved else None)
+    recorder = RunRecorder(Path(run_dir).resolve(), resumed=saved["summary"] if saved else None,
+                           per_site=per_site_curves(cfg))
     timings: dict[str, float] = {}
     progress = Progress() if on_event is None else None
     try:
@@ -122,18 +121,19 @@ def _run(
     deadline: float | None,
 ) -> None:
     clock = time.perf_counter()
-    ensure_dataset(cfg.data)  # before Ray: a bad data path fails in a second, not after start-up
-    with ThreadPoolExecutor(1, thread_name_prefix="fedray-data") as loader:
-        # Reading and partitioning the data overlaps Ray's start-up (mostly other processes' work).
-        loading = loader.submit(_load_and_partition, cfg, timings)
-        with ray_for(job["ray"], keep=keep_ray):
+    with ray_for(job["ray"], keep=keep_ray) as wait_for_ray:
+        # Ray starts in a thread meanwhile: these checks (torch's import, one forward pass), then
+        # reading and partitioning the data, overlap its start-up, and no actor starts before they pass.
+        check_code(cfg)  # imports and one forward pass here, not a traceback from every site actor
+        ensure_dataset(cfg.data)  # a bad data path fails in a second, not after start-up
+        with ThreadPoolExecutor(1, thread_name_prefix="fedray-data") as loader:
+            loading = loader.submit(_load_and_partition, cfg, timings)
+            wait_for_ray()
             timings["ray_start"], clock = _lap(clock)
-            dataset, shards = loading.result()
-            timings["data_wait"], clock = _lap(clock)
             # After Ray started: its core worker installs a C-level SIGTERM handler that aborts the process.
             interrupt = _raise_on_sigterm()
             try:
-                workflows_ended = _run_sites(cfg, job, saved, dataset, shards, recorder, report, timings, deadline)
+                workflows_ended = _run_sites(cfg, job, saved, loading, recorder, report, timings, deadline)
             finally:
                 interrupt.restore()
     timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
@@ -162,14 +162,17 @@ def _run_sites(
     cfg: DictConfig,
     job: dict[str, Any],
     saved: dict[str, Any] | None,
-    dataset: Dataset,
-    shards: list[Shard],
+    loading: Future,
     recorder: RunRecorder,
     report: Callable[[dict[str, Any]], None],
     timings: dict[str, float],
     deadline: float | None,
 ) -> float:
-    """Start the site actors and the controller on the connected Ray, follow the workflows, stop the actors."""
+    """Start the site actors and the controller on the connected Ray, follow the workflows, stop the actors.
+
+    The site actors start first, while `loading` (the data) may still run: their seconds of imports
+    overlap it; each then waits for the controller, which starts once the data is in the object store.
+    """
     clock = time.perf_counter()
     actors: list[ray.actor.ActorHandle] = []
     try:
@@ -178,25 +181,6 @@ def _run_sites(
         plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
         sites = site_names(cfg.num_clients)
         namespace = job["job_id"]
-        # The sites' channel to the driver for points streamed while they train (see fedray/tracking.py).
-        metric_stream = MetricStreamActor.options(name="metric-stream", namespace=namespace).remote()
-        actors.append(metric_stream)
-        # One copy of the data in the object store, read zero-copy by every actor on a node;
-        # other nodes fetch it from the driver's, so only the driver's node needs the files.
-        shared = [
-            ray.put(dict(zip(sites, shards))),
-            ray.put(_chw(dataset.train_images)),
-            ray.put(dataset.train_labels),
-            ray.put(_chw(dataset.test_images)),
-            ray.put(dataset.test_labels),
-        ]
-        # The controller holds the data's refs and hands them to each site actor as it starts or
-        # restarts; its process starts while the sites' do, and it sends no task before they are ready.
-        val_index = np.concatenate([shard.val for shard in shards])
-        controller = ControllerActor.options(name="controller", namespace=namespace).remote(
-            job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved)
-        )
-        actors.append(controller)
         one_per_site = plan.num_actors == len(sites)
         names = sites if one_per_site else [f"site-worker-{k}" for k in range(1, plan.num_actors + 1)]
         workers = [
@@ -207,6 +191,25 @@ def _run_sites(
             for name in names
         ]
         actors.extend(workers)
+        dataset, shards = loading.result()
+        timings["data_wait"], clock = _lap(clock)
+        # One copy of the data in the object store, read zero-copy by every actor on a node;
+        # other nodes fetch it from the driver's, so only the driver's node needs the files.
+        shared = [
+            ray.put(dict(zip(sites, shards))),
+            ray.put(_chw(dataset.train_images)),
+            ray.put(dataset.train_labels),
+            ray.put(_chw(dataset.test_images)),
+            ray.put(dataset.test_labels),
+        ]
+        # The controller holds the data's refs and hands them to each site actor as it starts or
+        # restarts, and is the sites' mailbox for their streamed points (fedray/tracking.py); its
+        # process starts while the sites' do, and it sends no task before they are ready.
+        val_index = np.concatenate([shard.val for shard in shards])
+        controller = ControllerActor.options(name="controller", namespace=namespace).remote(
+            job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved)
+        )
+        actors.append(controller)
         _await_workers({worker.ready.remote(): name for worker, name in zip(workers, names)}, cfg.site.start_timeout)
         timings["site_start"], clock = _lap(clock)
         log.info(
@@ -214,7 +217,7 @@ def _run_sites(
             len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
             plan.num_threads, recorder.run_dir,
         )
-        _follow(controller.run.remote(workers, one_per_site), controller, metric_stream, recorder, report, deadline)
+        _follow(controller.run.remote(workers, one_per_site), controller, recorder, report, deadline)
         timings["workflows"], clock = _lap(clock)
         recorder.start_drawing()
         return clock
@@ -243,7 +246,6 @@ def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
 def _follow(
     run_ref: ray.ObjectRef,
     controller: ray.actor.ActorHandle,
-    metric_stream: ray.actor.ActorHandle,
     recorder: RunRecorder,
     report: Callable[[dict[str, Any]], None],
     deadline: float | None,
@@ -256,10 +258,10 @@ def _follow(
             raise JobFailed(f"job_timeout={recorder.summary['config']['job_timeout']:g} s passed; "
                             f"{rounds} finished round(s) kept in {recorder.run_dir}")
         finished, _ = ray.wait([run_ref], timeout=EVENT_POLL_SECONDS)
-        events = ray.get(controller.drain_events.remote(), timeout=60)
-        # Drained after the events: sites flush their points before they answer, so a round's
+        # Points with the events: sites flush their points before they answer, so a round's
         # training curve is on disk by the time its round line appears.
-        recorder.record_points(ray.get(metric_stream.drain.remote(), timeout=60))
+        events, points = ray.get(controller.drain.remote(), timeout=60)
+        recorder.record_points(points)
         for event in events:
             if event["type"] == "round":
                 site_states = {site: ray.get(ref, timeout=60) for site, ref in event.pop("site_states").items()}

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from fedray.tensorboard_writer import TensorBoardWriter
 from fedray.tracking import Point
@@ -34,7 +33,8 @@ BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
 
 
 class RunRecorder:
-    def __init__(self, run_dir: str | os.PathLike, resumed: dict[str, Any] | None = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike, resumed: dict[str, Any] | None = None, per_site: bool = True) -> None:
+        """`per_site`: TensorBoard folders for the sites too (`config.per_site_curves`)."""
         self.run_dir = Path(run_dir)
         self.summary: dict[str, Any] = {
             "status": "running",  # then completed or failed, with a one-line error
@@ -46,7 +46,7 @@ class RunRecorder:
         }
         if resumed:  # a resumed run goes on from the rounds it had finished
             self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
-        self.tensorboard = TensorBoardWriter(self.run_dir / "tb")
+        self.tensorboard = TensorBoardWriter(self.run_dir / "tb", per_site=per_site)
         self.drawing: Future | None = None
         self.written_at = -math.inf  # when summary.json was last written
 
@@ -104,6 +104,8 @@ class RunRecorder:
 
 def save_model(path: str | os.PathLike, params: Mapping[str, np.ndarray], **extra: Any) -> None:
     """`torch.load(path)["model"]` is the state_dict, as FLARE's PT persistor writes it."""
+    import torch  # here: the driver imports torch while its Ray starts (fedray/job.py), not at import
+
     state = {name: torch.from_numpy(np.array(value)) for name, value in params.items()}
     _atomic(Path(path), lambda f: torch.save({"model": state, **extra}, f))
 

@@ -16,24 +16,26 @@ from __future__ import annotations
 import math
 import sys
 import time
-import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import ray
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
 from fedray import algorithms, tracking
 from fedray.algorithms import SITE_STATE
+from fedray.config import per_site_curves
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
 from fedray.python_path import put_on_python_path
 from fedray.script_site import ScriptError, ScriptSite
 from fedray.aggregation import CompensatedSum, finite, pool_metrics
-from fedray.training import PlainSGD, TrainingStopped, evaluate, get_params, load_params, to_device, train_epochs
+
+# No torch at import: Ray imports this module in every process that receives a SiteWorker handle,
+# the controller's too, which has no use for torch (its import costs 1.2 s there, on the critical path
+# between the sites' start and the first round). Methods import it, and fedray.training, themselves.
 
 # Training-loss points each site streams per round, whatever its shard size: a curve in
 # TensorBoard, and a host sync only every few steps on a GPU.
@@ -50,7 +52,7 @@ class SiteWorker:
         home_site: str | None = None,
         namespace: str | None = None,
         data_holder: str = "controller",
-        metric_stream: str | None = "metric-stream",
+        metric_stream: str | None = "controller",
     ) -> None:
         """`data_holder`, `metric_stream`: names of actors in `namespace` (default: the job id's). The holder's
         `shared_data()` gives the ObjectRefs of (shards by site, train images, train labels, test
@@ -59,25 +61,32 @@ class SiteWorker:
         the object store could be gone by then (Ray logs an error line for each such actor)."""
         self.job = job
         namespace = namespace or job["job_id"]
-        holder = _named_actor(data_holder, namespace)
-        shards, train_images, train_labels, test_images, test_labels = ray.get(
-            ray.get(holder.shared_data.remote(), timeout=DATA_TIMEOUT), timeout=DATA_TIMEOUT)
-        self.shards: dict[str, Shard] = shards
+        # torch and the model first: these seconds overlap the driver's reading of the data.
+        import torch
+        from fedray.training import plain_sgd, to_device
+
         use_gpu = torch.cuda.is_available() and len(ray.get_gpu_ids()) > 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(num_threads)
-        self.train_images, self.train_labels = to_device(train_images, train_labels, self.device)
-        self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         # Every site starts from the same seeded weights, so `first` in pre_train is deterministic.
         torch.manual_seed(job["seed"])
         put_on_python_path(job, job["site"]["script"])  # the job's own model module (a FLARE job's custom/)
         self.model = instantiate(OmegaConf.create(job["model"])).to(self.device)
-        if not _plain_sgd(job):
+        if not plain_sgd(job):
             # The first torch optimizer in a process imports torch._dynamo (~1.5 s of CPU): pay it while
             # the actor starts, not inside the first round's train_timeout.
             torch.optim.SGD(self.model.parameters(), lr=job["lr"])
+        # The driver starts the controller once the data is read, which may be after this actor is up.
+        holder = _named_actor(data_holder, namespace, timeout=DATA_TIMEOUT)
+        shards, train_images, train_labels, test_images, test_labels = ray.get(
+            ray.get(holder.shared_data.remote(), timeout=DATA_TIMEOUT), timeout=DATA_TIMEOUT)
+        self.shards: dict[str, Shard] = shards
+        self.train_images, self.train_labels = to_device(train_images, train_labels, self.device)
+        self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         self.algorithm = algorithms.build(job.get("algorithm"))
-        tracking.connect(_named_actor(metric_stream, namespace) if metric_stream else None)
+        # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
+        self.streams = bool(metric_stream) and per_site_curves(job)
+        tracking.connect(_named_actor(metric_stream, namespace) if self.streams else None)
         # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
         self.script: ScriptSite | None = None
         if job["site"]["script"]:
@@ -87,9 +96,14 @@ class SiteWorker:
             self.last_global: Mapping[str, np.ndarray] | None = None
 
     def ready(self) -> dict[str, Any]:
+        import torch
+
         return {"device": str(self.device), "threads": torch.get_num_threads()}
 
     def get_weights(self, site: str) -> FLModel:
+        import torch
+        from fedray.training import get_params
+
         torch.manual_seed(self.job["seed"])
         fresh = instantiate(OmegaConf.create(self.job["model"]))
         return FLModel(params=get_params(fresh))
@@ -103,6 +117,9 @@ class SiteWorker:
         the driver's mailbox has the streamed points (a batch of sites does it once, at its end)."""
         if self.script:
             return self._train_script(global_params, current_round, total_rounds, message or {})
+        import torch
+        from fedray.training import get_params, load_params, local_optimizer, train_epochs
+
         started = time.perf_counter()
         shard = self.shards[site]
         load_params(self.model, global_params)
@@ -123,7 +140,7 @@ class SiteWorker:
             lr=self.job["lr"],
             momentum=self.job["momentum"],
             generator=generator,
-            on_loss=lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step),
+            on_loss=(lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step)) if self.streams else None,
             loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
             optimizer=optimizer,
             scheduler=scheduler,
@@ -160,6 +177,8 @@ class SiteWorker:
         cross-device round's many small sites). Returns {"sum": the compensated sum of their weights,
         each times factor x steps, "results": site -> FLModel without params, or (kind, message)
         for a site that failed}. The sum is exact enough that any batching gives the same bits."""
+        from fedray.training import TrainingStopped
+
         total = CompensatedSum()
         results: dict[str, Any] = {}
         states = site_states or [None] * len(sites)
@@ -194,6 +213,8 @@ class SiteWorker:
 
     def validate_models(self, site: str, models: dict[str, ray.ObjectRef]) -> dict[str, dict[str, float]]:
         """Each model (an FLModel, or server weights) on this site's validation split."""
+        from fedray.training import TrainingStopped, load_params
+
         results = {}
         cancelled = ray.get_runtime_context().is_canceled
         for owner, model in zip(models, ray.get(list(models.values()), timeout=300)):
@@ -211,11 +232,15 @@ class SiteWorker:
 
     def _score(self, site: str) -> dict[str, float]:
         """The model as it stands on `site`'s validation split: accuracy and loss."""
+        from fedray.training import evaluate
+
         return pool_metrics(evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
                                      self.job["eval_batch_size"]))
 
     def evaluate_part(self, params: Mapping[str, np.ndarray], split: str, indices: np.ndarray) -> dict[str, float]:
         """Sums (not means) over `indices` of `split`, so the server can pool several workers' parts."""
+        from fedray.training import evaluate, load_params
+
         load_params(self.model, params)
         images, labels = (self.test_images, self.test_labels) if split == "test" else (self.train_images, self.train_labels)
         return evaluate(self.model, images, labels, indices, self.job["eval_batch_size"])
@@ -272,43 +297,16 @@ class SiteWorker:
         return params
 
 
-def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_round: int) -> tuple[torch.optim.Optimizer, Any]:
-    """The job's local optimizer (`optimizer._target_`) and LR schedule (`lr_scheduler`, stepped once
-    per local epoch over the whole run), built afresh each round: the schedule is brought to this
-    round's first epoch by stepping it, so its LRs are those of one scheduler run across rounds."""
-    plain = _plain_sgd(job)
-    if plain:  # the default: the same bits as torch.optim.SGD, without importing torch.optim
-        return PlainSGD(model.parameters(), lr=plain[0], momentum=plain[1]), None
-    if not job.get("optimizer"):  # a run saved before `optimizer` existed, with a schedule: its SGD
-        optimizer = torch.optim.SGD(model.parameters(), lr=job["lr"], momentum=job["momentum"])
-    else:
-        optimizer = instantiate(OmegaConf.create(job["optimizer"]), model.parameters())
-    if not job.get("lr_scheduler"):
-        return optimizer, None
-    scheduler = instantiate(OmegaConf.create(job["lr_scheduler"]), optimizer)
-    with warnings.catch_warnings():  # stepping it before any optimizer step is the point here
-        warnings.simplefilter("ignore", UserWarning)
-        for _ in range(current_round * job["local_epochs"]):
-            scheduler.step()
-    return optimizer, scheduler
-
-
-def _plain_sgd(job: Mapping[str, Any]) -> Optional[tuple[float, float]]:
-    """(lr, momentum) when the job trains with plain SGD (no weight decay, no schedule), which
-    `PlainSGD` computes; else None."""
-    optimizer = job.get("optimizer") or {"_target_": "torch.optim.SGD", "lr": job["lr"], "momentum": job["momentum"]}
-    settings = {key: value for key, value in optimizer.items() if key != "_target_"}
-    plain = (optimizer["_target_"] == "torch.optim.SGD" and not job.get("lr_scheduler")
-             and set(settings) <= {"lr", "momentum", "weight_decay"} and not settings.get("weight_decay"))
-    return (settings["lr"], settings.get("momentum", 0.0)) if plain else None
-
-
-def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, Any] | None:
     """Writable tensors for the script (the object store's arrays are read-only)."""
+    import torch
+
     return None if params is None else {name: torch.tensor(np.array(value)) for name, value in params.items()}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
+    import torch
+
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
@@ -321,9 +319,9 @@ def _validation_metrics(metrics: Mapping[str, Any], script: ScriptSite) -> dict[
     return {"val_accuracy": float(accuracy), "val_loss": None if loss is None else float(loss)}
 
 
-def _named_actor(name: str, namespace: str) -> ActorHandle:
+def _named_actor(name: str, namespace: str, timeout: float = LOOKUP_TIMEOUT) -> ActorHandle:
     """An actor of this job by name; just created ones register within moments."""
-    deadline = time.monotonic() + LOOKUP_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         try:
             return ray.get_actor(name, namespace=namespace)

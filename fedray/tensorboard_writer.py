@@ -41,8 +41,10 @@ class TensorBoardWriter:
     so TensorBoard sees every batch at once and nothing stays open between them.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike, per_site: bool = True) -> None:
+        """`per_site`: the sites' own folders too (else the round's sites are summed up in `tb/` only)."""
         self.folder = Path(folder)
+        self.per_site = per_site
         self.files: dict[str, Path] = {}
 
     def add_points(self, points: Iterable[Point]) -> None:
@@ -54,10 +56,17 @@ class TensorBoardWriter:
             self._append(site, scalars)
 
     def add_round(self, event: Mapping[str, Any]) -> None:
-        """A finished round: the global metrics and round seconds, and each answering site's round metrics."""
+        """A finished round: the global metrics, round seconds and the answering sites' mean training
+        loss (weighted by their steps, as FedAvg weighs them); with `per_site`, each site's round metrics."""
         step = event["round"]
         server = [(tag, event["global"][tag], step) for tag in GLOBAL_TAGS if tag in event["global"]]  # eval_every
-        self._append(SERVER, [*server, ("round_seconds", event["seconds"], step)])
+        sites = [metrics for metrics in event["sites"].values() if "train_loss" in metrics and metrics.get("num_steps")]
+        if sites:
+            steps = sum(metrics["num_steps"] for metrics in sites)
+            server.append(("sites_train_loss", sum(m["train_loss"] * m["num_steps"] for m in sites) / steps, step))
+        self._append(SERVER, [*server, ("round_seconds", event["seconds"], step), ("sites_answered", len(event["sites"]), step)])
+        if not self.per_site:
+            return
         for site, metrics in event["sites"].items():
             self._append(site, [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics])
 

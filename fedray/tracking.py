@@ -1,12 +1,12 @@
 """Metric points from the processes that train to the driver, the only writer of the run dir.
 
-The driver creates a `MetricStream` actor (a mailbox) and hands it to the site
-actors, which `connect` to it. `stream(site, tag, value, step)` then keeps the
+The controller is the mailbox (`Controller.add_points`; the driver drains it with the
+events): site actors `connect` to it. `stream(site, tag, value, step)` then keeps the
 point in the process and sends what it holds at most every SEND_SECONDS,
 without waiting for an answer: training never waits on the driver. `flush`,
 called when a task ends, sends the rest and waits (bounded) until the mailbox
 has it, so a finished task's points are never behind its result.
-Without a channel (plain PyTorch, a test) `stream` does nothing.
+Without a channel (plain PyTorch, a test, a run without per-site curves) `stream` does nothing.
 """
 
 from __future__ import annotations
@@ -28,23 +28,6 @@ SEND_SECONDS = 1.0
 FLUSH_TIMEOUT = 10.0
 
 
-class MetricStream:
-    """The mailbox: sites add points, the driver drains them."""
-
-    def __init__(self) -> None:
-        self.points: list[Point] = []
-
-    def add(self, points: list[Point]) -> None:
-        self.points.extend(points)
-
-    def drain(self) -> list[Point]:
-        points, self.points = self.points, []
-        return points
-
-
-MetricStreamActor = ray.remote(num_cpus=0)(MetricStream)
-
-
 class _Sender:
     def __init__(self, channel: ActorHandle) -> None:
         self.channel = channel
@@ -64,7 +47,7 @@ class _Sender:
         with self.lock:
             points, self.pending = self.pending, []
             self.sent_at = time.monotonic()
-        return self.channel.add.remote(points) if points else None
+        return self.channel.add_points.remote(points) if points else None
 
 
 _sender: Optional[_Sender] = None

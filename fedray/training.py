@@ -157,3 +157,38 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(array)
+
+
+def local_optimizer(model: torch.nn.Module, job: Mapping[str, Any], current_round: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The job's local optimizer (`optimizer._target_`) and LR schedule (`lr_scheduler`, stepped once
+    per local epoch over the whole run), built afresh each round: the schedule is brought to this
+    round's first epoch by stepping it, so its LRs are those of one scheduler run across rounds."""
+    plain = plain_sgd(job)
+    if plain:  # the default: the same bits as torch.optim.SGD, without importing torch.optim
+        return PlainSGD(model.parameters(), lr=plain[0], momentum=plain[1]), None
+    # Here, not at import: this module is all that benchmarks/gpu.py needs on a machine without Hydra.
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    if not job.get("optimizer"):  # a run saved before `optimizer` existed, with a schedule: its SGD
+        optimizer = torch.optim.SGD(model.parameters(), lr=job["lr"], momentum=job["momentum"])
+    else:
+        optimizer = instantiate(OmegaConf.create(job["optimizer"]), model.parameters())
+    if not job.get("lr_scheduler"):
+        return optimizer, None
+    scheduler = instantiate(OmegaConf.create(job["lr_scheduler"]), optimizer)
+    with warnings.catch_warnings():  # stepping it before any optimizer step is the point here
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(current_round * job["local_epochs"]):
+            scheduler.step()
+    return optimizer, scheduler
+
+
+def plain_sgd(job: Mapping[str, Any]) -> Optional[tuple[float, float]]:
+    """(lr, momentum) when the job trains with plain SGD (no weight decay, no schedule), which
+    `PlainSGD` computes; else None."""
+    optimizer = job.get("optimizer") or {"_target_": "torch.optim.SGD", "lr": job["lr"], "momentum": job["momentum"]}
+    settings = {key: value for key, value in optimizer.items() if key != "_target_"}
+    plain = (optimizer["_target_"] == "torch.optim.SGD" and not job.get("lr_scheduler")
+             and set(settings) <= {"lr", "momentum", "weight_decay"} and not settings.get("weight_decay"))
+    return (settings["lr"], settings.get("momentum", 0.0)) if plain else None

@@ -13,7 +13,7 @@ from fedray.algorithms import COUNT, build
 from fedray.algorithms.scaffold import CTRL_DIFF, CTRL_GLOBAL, Scaffold
 from fedray.client import PTFedProxLoss
 from fedray.models import ModerateCNN, Net
-from fedray.sites import local_optimizer
+from fedray.training import local_optimizer
 from fedray.training import train_epochs
 
 RNG = np.random.default_rng(0)

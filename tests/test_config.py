@@ -129,3 +129,28 @@ def test_a_healthy_run_prints_no_error_lines_from_ray(tiny_cifar, tmp_path):
     # Ray's C++ log lines read "[date time,ms E pid tid] file.cc:line: ..."; Python's say "ERROR".
     noisy = [line for line in (done.stdout + done.stderr).splitlines() if re.search(r"\d E \d+ \d+\]| ERROR ", line)]
     assert not noisy, noisy
+
+
+def test_a_bad_model_is_one_line_and_the_ray_started_meanwhile_is_stopped(tmp_path):
+    """The model is checked while a private Ray starts (torch's import overlaps it): a model that
+    cannot take CIFAR-10 still fails in one line, before any actor, and leaves no Ray behind."""
+    import psutil
+
+    def ray_heads() -> set[int]:
+        return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
+
+    before = ray_heads()
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": REPO}
+    done = subprocess.run(
+        [sys.executable, "-m", "fedray.run", "model._target_=torchvision.models.resnet18", "data=synthetic",
+         f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("fedray:")]
+    assert len(errors) == 1 and "+model.num_classes=10" in errors[0]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "run" / "models").exists()
+    left = ray_heads() - before
+    for pid in left:  # the process waited for that Ray to be up and stopped it before it exited
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, left

@@ -80,3 +80,16 @@ def test_initial_weights_come_from_the_chosen_site(job_config, method, client, e
         for worker in [*workers.values(), holder]:
             ray.kill(worker)
 
+
+
+def test_the_cli_controller_and_site_modules_import_no_torch():
+    """Ray imports fedray.sites in every process that gets a SiteWorker handle (the controller), and
+    the driver imports torch only while its Ray starts: none of these modules may import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fedray.run, fedray.job, fedray.controller, fedray.sites, fedray.workflows; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

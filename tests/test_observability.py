@@ -41,11 +41,17 @@ def _scalars(folder: Path) -> dict[str, list]:
 def test_tensorboard_has_the_global_metrics_once_per_round(finished_run):
     run_dir, summary, _ = finished_run
     scalars = _scalars(run_dir / "tb")
-    assert set(scalars) == {"val_accuracy", "test_accuracy", "test_loss", "round_seconds"}
+    assert set(scalars) == {"val_accuracy", "test_accuracy", "test_loss", "round_seconds", "sites_train_loss",
+                            "sites_answered"}
     for tag, points in scalars.items():
         assert [p.step for p in points] == [0, 1], tag
     for point, entry in zip(scalars["test_accuracy"], summary["rounds"]):
         assert point.value == pytest.approx(entry["global"]["test_accuracy"])
+    for point, entry in zip(scalars["sites_train_loss"], summary["rounds"]):
+        sites = entry["sites"].values()
+        weighted = sum(m["train_loss"] * m["num_steps"] for m in sites) / sum(m["num_steps"] for m in sites)
+        assert point.value == pytest.approx(weighted)
+    assert [p.value for p in scalars["sites_answered"]] == [3, 3]
 
 
 def test_tensorboard_has_each_sites_loss_streamed_while_it_trained(finished_run):
@@ -160,3 +166,27 @@ def test_report_of_a_dir_without_runs_says_so(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         report.main([str(tmp_path)])
     assert stopped.value.code == 2 and "neither a run dir" in capsys.readouterr().err
+
+
+def test_many_sites_get_round_summaries_in_tb_not_a_folder_each(job_config, tmp_path):
+    """Beyond PER_SITE_LIMIT sites (or with tensorboard.per_site=false) nothing is streamed and no
+    tb/site-k/ is written; the server's folder sums each round's sites up instead."""
+    summary = run_job(job_config("num_clients=65", "clients_per_round=4", "rounds=2",
+                                 "workflows.cross_site_validate.enabled=false"), tmp_path, on_event=lambda e: None)
+    assert summary["status"] == "completed"
+    assert sorted(path.name for path in (tmp_path / "tb").iterdir() if path.is_dir()) == []
+    scalars = _scalars(tmp_path / "tb")
+    assert [p.value for p in scalars["sites_answered"]] == [4, 4]
+    assert all(p.value > 0 for p in scalars["sites_train_loss"])
+
+
+def test_per_site_curves_default_and_override():
+    from fedray.config import PER_SITE_LIMIT, per_site_curves
+
+    def job(num_clients, per_site=None, script=None):
+        return {"num_clients": num_clients, "tensorboard": {"per_site": per_site}, "site": {"script": script}}
+
+    assert per_site_curves(job(PER_SITE_LIMIT)) and not per_site_curves(job(PER_SITE_LIMIT + 1))
+    assert per_site_curves(job(1000, script="train.py"))  # a script's own metrics are the point of its curves
+    assert per_site_curves(job(1000, per_site=True)) and not per_site_curves(job(3, per_site=False))
+    assert per_site_curves({"num_clients": 3, "site": {"script": None}})  # a run saved before the key existed
