@@ -121,19 +121,20 @@ def _run(
     deadline: float | None,
 ) -> None:
     clock = time.perf_counter()
-    with ray_for(job["ray"], keep=keep_ray) as wait_for_ray:
+    with ray_for(job["ray"], keep=keep_ray) as ray_session:
         # Ray starts in a thread meanwhile: these checks (torch's import, one forward pass), then
         # reading and partitioning the data, overlap its start-up, and no actor starts before they pass.
         check_code(cfg)  # imports and one forward pass here, not a traceback from every site actor
         ensure_dataset(cfg.data)  # a bad data path fails in a second, not after start-up
         with ThreadPoolExecutor(1, thread_name_prefix="fedray-data") as loader:
             loading = loader.submit(_load_and_partition, cfg, timings)
-            wait_for_ray()
+            ray_session.wait_until_up()
             timings["ray_start"], clock = _lap(clock)
             # After Ray started: its core worker installs a C-level SIGTERM handler that aborts the process.
             interrupt = _raise_on_sigterm()
             try:
-                workflows_ended = _run_sites(cfg, job, saved, loading, recorder, report, timings, deadline)
+                workflows_ended = _run_sites(cfg, job, saved, loading, recorder, report, timings, deadline,
+                                             kill_actors=not ray_session.stops_after)
             finally:
                 interrupt.restore()
     timings["shutdown"] = round(time.perf_counter() - workflows_ended, 3)
@@ -167,8 +168,10 @@ def _run_sites(
     report: Callable[[dict[str, Any]], None],
     timings: dict[str, float],
     deadline: float | None,
+    kill_actors: bool = True,
 ) -> float:
-    """Start the site actors and the controller on the connected Ray, follow the workflows, stop the actors.
+    """Start the site actors and the controller on the connected Ray, follow the workflows, stop the actors
+    (`kill_actors`: false when Ray itself stops next, which ends them).
 
     The site actors start first, while `loading` (the data) may still run: their seconds of imports
     overlap it; each then waits for the controller, which starts once the data is in the object store.
@@ -222,7 +225,7 @@ def _run_sites(
         recorder.start_drawing()
         return clock
     finally:
-        _stop(actors, wait_for_scripts=bool(job["site"]["script"]))
+        _stop(actors, wait_for_scripts=bool(job["site"]["script"]), kill=kill_actors)
 
 
 
@@ -282,13 +285,14 @@ def _follow(
         raise JobFailed(_first_line(err)) from None
 
 
-def _stop(actors: list[ray.actor.ActorHandle], wait_for_scripts: bool, timeout: float = 30.0) -> None:
-    """Kill every actor; first, let scripts leave their loop and run the code after it."""
+def _stop(actors: list[ray.actor.ActorHandle], wait_for_scripts: bool, kill: bool = True, timeout: float = 30.0) -> None:
+    """Kill every actor (`kill`); first, let scripts leave their loop and run the code after it."""
     if wait_for_scripts:
         stopping = [actor.shutdown.remote() for actor in actors if hasattr(actor, "shutdown")]
         ray.wait(stopping, num_returns=len(stopping), timeout=timeout)
-    for actor in actors:
-        ray.kill(actor)
+    if kill:
+        for actor in actors:
+            ray.kill(actor)
 
 
 def _resume_state(saved: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -231,9 +231,11 @@ class SiteWorker:
         return results
 
     def _score(self, site: str) -> dict[str, float]:
-        """The model as it stands on `site`'s validation split: accuracy and loss."""
+        """The model as it stands on `site`'s validation split: accuracy and loss (NaN without a split)."""
         from fedray.training import evaluate
 
+        if not len(self.shards[site].val):  # data.val_fraction=0: nothing to score, and no mode switches
+            return pool_metrics()
         return pool_metrics(evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
                                      self.job["eval_batch_size"]))
 
