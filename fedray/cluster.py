@@ -31,6 +31,12 @@ _watchdog: Optional[subprocess.Popen] = None
 # Ray starts in this thread while the driver goes on (imports torch, reads the data): 2-3 s of
 # Ray's start-up are mostly other processes' work, on the cores the driver does not use.
 _STARTER = ThreadPoolExecutor(1, thread_name_prefix="fedray-ray-start")
+# glibc's malloc settings for the processes of a private local Ray (they inherit the driver's
+# environment; glibc reads these at start). By default it hands freed memory back to the OS now and
+# then and faults it in again: in Ray's workers a site's training took 155,000 page faults and 20%
+# longer in such episodes (the same training in a plain process: none). Kept: up to 256 MiB free at
+# the heap's top, blocks under 16 MiB from the heap. A user's own values win.
+MALLOC_SETTINGS = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(16 << 20)}
 START_TIMEOUT = 300.0  # seconds for ray.init to return; it has bounds of its own, this one is the last
 # A start whose job failed before Ray was up: that Ray is stopped once up (`_stop_abandoned`).
 _abandoned: Optional[Future] = None
@@ -169,6 +175,8 @@ def _start(settings: Mapping[str, Any]) -> None:
         # "local": never join a stale cluster someone else left on this machine. Ray turns token
         # auth on for it by default and says so at every start; that notice is noise here.
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        for name, value in MALLOC_SETTINGS.items():
+            os.environ.setdefault(name, value)
         ray.init(address="local", num_cpus=settings["num_cpus"], num_gpus=settings["num_gpus"], **options)
         global _watchdog
         _watchdog = reaper.start()  # a driver killed outright leaves no Ray process behind
