@@ -108,7 +108,7 @@ def test_a_script_that_does_not_compile_is_refused_in_one_line(tmp_path):
         load_config([f"site.script={script}"])
 
 
-def test_an_infeasible_dirichlet_split_is_one_line_naming_alpha_before_any_actor(job_config, tmp_path, ray_session):
+def test_an_infeasible_dirichlet_split_is_one_line_naming_alpha_before_any_round(job_config, tmp_path, ray_session):
     from fedray import run_job
 
     job = job_config("num_clients=200", "partition=dirichlet", "partition.alpha=0.01")
