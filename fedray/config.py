@@ -77,6 +77,7 @@ class SiteConfig:
     max_task_retries: int = 2  # times a task whose worker process died runs again, before it is the site's failure
     stop_timeout: float = 10.0  # seconds a task given up on has to stop before its actor is restarted
     sites_per_task: Optional[int] = None  # sites a pool worker trains per task; null: auto (see controller)
+    batched_training: bool = False  # a task's sites trained at once (torch.func.vmap, fedray/batched_training.py)
 
 
 @dataclass
@@ -357,7 +358,25 @@ def check_code(cfg: DictConfig) -> None:
     targets += [f"algorithm.{key}" for key in ("server_optimizer", "server_lr_scheduler") if cfg.algorithm.get(key) is not None]
     for key in targets:
         _require_importable_target(cfg, key)
-    check_model(cfg.model)
+    model = check_model(cfg.model)
+    if cfg.site.batched_training:
+        _check_batched_training(cfg, model)
+
+
+def _check_batched_training(cfg: DictConfig, model: Any) -> None:
+    """What `site.batched_training` computes: FedAvg's local step, plain SGD, a model without buffers."""
+    from fedray.batched_training import check_batchable
+    from fedray.training import plain_sgd
+
+    key = "site.batched_training=true"
+    if cfg.site.script or not cfg.algorithm._target_.endswith(".FedAvg"):
+        raise ConfigError(f"{key}: trains built-in FedAvg sites only (no site.script, algorithm=fedavg); set it false")
+    if plain_sgd(OmegaConf.to_container(cfg, resolve=True)) is None:
+        raise ConfigError(f"{key}: needs plain SGD (optimizer=sgd without weight_decay, no lr_scheduler); set it false")
+    try:
+        check_batchable(model)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
@@ -382,7 +401,7 @@ INPUT_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
 
 
-def check_model(model_cfg: DictConfig) -> None:
+def check_model(model_cfg: DictConfig) -> Any:
     """Build the model and run one forward pass on a dummy batch, so a model that cannot take
     CIFAR-10 fails here in one line rather than in every site actor."""
     import torch  # here, not at import: `python -m fedray.run` checks configs before it needs torch
@@ -405,6 +424,7 @@ def check_model(model_cfg: DictConfig) -> None:
     if shape != (2, NUM_CLASSES):
         raise ConfigError(f"model._target_={target}: gives outputs of shape {shape} for 2 images, CIFAR-10 needs "
                           f"(2, {NUM_CLASSES}) (e.g. +model.num_classes={NUM_CLASSES})")
+    return model
 
 
 def _first_line(err: BaseException) -> str:

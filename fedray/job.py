@@ -122,8 +122,8 @@ def _run(
 ) -> None:
     clock = time.perf_counter()
     with ray_for(job["ray"], keep=keep_ray) as ray_session:
-        # Ray starts in a thread meanwhile: these checks (torch's import, one forward pass), then
-        # reading and partitioning the data, overlap its start-up, and no actor starts before they pass.
+        # Ray starts in a thread meanwhile: these checks (torch's import, one forward pass) and the
+        # data's reading overlap its start-up; no actor starts before the checks pass.
         check_code(cfg)  # imports and one forward pass here, not a traceback from every site actor
         ensure_dataset(cfg.data)  # a bad data path fails in a second, not after start-up
         with ThreadPoolExecutor(1, thread_name_prefix="fedray-data") as loader:
@@ -206,8 +206,8 @@ def _run_sites(
             ray.put(dataset.test_labels),
         ]
         # The controller holds the data's refs and hands them to each site actor as it starts or
-        # restarts, and is the sites' mailbox for their streamed points (fedray/tracking.py); its
-        # process starts while the sites' do, and it sends no task before they are ready.
+        # restarts, and is the sites' mailbox for their streamed points (fedray/tracking.py); it sends
+        # no task before they are ready.
         val_index = np.concatenate([shard.val for shard in shards])
         controller = ControllerActor.options(name="controller", namespace=namespace).remote(
             job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved)

@@ -71,3 +71,33 @@ def test_a_failing_site_in_a_batch_fails_alone(job_config):
     finally:
         ray.kill(worker)
         ray.kill(holder)
+
+
+def test_sites_trained_at_once_equal_sites_in_turn_to_float32_rounding(job_config, tmp_path):
+    """site.batched_training (torch.func.vmap over a task's sites, for GPUs) against the same job one site
+    at a time: the same per-site steps and, to float32 rounding, the same global weights and losses."""
+    common = (*POOL, "clients_per_round=5", "site.sites_per_task=3", "momentum=0.5")
+    in_turn = run_job(job_config(*common), tmp_path / "in-turn", on_event=lambda e: None)
+    at_once = run_job(job_config(*common, "site.batched_training=true"), tmp_path / "at-once", on_event=lambda e: None)
+    assert at_once["status"] == "completed"
+    a, b = _final(tmp_path, "in-turn"), _final(tmp_path, "at-once")
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    for r_turn, r_once in zip(in_turn["rounds"], at_once["rounds"]):
+        assert r_turn["sites"].keys() == r_once["sites"].keys()
+        for site, metrics in r_turn["sites"].items():
+            assert r_once["sites"][site]["num_steps"] == metrics["num_steps"]
+            assert r_once["sites"][site]["train_loss"] == pytest.approx(metrics["train_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("overrides, fix", [
+    (["algorithm=fedprox"], "algorithm=fedavg"),
+    (["optimizer=adam"], "plain SGD"),
+    (["model=resnet18"], "buffers"),
+])
+def test_batched_training_refuses_what_it_cannot_compute_in_one_line(job_config, overrides, fix):
+    from fedray import ConfigError
+    from fedray.config import check_code
+
+    with pytest.raises(ConfigError, match=fix) as caught:
+        check_code(job_config("site.batched_training=true", *overrides))
+    assert "site.batched_training=true" in str(caught.value) and "\n" not in str(caught.value)
