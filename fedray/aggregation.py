@@ -58,11 +58,7 @@ class CompensatedSum:
             if name not in self.sums:
                 self.sums[name], self.errors[name], self.dtypes[name] = term, np.zeros_like(term), np.asarray(value).dtype
                 continue
-            total = self.sums[name] + term
-            # TwoSum: the exact rounding error of this addition, kept aside.
-            virtual = total - self.sums[name]
-            self.errors[name] += (self.sums[name] - (total - virtual)) + (term - virtual)
-            self.sums[name] = total
+            self._fold(name, term)
         self.total_weight += weight
 
     def merge(self, other: "CompensatedSum") -> None:
@@ -77,15 +73,24 @@ class CompensatedSum:
                 self.sums[name], self.errors[name] = term.copy(), other.errors[name].copy()
                 self.dtypes[name] = other.dtypes[name]
                 continue
-            total = self.sums[name] + term
-            virtual = total - self.sums[name]
-            self.errors[name] += (self.sums[name] - (total - virtual)) + (term - virtual) + other.errors[name]
-            self.sums[name] = total
+            self._fold(name, term, other.errors[name])
         self.total_weight += other.total_weight
+
+    def _fold(self, name: str, term: np.ndarray, term_error: np.ndarray | None = None) -> None:
+        """sums[name] += term, its rounding error (TwoSum: exact) and the term's own error kept aside."""
+        total = self.sums[name] + term
+        virtual = total - self.sums[name]
+        error = (self.sums[name] - (total - virtual)) + (term - virtual)
+        self.errors[name] += error if term_error is None else error + term_error
+        self.sums[name] = total
 
     def result(self, divisor: float = 1.0) -> Params:
         """The sum divided by `divisor`, cast back to each variable's dtype."""
         return {name: _cast((self.sums[name] + self.errors[name]) / divisor, self.dtypes[name]) for name in self.sums}
+
+
+# Why a site whose update has NaN or Inf is a failure (`non_finite`), wherever that is found.
+NON_FINITE = "its weights have NaN or Inf: local training diverged"
 
 
 def finite(params: Mapping[str, np.ndarray]) -> bool:

@@ -31,7 +31,7 @@ from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.partition import Shard
 from fedray.python_path import put_on_python_path
 from fedray.script_site import ScriptError, ScriptSite
-from fedray.aggregation import CompensatedSum, finite, pool_metrics
+from fedray.aggregation import NON_FINITE, CompensatedSum, finite, pool_metrics
 
 # No torch at import: Ray imports this module in every process that receives a SiteWorker handle,
 # the controller's too, which has no use for torch (its import costs 1.2 s there, on the critical path
@@ -117,7 +117,6 @@ class SiteWorker:
         the driver's mailbox has the streamed points (a batch of sites does it once, at its end)."""
         if self.script:
             return self._train_script(global_params, current_round, total_rounds, message or {})
-        import torch
         from fedray.training import get_params, load_params, local_optimizer, train_epochs
 
         started = time.perf_counter()
@@ -126,7 +125,7 @@ class SiteWorker:
         received = self._score(site)
         client = self.algorithm.client(self.model, global_params, message or {}, site_state)
         optimizer, scheduler = local_optimizer(self.model, self.job, current_round)
-        generator = torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
+        generator = self._shuffle(site, current_round)
         # Every round of a site takes the same steps, so its loss curve continues across rounds.
         steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
         first_step = current_round * steps_per_round
@@ -194,12 +193,8 @@ class SiteWorker:
             except Exception as err:  # this site's own failure; the batch's other sites go on
                 results[site] = ("error", f"{type(err).__name__}: {err}".splitlines()[0])
                 continue
-            if not finite(result.params):
-                results[site] = ("non_finite", "its weights have NaN or Inf: local training diverged")
-                continue
-            total.add(result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND])
+            results[site] = _summed(total, result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND]) or result
             result.params = None
-            results[site] = result
         tracking.flush()
         return {"sum": total, "results": results}
 
@@ -209,7 +204,6 @@ class SiteWorker:
         each with the shuffle its own `train` would draw; the same weights to float32 rounding, not the
         same bits. FedAvg and plain SGD only (config.check_code refuses the rest); no streamed curve, and
         a given-up task stops only when the batch ends."""
-        import torch
         from fedray.batched_training import train_sites_batched
         from fedray.training import load_params, plain_sgd
 
@@ -217,8 +211,7 @@ class SiteWorker:
         load_params(self.model, global_params)
         received = {site: self._score(site) for site in sites}
         lr, momentum = plain_sgd(self.job)
-        generators = [torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
-                      for site in sites]
+        generators = [self._shuffle(site, current_round) for site in sites]
         trained = train_sites_batched(self.model, self.train_images, self.train_labels,
                                       [self.shards[site].train for site in sites], generators=generators,
                                       epochs=self.job["local_epochs"], batch_size=self.job["batch_size"], lr=lr,
@@ -227,10 +220,10 @@ class SiteWorker:
         total = CompensatedSum()
         results: dict[str, Any] = {}
         for site, factor, outcome in zip(sites, factors, trained):
-            if not finite(outcome.params):
-                results[site] = ("non_finite", "its weights have NaN or Inf: local training diverged")
+            failure = _summed(total, outcome.params, factor * outcome.steps)
+            if failure:
+                results[site] = failure
                 continue
-            total.add(outcome.params, factor * outcome.steps)
             if len(self.shards[site].val):
                 load_params(self.model, outcome.params)
             local = self._score(site)
@@ -240,6 +233,12 @@ class SiteWorker:
                          "local_val_loss": local["loss"], "seconds": seconds},
                 meta={NUM_STEPS_CURRENT_ROUND: outcome.steps}, current_round=current_round, total_rounds=total_rounds)
         return {"sum": total, "results": results}
+
+    def _shuffle(self, site: str, current_round: int) -> Any:
+        """The generator of `site`'s batch order in `current_round`: the same on any worker, in any batch."""
+        import torch
+
+        return torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
 
     def submit_model(self, site: str, best_local: FLModel | None) -> FLModel:
         """The site's best local model; `best_local` is the train result it came from (resolved by Ray)."""
@@ -371,6 +370,14 @@ def _named_actor(name: str, namespace: str, timeout: float = LOOKUP_TIMEOUT) -> 
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def _summed(total: CompensatedSum, params: Mapping[str, np.ndarray], weight: float) -> tuple[str, str] | None:
+    """A batch's site folded into the batch's sum; or, for a diverged one, its failure (kind, message)."""
+    if not finite(params):
+        return "non_finite", NON_FINITE
+    total.add(params, weight)
+    return None
 
 
 def _site_number(site: str) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import ray
 from ray.actor import ActorHandle
 
-from fedray.aggregation import CompensatedSum, Params, finite
+from fedray.aggregation import NON_FINITE, CompensatedSum, Params, finite
 from fedray.algorithms import COUNT, SITE_STATE, Algorithm
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND
 from fedray.tasks import Outcome, WorkerPool, gather
@@ -207,7 +207,7 @@ def _site_outcomes(outcome: Outcome, batches: dict[str, list[str]]) -> list[Outc
     if outcome.site not in batches:
         if outcome.ok and not finite(outcome.value.params):
             return [Outcome(outcome.site, failure="non_finite", seconds=outcome.seconds,
-                            message="its weights have NaN or Inf: local training diverged")]
+                            message=NON_FINITE)]
         return [outcome]
     members = batches[outcome.site]
     if not outcome.ok:  # the whole batch timed out, was abandoned, or its worker died too often
