@@ -47,6 +47,12 @@ class CompensatedSum:
         self.errors: dict[str, np.ndarray] = {}
         self.dtypes: dict[str, np.dtype] = {}
         self.total_weight = 0.0
+        # Scratch arrays by variable, reused by every fold: a batch folds 25 sites in a row, and the
+        # temporaries of each fold (6 arrays the model's size) cost more than the arithmetic (2.7x).
+        self._free: dict[str, list[np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_free": {}}  # scratch never travels with the sum
 
     def add(self, params: Mapping[str, np.ndarray], weight: float = 1.0) -> None:
         if weight < 0:
@@ -54,11 +60,13 @@ class CompensatedSum:
         if self.sums and params.keys() != self.sums.keys():
             raise ValueError(f"update has variables {sorted(params.keys() ^ self.sums.keys())} that others lack")
         for name, value in params.items():
-            term = np.asarray(value, dtype=np.float64) * weight
+            value = np.asarray(value)
             if name not in self.sums:
-                self.sums[name], self.errors[name], self.dtypes[name] = term, np.zeros_like(term), np.asarray(value).dtype
+                self.sums[name] = np.multiply(value, weight, dtype=np.float64, out=np.empty(value.shape))
+                self.errors[name], self.dtypes[name] = np.zeros(value.shape), value.dtype
                 continue
-            self._fold(name, term)
+            # The term is exact in float64 times one rounding, as np.asarray(value, np.float64) * weight.
+            self._fold(name, np.multiply(value, weight, dtype=np.float64, out=self._scratch(name)))
         self.total_weight += weight
 
     def merge(self, other: "CompensatedSum") -> None:
@@ -73,16 +81,31 @@ class CompensatedSum:
                 self.sums[name], self.errors[name] = term.copy(), other.errors[name].copy()
                 self.dtypes[name] = other.dtypes[name]
                 continue
-            self._fold(name, term, other.errors[name])
+            scratch = self._scratch(name)
+            np.copyto(scratch, term)
+            self._fold(name, scratch, other.errors[name])
         self.total_weight += other.total_weight
 
     def _fold(self, name: str, term: np.ndarray, term_error: np.ndarray | None = None) -> None:
-        """sums[name] += term, its rounding error (TwoSum: exact) and the term's own error kept aside."""
-        total = self.sums[name] + term
-        virtual = total - self.sums[name]
-        error = (self.sums[name] - (total - virtual)) + (term - virtual)
-        self.errors[name] += error if term_error is None else error + term_error
+        """sums[name] += term, its rounding error (TwoSum: exact) and the term's own error kept aside:
+        error = (sums - (total - virtual)) + (term - virtual), in place. `term` is scratch: overwritten."""
+        sums = self.sums[name]
+        total, virtual = self._scratch(name), self._scratch(name)
+        np.add(sums, term, out=total)
+        np.subtract(total, sums, out=virtual)
+        np.subtract(term, virtual, out=term)
+        np.subtract(total, virtual, out=virtual)
+        np.subtract(sums, virtual, out=virtual)
+        np.add(virtual, term, out=virtual)
+        if term_error is not None:
+            np.add(virtual, term_error, out=virtual)
+        self.errors[name] += virtual
         self.sums[name] = total
+        self._free[name].extend((sums, virtual, term))
+
+    def _scratch(self, name: str) -> np.ndarray:
+        free = self._free.setdefault(name, [])
+        return free.pop() if free else np.empty_like(self.sums[name])
 
     def result(self, divisor: float = 1.0) -> Params:
         """The sum divided by `divisor`, cast back to each variable's dtype."""

@@ -40,8 +40,9 @@ def save_algorithm_states(run_dir: Path, current_round: int, state: Any, site_st
     """The algorithm's server state and the changed site states after `current_round`, written before
     that round's global model: each file keeps its previous version too (`*.prev.pt`), so whichever
     round the model file says, `load` finds the states of that same round. A stateless algorithm's
-    (FedAvg's) None is not written: `load` reads a missing file as None."""
-    if state is not None or (run_dir / ALGORITHM_STATE).is_file():
+    (FedAvg's) empty state is not written (two files a round): `load` reads a missing file as None, and
+    the algorithm then starts from its `init`, that same empty state."""
+    if state or (run_dir / ALGORITHM_STATE).is_file():
         _save_versioned(run_dir / ALGORITHM_STATE, current_round, state)
     for site, site_state in site_states.items():
         _save_versioned(run_dir / SITE_STATES / f"{site}.pt", current_round, site_state)

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -177,6 +178,57 @@ def _start(settings: Mapping[str, Any]) -> None:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         for name, value in MALLOC_SETTINGS.items():
             os.environ.setdefault(name, value)
-        ray.init(address="local", num_cpus=settings["num_cpus"], num_gpus=settings["num_gpus"], **options)
+        with _lean_head():
+            ray.init(address="local", num_cpus=settings["num_cpus"], num_gpus=settings["num_gpus"], **options)
         global _watchdog
         _watchdog = reaper.start()  # a driver killed outright leaves no Ray process behind
+
+
+@contextmanager
+def _lean_head() -> Iterator[None]:
+    """`ray.init` of a private local head, with less waiting (measured on 2 cores, idle: ray.init 2.6-3.6 s
+    -> 1.5-2.5 s, and 0.4 CPU s less while the driver imports torch):
+    - the dashboard head starts after the raylet, not before: ray.init waits ~1 s for it to come up,
+      and the raylet waits as long for its own agents; the two waits now overlap;
+    - no autoscaler monitor: a one-node Ray has nothing to scale (0.4 CPU s; and Ray's shutdown
+      waits a second for it to take SIGTERM);
+    - the raylet's registration with the GCS is asked for every 20 ms: Ray's own wait asks every
+      second, so a raylet up after 1.05 s cost 2 s.
+    Ray's private API, patched around ray.init only: on a Ray where these names differ, nothing is
+    patched and Ray starts as it always does."""
+    try:
+        from ray._private import services, state
+        from ray._private.node import Node
+    except ImportError:
+        Node = services = state = None
+    needed = [(Node, "start_api_server"), (Node, "start_monitor"), (Node, "start_ray_processes"),
+              (services, "get_node"), (services, "_get_gcs_client_options"), (state, "GlobalState")]
+    if not all(hasattr(target, name) for target, name in needed):
+        yield
+        return
+    saved = Node.start_api_server, Node.start_monitor, Node.start_ray_processes, services.get_node
+    start_api_server, start_ray_processes, ask_gcs = saved[0], saved[2], saved[3]
+    deferred: dict[str, Any] = {}
+
+    def defer_api_server(node: Any, **options: Any) -> None:
+        deferred.update(options)
+
+    def then_api_server(node: Any) -> None:
+        start_ray_processes(node)
+        if deferred:
+            start_api_server(node, **deferred)
+
+    def registered_node(gcs_address: str, node_id: str) -> dict:
+        gcs = state.GlobalState()
+        gcs._initialize_global_state(services._get_gcs_client_options(gcs_address))
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and not any(node["NodeID"] == node_id for node in gcs.node_table()):
+            time.sleep(0.02)
+        return ask_gcs(gcs_address, node_id)
+
+    Node.start_api_server, Node.start_monitor, Node.start_ray_processes = defer_api_server, lambda node: None, then_api_server
+    services.get_node = registered_node
+    try:
+        yield
+    finally:
+        Node.start_api_server, Node.start_monitor, Node.start_ray_processes, services.get_node = saved

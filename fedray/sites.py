@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import ray
@@ -109,19 +109,29 @@ class SiteWorker:
         return FLModel(params=get_params(fresh))
 
     def train(self, site: str, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int,
-              message: Optional[Mapping[str, Any]] = None, site_state: Optional[Mapping[str, np.ndarray]] = None,
-              flush: bool = True) -> FLModel:
+              message: Optional[Mapping[str, Any]] = None, site_state: Optional[Mapping[str, np.ndarray]] = None) -> FLModel:
         """A local update from `global_params`. `message` is what the algorithm's server part sends
         each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
-        `site_state` this site's own state from its last round (None at first). `flush`: wait until
-        the driver's mailbox has the streamed points (a batch of sites does it once, at its end)."""
+        `site_state` this site's own state from its last round (None at first)."""
         if self.script:
             return self._train_script(global_params, current_round, total_rounds, message or {})
-        from fedray.training import get_params, load_params, local_optimizer, train_epochs
+        from fedray.training import load_params
+
+        result = self._local_update(site, global_params, lambda: load_params(self.model, global_params), current_round,
+                                    total_rounds, message, site_state)
+        tracking.flush()  # the driver's mailbox has this site's streamed points before its result
+        return result
+
+    def _local_update(self, site: str, global_params: Mapping[str, np.ndarray], load: Callable[[], None],
+                      current_round: int, total_rounds: int, message: Optional[Mapping[str, Any]],
+                      site_state: Optional[Mapping[str, np.ndarray]], copy: bool = True) -> FLModel:
+        """`train` of a built-in site, the global weights put into the model by `load()`; `copy=False`:
+        the result's params are views of the model, valid until it trains again (a batch folds them first)."""
+        from fedray.training import get_params, local_optimizer, train_epochs
 
         started = time.perf_counter()
         shard = self.shards[site]
-        load_params(self.model, global_params)
+        load()
         received = self._score(site)
         client = self.algorithm.client(self.model, global_params, message or {}, site_state)
         optimizer, scheduler = local_optimizer(self.model, self.job, current_round)
@@ -150,12 +160,10 @@ class SiteWorker:
         extra, new_site_state = client.results(self.model)
         if new_site_state is not None:
             extra[SITE_STATE] = new_site_state
-        if flush:
-            tracking.flush()
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
         local = self._score(site)
         return FLModel(
-            params=get_params(self.model),
+            params=get_params(self.model, copy=copy),
             metrics={
                 "train_loss": train_loss,
                 "val_accuracy": received["accuracy"],  # of the global model this round started from
@@ -176,24 +184,27 @@ class SiteWorker:
         cross-device round's many small sites). Returns {"sum": the compensated sum of their weights,
         each times factor x steps, "results": site -> FLModel without params, or (kind, message)
         for a site that failed}. The sum is exact enough that any batching gives the same bits."""
-        from fedray.training import TrainingStopped
+        from fedray.training import TrainingStopped, reloader
 
         if self.job["site"].get("batched_training"):
             return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors)
         total = CompensatedSum()
         results: dict[str, Any] = {}
         states = site_states or [None] * len(sites)
+        reload = reloader(self.model, global_params)  # the global weights as tensors once, for every site
         # ObjectRefs of site states are resolved here, one site at a time (Ray resolves only top-level refs).
         for site, factor, state in zip(sites, factors, states):
             try:
                 state = ray.get(state, timeout=DATA_TIMEOUT) if isinstance(state, ray.ObjectRef) else state
-                result = self.train(site, global_params, current_round, total_rounds, message, state, flush=False)
+                # Folded before the next site trains: its params can be views of the model, not copies.
+                result = self._local_update(site, global_params, reload, current_round, total_rounds, message, state,
+                                            copy=False)
+                results[site] = _summed(total, result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND]) or result
             except TrainingStopped:
                 raise  # the whole batch was given up on
             except Exception as err:  # this site's own failure; the batch's other sites go on
                 results[site] = ("error", f"{type(err).__name__}: {err}".splitlines()[0])
                 continue
-            results[site] = _summed(total, result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND]) or result
             result.params = None
         tracking.flush()
         return {"sum": total, "results": results}

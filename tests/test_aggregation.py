@@ -72,3 +72,27 @@ def test_rejects_bad_input():
         fedavg([(models[0], 0.0), (models[1], 0.0)])
     with pytest.raises(ValueError, match="variables"):
         fedavg([(models[0], 1.0), ({"other": np.zeros(2)}, 1.0)])
+
+
+def test_a_sum_reuses_its_scratch_and_travels_without_it():
+    """Folds reuse scratch arrays (a batch folds 25 sites in a row); a pickled sum (a batch's result)
+    carries only its sums and errors, and goes on folding to the same bits once unpickled."""
+    import pickle
+
+    from fedray.aggregation import CompensatedSum
+
+    models = _models(6, seed=5)
+    whole = CompensatedSum()
+    for k, model in enumerate(models):
+        whole.add(model, float(k + 1))
+    travelled = CompensatedSum()
+    for k, model in enumerate(models[:3]):
+        travelled.add(model, float(k + 1))
+    size = sum(array.nbytes for array in [*travelled.sums.values(), *travelled.errors.values()])
+    blob = pickle.dumps(travelled)
+    assert len(blob) < size + 2000  # no scratch arrays on the wire
+    travelled = pickle.loads(blob)
+    for k, model in enumerate(models[3:], start=3):
+        travelled.add(model, float(k + 1))
+    for name in whole.sums:
+        assert np.array_equal(whole.sums[name], travelled.sums[name]) and np.array_equal(whole.errors[name], travelled.errors[name])

@@ -101,3 +101,23 @@ def test_batched_training_refuses_what_it_cannot_compute_in_one_line(job_config,
     with pytest.raises(ConfigError, match=fix) as caught:
         check_code(job_config("site.batched_training=true", *overrides))
     assert "site.batched_training=true" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_reloading_a_batchs_global_weights_restores_them_exactly():
+    """A batch's sites each start from the global weights, copied into the model's own tensors after the
+    first, checked load: after training, a reload gives back exactly the global model (buffers too)."""
+    from fedray.training import get_params, reloader, train_epochs
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 10))
+    global_params = {name: value.numpy().copy() + 0.5 for name, value in model.state_dict().items()}
+    global_params["1.num_batches_tracked"] = np.array(7, dtype=np.int64)
+    reload = reloader(model, global_params)
+    images, labels = torch.randint(0, 255, (20, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (20,))
+    train_epochs(model, images, labels, np.arange(20), epochs=1, batch_size=5, lr=0.1, momentum=0.9,
+                 generator=torch.Generator().manual_seed(1))
+    assert not np.array_equal(get_params(model)["0.weight"], global_params["0.weight"])
+    reload()
+    assert all(np.array_equal(value, global_params[name]) for name, value in get_params(model).items())
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the first load is load_state_dict's, strict
+        reloader(model, {**global_params, "3.bias": np.zeros(3, dtype=np.float32)})

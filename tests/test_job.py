@@ -98,9 +98,10 @@ def test_the_cli_controller_and_site_modules_import_no_torch():
     assert done.stdout.strip() == "[]"
 
 
-def test_a_private_local_rays_workers_get_the_malloc_settings(tmp_path):
+def test_a_private_local_ray_starts_lean_and_its_workers_get_the_malloc_settings(tmp_path):
     """Ray's workers inherit the environment of the driver that starts the local Ray: with glibc's
-    defaults they now and then faulted their memory back in (155,000 page faults in a site's training)."""
+    defaults they now and then faulted their memory back in (155,000 page faults in a site's training).
+    The head has no autoscaler monitor, still its dashboard head, and Ray's start is unpatched after."""
     import subprocess
     import sys
 
@@ -108,9 +109,14 @@ def test_a_private_local_rays_workers_get_the_malloc_settings(tmp_path):
 
     code = (
         "import os, ray\n"
+        "from ray._private.node import Node\n"
         "from fedray.cluster import ray_for\n"
+        "original = Node.start_api_server, Node.start_monitor, Node.start_ray_processes\n"
         "with ray_for({'address': None, 'num_cpus': 1, 'num_gpus': None, 'dashboard': False}) as session:\n"
         "    session.wait_until_up()\n"
+        "    processes = ray._private.worker._global_node.all_processes\n"
+        "    print(sorted(kind for kind in ('monitor', 'dashboard', 'raylet') if processes.get(kind)))\n"
+        "    print((Node.start_api_server, Node.start_monitor, Node.start_ray_processes) == original)\n"
         "    names = " + repr(sorted(MALLOC_SETTINGS)) + "\n"
         "    print(ray.get(ray.remote(lambda: [os.environ.get(n) for n in names]).remote(), timeout=120))\n"
     )
@@ -118,4 +124,7 @@ def test_a_private_local_rays_workers_get_the_malloc_settings(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**env, "PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == repr([MALLOC_SETTINGS[name] for name in sorted(MALLOC_SETTINGS)])
+    kinds, restored, malloc = done.stdout.strip().splitlines()[-3:]
+    assert kinds == repr(["dashboard", "raylet"])  # no autoscaler monitor
+    assert restored == "True"
+    assert malloc == repr([MALLOC_SETTINGS[name] for name in sorted(MALLOC_SETTINGS)])

@@ -190,3 +190,24 @@ def test_per_site_curves_default_and_override():
     assert per_site_curves(job(1000, script="train.py"))  # a script's own metrics are the point of its curves
     assert per_site_curves(job(1000, per_site=True)) and not per_site_curves(job(3, per_site=False))
     assert per_site_curves({"num_clients": 3, "site": {"script": None}})  # a run saved before the key existed
+
+
+def test_summary_is_one_line_while_rounds_run_and_indented_at_the_end(tmp_path):
+    """While rounds run, summary.json is rewritten on one line (json's indented output is its slow pure-Python
+    encoder, quadratic in rounds); the run's last write is indented. Both read back the same."""
+    import json
+
+    import numpy as np
+
+    from fedray.outputs import RunRecorder
+
+    recorder = RunRecorder(tmp_path, per_site=False)
+    event = {"round": 0, "num_rounds": 2, "global": {}, "sites": {"site-1": {"train_loss": 1.0, "num_steps": 3}},
+             "failures": {}, "seconds": 0.1, "train_seconds": 0.1, "evaluation_seconds": 0.0, "is_best": False}
+    recorder.record_round(event, {"w": np.zeros(2, dtype=np.float32)})
+    running = (tmp_path / "summary.json").read_text()
+    assert len(running.splitlines()) == 1
+    recorder.write(wall_seconds=1.0)  # what finish() writes before it draws the plots
+    final = (tmp_path / "summary.json").read_text()
+    assert len(final.splitlines()) > 10
+    assert json.loads(final)["rounds"] == json.loads(running)["rounds"]
