@@ -39,6 +39,7 @@ _STARTER = ThreadPoolExecutor(1, thread_name_prefix="fedray-ray-start")
 # the heap's top, blocks under 16 MiB from the heap. A user's own values win.
 MALLOC_SETTINGS = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(16 << 20)}
 START_TIMEOUT = 300.0  # seconds for ray.init to return; it has bounds of its own, this one is the last
+RAYLET_REGISTRATION_TIMEOUT = 30.0  # Ray's own raylet_start_wait_time_s, for `_lean_head`'s faster poll
 # A start whose job failed before Ray was up: that Ray is stopped once up (`_stop_abandoned`).
 _abandoned: Optional[Future] = None
 _stopping = threading.Lock()
@@ -187,13 +188,13 @@ def _start(settings: Mapping[str, Any]) -> None:
 @contextmanager
 def _lean_head() -> Iterator[None]:
     """`ray.init` of a private local head, with less waiting (measured on 2 cores, idle: ray.init 2.6-3.6 s
-    -> 1.5-2.5 s, and 0.4 CPU s less while the driver imports torch):
+    -> 1.9-2.0 s, and 0.4 CPU s less while the driver imports torch):
     - the dashboard head starts after the raylet, not before: ray.init waits ~1 s for it to come up,
       and the raylet waits as long for its own agents; the two waits now overlap;
     - no autoscaler monitor: a one-node Ray has nothing to scale (0.4 CPU s; and Ray's shutdown
       waits a second for it to take SIGTERM);
     - the raylet's registration with the GCS is asked for every 20 ms: Ray's own wait asks every
-      second, so a raylet up after 1.05 s cost 2 s.
+      second, so a raylet up after 1.05 s cost 2 s (given up after Ray's own 30 s, as Ray does).
     Ray's private API, patched around ray.init only: on a Ray where these names differ, nothing is
     patched and Ray starts as it always does."""
     try:
@@ -221,7 +222,7 @@ def _lean_head() -> Iterator[None]:
     def registered_node(gcs_address: str, node_id: str) -> dict:
         gcs = state.GlobalState()
         gcs._initialize_global_state(services._get_gcs_client_options(gcs_address))
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + RAYLET_REGISTRATION_TIMEOUT
         while time.monotonic() < deadline and not any(node["NodeID"] == node_id for node in gcs.node_table()):
             time.sleep(0.02)
         return ask_gcs(gcs_address, node_id)

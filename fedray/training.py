@@ -74,8 +74,8 @@ def reloader(model: nn.Module, params: Mapping[str, np.ndarray]) -> Callable[[],
     300 us for load_state_dict on the tutorial CNN. Training updates parameters in place (PlainSGD,
     torch.optim, the algorithms' corrections), so those views stay the model's own."""
     load_params(model, params)
-    sources = {name: _from_numpy(np.asarray(value)) for name, value in params.items()}
-    pairs = [(target, sources[name]) for name, target in model.state_dict().items()]
+    # On the model's device once (a GPU's: one host-to-device copy a batch, not one a site).
+    pairs = [(target, _from_numpy(np.asarray(params[name])).to(target.device)) for name, target in model.state_dict().items()]
 
     @torch.no_grad()
     def reload() -> None:

@@ -9,7 +9,7 @@ import pytest
 import ray
 import torch
 
-from fedray import JobFailed, run_job
+from fedray import run_job
 from omegaconf import OmegaConf
 
 from fedray.partition import Shard
