@@ -139,8 +139,9 @@ def _shutdown() -> None:
 
 def _stop_autoscaler_monitor() -> None:
     """Ray's shutdown waits a full second for its autoscaler monitor to take SIGTERM, every time
-    (measured 1.37 s -> 0.38 s without it); a private local Ray has nothing to autoscale. Uses Ray's
-    private node handle, so it does nothing if that changes."""
+    (measured 1.37 s -> 0.38 s without it); a private local Ray has nothing to autoscale. `_lean_head`
+    keeps it from starting; this is for a Ray whose private names it could not patch (and it uses
+    Ray's private node handle too, so it does nothing if that changes)."""
     node = getattr(ray._private.worker, "_global_node", None)
     processes = getattr(node, "all_processes", None) or {}
     for info in processes.get("monitor", []):
