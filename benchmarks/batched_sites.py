@@ -1,4 +1,4 @@
-"""K sites' local training, one site after another against all at once (fedray.batched_training), in one process.
+"""K sites' local training, one site after another against all at once (fedray.site.batched_training), in one process.
 
     python benchmarks/batched_sites.py                      # K=8 tutorial CNNs, batch 32 and 10, 1 and 2 threads
     python benchmarks/batched_sites.py --device cuda --sites 50 --batch-sizes 10
@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fedray.batched_training import train_sites_batched  # noqa: E402
+from fedray.site.batched_training import train_sites_batched  # noqa: E402
 from fedray.models import Net  # noqa: E402
-from fedray.training import get_params, load_params, train_epochs  # noqa: E402
+from fedray.site.training import get_params, load_params, train_epochs  # noqa: E402
 
 Params = dict[str, np.ndarray]
 RoundResult = list[tuple[Params, int]]  # each site's (weights, steps)

@@ -5,11 +5,11 @@
     python benchmarks/fixed_cost.py --imports             # what each of fedray's processes imports (-X importtime)
 
 Each repeat of a variant is a fresh Python process that does what fedray's driver does
-around the rounds, with nothing else: `import ray` and torch (as fedray.job does), `ray.init` as fedray/cluster.py calls
+around the rounds, with nothing else: `import ray` and torch (as fedray.driver.job does), `ray.init` as fedray/driver/cluster.py calls
 it (plus the variant's options or environment), then fedray's actors on 2 cores (2 site
-actors that import fedray.sites and make a torch optimizer, as SiteWorker.__init__ does,
-a controller-like actor that imports fedray.controller and a mailbox-like one that imports
-fedray.tracking), each answering a ready() call; then every actor killed and `ray.shutdown()`.
+actors that import fedray.site.worker and make a torch optimizer, as SiteWorker.__init__ does,
+a controller-like actor that imports fedray.server.controller and a mailbox-like one that imports
+fedray.site.metric_stream), each answering a ready() call; then every actor killed and `ray.shutdown()`.
 Printed per variant (medians): the seconds of each phase, the Ray processes started, and the
 CPU seconds each kind of process used until the actors were ready (on 2 cores, CPU seconds
 beyond 2 per wall second are time the job waits). Saved as JSON under benchmarks/results/.
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # name -> (ray.init options beyond fedray's, environment variables, what it tests)
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, str], str]] = {
-    "fedray": ({}, {}, "fedray/cluster.py's ray.init today"),
+    "fedray": ({}, {}, "fedray/driver/cluster.py's ray.init today"),
     "no_prestart": ({"_system_config": {"prestart_worker_first_driver": False}}, {},
                     "no idle workers started for the driver at ray.init"),
     "no_metrics": ({"_system_config": {"enable_metrics_collection": False}}, {"RAY_enable_open_telemetry": "0"},
@@ -100,7 +100,7 @@ def _child(variant: str) -> dict[str, Any]:
 
     import ray
 
-    # fedray's driver imports torch (fedray.checkpoint, fedray.outputs) before it starts Ray.
+    # fedray's driver imports torch (fedray.records.checkpoint, fedray.records.recorder) before it starts Ray.
     torch_import = threading.Thread(target=__import__, args=("torch",))
     if os.environ.get("FIXED_COST_DRIVER_TORCH", "before") == "before":
         torch_import.run()
@@ -126,7 +126,7 @@ def _child(variant: str) -> dict[str, Any]:
     light = ray.remote(num_cpus=0)(_Importer)
     actors = [site.remote(), site.remote()]
     if os.environ.get("FIXED_COST_LIGHT_ACTORS", "1") == "1":
-        actors += [light.remote("fedray.controller"), light.remote("fedray.tracking")]
+        actors += [light.remote("fedray.server.controller"), light.remote("fedray.site.metric_stream")]
     ray.get([actor.ready.remote() for actor in actors], timeout=300)
     timings["actors_ready"] = time.perf_counter() - clock
     cpu = {kind: 0.0 for kind in KINDS}
@@ -194,7 +194,7 @@ class _SiteLike:
     def __init__(self) -> None:
         import torch
 
-        import fedray.sites  # noqa: F401
+        import fedray.site.worker  # noqa: F401
         from fedray.models import Net
 
         torch.set_num_threads(1)
@@ -236,7 +236,7 @@ def _run_child(variant: str, timeout: float) -> dict[str, Any]:
 def imports() -> dict[str, Any]:
     """Seconds each of fedray's processes spends importing its module, and the biggest parts."""
     report = {}
-    for module in ("fedray.run", "fedray.sites", "fedray.controller", "fedray.tracking"):
+    for module in ("fedray.run", "fedray.site.worker", "fedray.server.controller", "fedray.site.metric_stream"):
         done = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True,
                               text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=str(REPO), timeout=300)
         rows = []  # (depth, module, cumulative microseconds); depth 1: imported by the module itself

@@ -7,7 +7,7 @@
 Needs torch and numpy only (no Ray, Hydra or OmegaConf): it measures what fedray's site
 actors do on a GPU without Ray around them, so it runs on a bare GPU machine. The data is
 resident on the device (random uint8 images: the time of training does not depend on the
-pixels), batches are gathered there by index, as in fedray.training.
+pixels), batches are gathered there by index, as in fedray.site.training.
 
 Workloads (the issue's shapes; FedAvg by steps, each round from the same global weights):
 - W1: 8 sites of 5,625 images (W1's 50,000 less 10% validation, over 8), batch 32, lr 0.01,
@@ -20,7 +20,7 @@ Ways:
 - `processes`: `--processes` (8) worker processes on the one GPU, as fedray puts 8 site actors on
   a GPU; W1 gives each its site, W2 each a share of the round's sites, trained in turn, returned as a
   partial weighted sum (issue 14's batches).
-- `batched`: one process training the round's sites at once (fedray.batched_training).
+- `batched`: one process training the round's sites at once (fedray.site.batched_training).
 - `processes_batched` (W2): the processes, each training its share batched.
 
 Printed: one JSON object. `pool`: the worker processes' start (seconds, not in any round; the
@@ -56,7 +56,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from batched_sites import WAYS, resident_data, site_generators  # noqa: E402
 from fedray.models import Net  # noqa: E402
-from fedray.training import get_params  # noqa: E402
+from fedray.site.training import get_params  # noqa: E402
 
 Params = dict[str, np.ndarray]
 MB = 1 << 20

@@ -1,9 +1,9 @@
 """The plain-PyTorch floor of a benchmark workload: the same FedAvg rounds in one process, no Ray.
 
 The same work as the fedray job: the same dataset files read by fedray's loader,
-the same shards (fedray.partition), the same sampled sites each round (fedray's
+the same shards (fedray.data.partition), the same sampled sites each round (fedray's
 seeded draw), the same seeded model init and per-site shuffles, local SGD and
-evaluation from fedray.training (itself plain PyTorch on tensor-resident data)
+evaluation from fedray.site.training (itself plain PyTorch on tensor-resident data)
 and FedAvg by steps, summed in float64 with compensation as fedray.aggregation
 sums (so the global weights come out the same, bit for bit in practice); then
 the global model's test accuracy. It does not score the global model on
@@ -41,10 +41,10 @@ _PACKAGE.__path__ = [str(Path(__file__).resolve().parent.parent / "fedray")]
 sys.modules.setdefault("fedray", _PACKAGE)
 
 from fedray.aggregation import pool_metrics  # noqa: E402
-from fedray.datasets import load_cifar10  # noqa: E402
+from fedray.data.cifar10 import load_cifar10  # noqa: E402
 from fedray.models import Net  # noqa: E402
-from fedray.partition import partition  # noqa: E402
-from fedray.training import evaluate, get_params, load_params, to_device, train_epochs  # noqa: E402
+from fedray.data.partition import partition  # noqa: E402
+from fedray.site.training import evaluate, get_params, load_params, to_device, train_epochs  # noqa: E402
 
 Params = dict[str, np.ndarray]
 

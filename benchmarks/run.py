@@ -188,7 +188,7 @@ def _progress(side: str, repeat: int, repeats: int, run: dict[str, Any]) -> None
 def _report(results: dict[str, Any], path: Path) -> str:
     fedray, settings, floors = results["fedray"], results["settings"], results["floors"]
     sides = [fedray, *(floor["plain"] for floor in floors.values())]
-    data = "stand-in CIFAR-10 (fedray.synthetic)" if settings["stand_in_data"] else "CIFAR-10"
+    data = "stand-in CIFAR-10 (fedray.data.synthetic)" if settings["stand_in_data"] else "CIFAR-10"
     load = results["load_average"]
 
     def row(label: str, cells: list[str]) -> str:

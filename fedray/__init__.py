@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from fedray import moved_names
+
+moved_names.install()  # fedray.sweep.SweepSummary & co., the paths before fedray/ had folders
+
 # The public API, imported on first use: Ray loads fedray.<module> in every actor process, and
 # the controller and the metric mailbox have no use for torch (seconds of CPU per process).
 _EXPORTS = {
@@ -12,13 +16,13 @@ _EXPORTS = {
     "ClientPart": "fedray.algorithms",
     "ConfigError": "fedray.config",
     "FLModel": "fedray.fl_model",
-    "JobFailed": "fedray.job",
+    "JobFailed": "fedray.driver.job",
     "ParamsType": "fedray.fl_model",
     "fedavg": "fedray.aggregation",
-    "load_config": "fedray.config",
-    "make_synthetic": "fedray.synthetic",
-    "run_job": "fedray.job",
-    "write_cifar10": "fedray.synthetic",
+    "load_config": "fedray.driver.preflight",
+    "make_synthetic": "fedray.data.synthetic",
+    "run_job": "fedray.driver.job",
+    "write_cifar10": "fedray.data.synthetic",
 }
 
 __all__ = sorted(_EXPORTS)

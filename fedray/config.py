@@ -1,22 +1,23 @@
-"""The job schema, config loading, and the checks that run before any Ray work.
+"""The job schema, its composition from conf/, and `validate`: the checks that need neither torch nor Ray.
 
 Hydra composes `conf/` on top of the typed schema below, so unknown keys and
 wrong types are rejected by OmegaConf itself; `validate` adds the range and
 cross-key rules. Every failure becomes a `ConfigError` with one line that names
-the key and the fix.
+the key and the fix. What needs the code itself (the `_target_`s import, the model takes a batch)
+is checked by `fedray.driver.preflight`, which imports torch.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -77,7 +78,7 @@ class SiteConfig:
     max_task_retries: int = 2  # times a task whose worker process died runs again, before it is the site's failure
     stop_timeout: float = 10.0  # seconds a task given up on has to stop before its actor is restarted
     sites_per_task: Optional[int] = None  # sites a pool worker trains per task; null: auto (see controller)
-    batched_training: bool = False  # a task's sites trained at once (torch.func.vmap, fedray/batched_training.py)
+    batched_training: bool = False  # a task's sites trained at once (torch.func.vmap, fedray/site/batched_training.py)
 
 
 @dataclass
@@ -170,25 +171,21 @@ _CHOICES = {
 }
 
 
-def load_config(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = (),
-                code_check: bool = True) -> DictConfig:
-    """Compose `conf/config.yaml` with command-line style overrides, then validate.
+def compose(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose `conf/config.yaml` with command-line style overrides, then `validate`: what
+    `python -m fedray.run` checks before Hydra starts a job. No torch, no Ray: what the code says
+    (the `_target_`s import, the model runs) is `fedray.driver.preflight`'s to check.
 
-    This is what `python -m fedray.run` checks before Hydra starts the job, and
-    the programmatic way to build a job config (tests, notebooks). `config_dirs` are
-    the users' own config folders (`--config-dir`), searched after the built-in ones as
-    Hydra's `--config-dir` is. `code_check`: also import every `_target_` and run the model
-    once (`check_code`, which imports torch; a job does it anyway, while its Ray starts).
+    `config_dirs` are the users' own config folders (`--config-dir`), searched after the built-in
+    ones as Hydra's `--config-dir` is.
     """
     search = [f"hydra.searchpath=[{','.join(_file_url(d) for d in config_dirs)}]"] if config_dirs else []
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base=None, job_name="fedray"):
-            cfg = compose(config_name="config", overrides=search + list(overrides))
+            cfg = hydra_compose(config_name="config", overrides=search + list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line(err, list(overrides))) from None
     validate(cfg)
-    if code_check:
-        check_code(cfg)
     return cfg
 
 
@@ -350,35 +347,6 @@ def validate(cfg: DictConfig) -> None:
     _validate_algorithm(cfg, require)
 
 
-def check_code(cfg: DictConfig) -> None:
-    """What `validate` leaves to the code: every `_target_` imports, and the model takes a CIFAR-10
-    batch (`check_model`). Apart, because importing them imports torch (1.2 s): a job runs this
-    while its Ray starts."""
-    targets = ["model", "aggregator", "algorithm", "optimizer"] + (["lr_scheduler"] if cfg.lr_scheduler else [])
-    targets += [f"algorithm.{key}" for key in ("server_optimizer", "server_lr_scheduler") if cfg.algorithm.get(key) is not None]
-    for key in targets:
-        _require_importable_target(cfg, key)
-    model = check_model(cfg.model)
-    if cfg.site.batched_training:
-        _check_batched_training(cfg, model)
-
-
-def _check_batched_training(cfg: DictConfig, model: Any) -> None:
-    """What `site.batched_training` computes: FedAvg's local step, plain SGD, a model without buffers."""
-    from fedray.batched_training import check_batchable
-    from fedray.training import plain_sgd
-
-    key = "site.batched_training=true"
-    if cfg.site.script or not cfg.algorithm._target_.endswith(".FedAvg"):
-        raise ConfigError(f"{key}: trains built-in FedAvg sites only (no site.script, algorithm=fedavg); set it false")
-    if plain_sgd(OmegaConf.to_container(cfg, resolve=True)) is None:
-        raise ConfigError(f"{key}: needs plain SGD (optimizer=sgd without weight_decay, no lr_scheduler); set it false")
-    try:
-        check_batchable(model)
-    except ValueError as err:
-        raise ConfigError(f"{key}: {err}") from None
-
-
 def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
     """The algorithm's own keys (see conf/algorithm/)."""
     algorithm = cfg.algorithm
@@ -396,60 +364,11 @@ def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], Non
                 "must be null with algorithm=scaffold (every variable has a control variate)")
 
 
-# What every site feeds a model: CIFAR-10's images and classes (the generated stand-in has the same shape).
-INPUT_SHAPE = (3, 32, 32)
-NUM_CLASSES = 10
-
-
-def check_model(model_cfg: DictConfig) -> Any:
-    """Build the model and run one forward pass on a dummy batch, so a model that cannot take
-    CIFAR-10 fails here in one line rather than in every site actor."""
-    import torch  # here, not at import: `python -m fedray.run` checks configs before it needs torch
-    from hydra.utils import instantiate
-
-    target = model_cfg.get("_target_")
-    try:
-        model = instantiate(model_cfg)
-    except Exception as err:
-        raise ConfigError(f"model._target_={target}: cannot be built ({_first_line(err)})") from None
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"model._target_={target}: builds a {type(model).__name__}, not a torch.nn.Module")
-    model.eval()
-    try:
-        with torch.no_grad():
-            output = model(torch.zeros(2, *INPUT_SHAPE))
-    except Exception as err:
-        raise ConfigError(f"model._target_={target}: fails on a batch of 32x32x3 images ({_first_line(err)})") from None
-    shape = tuple(getattr(output, "shape", ()))
-    if shape != (2, NUM_CLASSES):
-        raise ConfigError(f"model._target_={target}: gives outputs of shape {shape} for 2 images, CIFAR-10 needs "
-                          f"(2, {NUM_CLASSES}) (e.g. +model.num_classes={NUM_CLASSES})")
-    return model
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
-
-
 def _require_compiles(script: str) -> None:
     try:
         compile(Path(script).read_bytes(), script, "exec")
     except SyntaxError as err:
         raise ConfigError(f"site.script={script}: does not compile (line {err.lineno}: {err.msg})") from None
-
-
-def _require_importable_target(cfg: DictConfig, key: str) -> None:
-    node = OmegaConf.select(cfg, key)
-    target = node.get("_target_") if isinstance(node, DictConfig) else None
-    if not target:
-        raise ConfigError(f"{key}: needs a _target_ (e.g. {key}._target_=fedray.models.Net)")
-    module_name, _, attribute = target.rpartition(".")
-    try:
-        getattr(importlib.import_module(module_name), attribute)
-    except Exception as err:  # ImportError, AttributeError, or whatever the module raises on import
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"{key}._target_={target}: cannot be imported ({reason})") from None
 
 
 def _show(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""FLModel: what sites and the server exchange, with FLARE's field meanings."""
+"""What crosses processes: `FLModel` (sites and server exchange it, with FLARE's field meanings) and
+`Point` (a metric a site streams to the driver)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,8 @@ class AlgorithmConstants:
     FEDPROX_MU = "fedprox_mu"  # FLARE's FedAvg(fedprox_mu=...) sends mu with the model
     SCAFFOLD_CTRL_DIFF = "scaffold_c_diff"  # a site's c_i+ - c_i, in its train result
     SCAFFOLD_CTRL_GLOBAL = "scaffold_c_global"  # the server's c, with the global model
+
+
+# (site, tag, value, step): a metric a site streams (fedray/site/metric_stream.py) and the driver
+# writes (fedray/records/); the step is the site's own, increasing across rounds.
+Point = tuple[str, str, float, int]

@@ -15,15 +15,16 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedray.cluster import release
-from fedray.config import CONF_DIR, ConfigError, load_config
-from fedray.job import USER_ERRORS, JobInterrupted, run_job
+from fedray.driver.cluster import release
+from fedray.config import CONF_DIR, ConfigError
+from fedray.driver.preflight import load_config
+from fedray.driver.job import USER_ERRORS, JobInterrupted, run_job
 
 log = logging.getLogger("fedray")
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 CONFIG_DIR_FLAGS = ("-cd", "--config-dir")  # the user's own config folder, searched after fedray's
-FLARE_JOB = "flare_job="  # a FLARE job folder, translated into overrides (fedray/flare_job.py)
+FLARE_JOB = "flare_job="  # a FLARE job folder, translated into overrides (fedray/flare/job_folder.py)
 HYDRA_OVERRIDES = ("hydra.", "hydra/", "+hydra", "~hydra")
 
 # Whether each of a sweep's jobs failed, by Hydra's job number: a failed job does not stop the
@@ -147,7 +148,7 @@ def _config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
 
 def _with_flare_job(args: list[str]) -> list[str]:
     """`flare_job=PATH`: the overrides a FLARE job folder means, printed, then the user's, which win."""
-    from fedray.flare_job import merge_overrides, translate
+    from fedray.flare.job_folder import merge_overrides, translate
 
     job_args = [arg for arg in args if arg.startswith(FLARE_JOB)]
     if len(job_args) > 1:

@@ -85,7 +85,7 @@ class DataHolder:
 
 def start_site_worker(job: dict, data: list, namespace: str, **options):
     """A SiteWorker actor outside a job, and the holder it asks for `data` (kill both when done)."""
-    from fedray.sites import SiteWorkerActor
+    from fedray.site.actor import SiteWorkerActor
 
     holder = DataHolder.options(name="controller", namespace=namespace).remote(data)
     worker = SiteWorkerActor.options(namespace=namespace, **options).remote(job, 1, None, namespace, "controller", None)

@@ -11,7 +11,7 @@ import torch
 from fedray import JobFailed, load_config, run_job
 from fedray.algorithms.scaffold import CTRL_DIFF
 from fedray.models import Net
-from fedray.workflows import sample_sites
+from fedray.server.workflows import sample_sites
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -13,8 +13,8 @@ from fedray.algorithms import COUNT, build
 from fedray.algorithms.scaffold import CTRL_DIFF, CTRL_GLOBAL, Scaffold
 from fedray.client import PTFedProxLoss
 from fedray.models import ModerateCNN, Net
-from fedray.training import local_optimizer
-from fedray.training import train_epochs
+from fedray.site.training import local_optimizer
+from fedray.site.training import train_epochs
 
 RNG = np.random.default_rng(0)
 
@@ -309,8 +309,8 @@ def test_resume_reads_the_algorithm_states_of_the_model_files_round(tmp_path):
     """A stop between a round's states and its model file: the states of the model's round are used."""
     import json
 
-    from fedray import checkpoint
-    from fedray.outputs import save_model
+    from fedray.records import checkpoint
+    from fedray.records.recorder import save_model
 
     (tmp_path / "summary.json").write_text(json.dumps({"config": {"model": {"_target_": "fedray.models.Net"}},
                                                        "rounds": [], "best_round": None}))

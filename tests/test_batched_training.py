@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from fedray.batched_training import train_sites_batched
+from fedray.site.batched_training import train_sites_batched
 from fedray.models import Net
-from fedray.synthetic import make_synthetic
-from fedray.training import get_params, load_params, to_device, train_epochs
+from fedray.data.synthetic import make_synthetic
+from fedray.site.training import get_params, load_params, to_device, train_epochs
 
 # float32 rounding, not training noise: observed differences are ~1.5e-8 absolute (an ulp of weights
 # ~0.1; vmap turns each convolution into a grouped one, which sums in another order) after 10 steps.
@@ -78,7 +78,7 @@ def test_batchnorm_model_is_refused_in_one_line(data):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_plain_sgd_gives_torch_sgds_bits(momentum):
     from fedray.models import Net
-    from fedray.training import PlainSGD
+    from fedray.site.training import PlainSGD
 
     torch.manual_seed(0)
     ours, theirs = Net(), Net()

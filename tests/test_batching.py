@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from fedray import run_job
 from fedray.aggregation import CompensatedSum, fedavg
-from fedray.partition import Shard
+from fedray.data.partition import Shard
 from tests.conftest import start_site_worker
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -59,7 +59,7 @@ def test_a_failing_site_in_a_batch_fails_alone(job_config):
     try:
         torch.manual_seed(0)
         from fedray.models import Net
-        from fedray.training import get_params
+        from fedray.site.training import get_params
 
         global_params = get_params(Net())
         out = ray.get(worker.train_sites.remote(["site-1", "site-3", "site-2"], global_params, 0, 1, [1.0, 1.0, 2.0]),
@@ -106,7 +106,7 @@ def test_batched_training_refuses_what_it_cannot_compute_in_one_line(job_config,
 def test_reloading_a_batchs_global_weights_restores_them_exactly():
     """A batch's sites each start from the global weights, copied into the model's own tensors after the
     first, checked load: after training, a reload gives back exactly the global model (buffers too)."""
-    from fedray.training import get_params, reloader, train_epochs
+    from fedray.site.training import get_params, reloader, train_epochs
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4 * 30 * 30, 10))

@@ -107,7 +107,7 @@ def test_floor_samples_the_sites_fedray_samples():
     sys.path.insert(0, str(REPO / "benchmarks"))
     from plain_fedavg import sample_sites as floor_sample
 
-    from fedray.workflows.scatter_and_gather import sample_sites
+    from fedray.server.workflows.scatter_and_gather import sample_sites
 
     sites = [f"site-{k}" for k in range(1, 1001)]
     for current_round in (0, 1, 99):

@@ -3,7 +3,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from fedray import make_synthetic, write_cifar10
-from fedray.datasets import DataError, load_cifar10, load_dataset
+from fedray.data.cifar10 import DataError, load_cifar10, load_dataset
 
 
 def test_written_files_read_back_through_torchvision(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fedray import ConfigError, run_job
-from fedray.flare_job import merge_overrides, translate
+from fedray.flare.job_folder import merge_overrides, translate
 from fedray.run import _with_flare_job
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from fedray import run_job
-from fedray.resources import ResourceError, plan_sites
+from fedray.driver.resources import ResourceError, plan_sites
 from tests.conftest import logical_gpus, start_site_worker
 
 SITE = {"num_actors": None, "num_gpus": None, "num_cpus": None, "num_threads": None, "script": None}

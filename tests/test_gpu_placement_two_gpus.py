@@ -3,7 +3,7 @@
 import pytest
 import ray
 
-from fedray.resources import plan_sites
+from fedray.driver.resources import plan_sites
 from tests.conftest import logical_gpus
 
 SITE = {"num_actors": None, "num_gpus": None, "num_cpus": None, "num_threads": None, "script": None}

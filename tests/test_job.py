@@ -12,10 +12,10 @@ import torch
 from fedray import run_job
 from omegaconf import OmegaConf
 
-from fedray.partition import Shard
-from fedray.sites import SiteWorkerActor
-from fedray.tasks import WorkerPool
-from fedray.workflows import initialize_global_weights
+from fedray.data.partition import Shard
+from fedray.site.actor import SiteWorkerActor
+from fedray.server.tasks import WorkerPool
+from fedray.server.workflows import initialize_global_weights
 from tests.conftest import DataHolder
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -86,12 +86,12 @@ def test_initial_weights_come_from_the_chosen_site(job_config, method, client, e
 
 
 def test_the_cli_controller_and_site_modules_import_no_torch():
-    """Ray imports fedray.sites in every process that gets a SiteWorker handle (the controller), and
+    """Ray imports fedray.site.actor in every process that gets a SiteWorker handle (the controller), and
     the driver imports torch only while its Ray starts: none of these modules may import it."""
     import subprocess
     import sys
 
-    code = ("import sys, fedray.run, fedray.job, fedray.controller, fedray.sites, fedray.workflows; "
+    code = ("import sys, fedray.run, fedray.driver.job, fedray.server.controller, fedray.site.actor, fedray.server.workflows; "
             "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -105,12 +105,12 @@ def test_a_private_local_ray_starts_lean_and_its_workers_get_the_malloc_settings
     import subprocess
     import sys
 
-    from fedray.cluster import MALLOC_SETTINGS
+    from fedray.driver.cluster import MALLOC_SETTINGS
 
     code = (
         "import os, ray\n"
         "from ray._private.node import Node\n"
-        "from fedray.cluster import ray_for\n"
+        "from fedray.driver.cluster import ray_for\n"
         "original = Node.start_api_server, Node.start_monitor, Node.start_ray_processes\n"
         "with ray_for({'address': None, 'num_cpus': 1, 'num_gpus': None, 'dashboard': False}) as session:\n"
         "    session.wait_until_up()\n"

@@ -39,7 +39,7 @@ def test_the_hello_lightning_example_trains_each_round_and_answers_cross_site_ta
 def test_patch_adds_fedrays_callbacks_once_for_either_lightning_package(tmp_path):
     from fedray import client
     from fedray.client import lightning as flare
-    from fedray.script_site import ScriptSite
+    from fedray.site.script_runner import ScriptSite
 
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(RuntimeError, match="only usable in a script that fedray runs"):

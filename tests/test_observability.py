@@ -1,4 +1,4 @@
-"""What a run shows while and after it runs: TensorBoard files, the status line, plots/, fedray.report."""
+"""What a run shows while and after it runs: TensorBoard files, the status line, plots/, fedray.records.report."""
 
 import io
 import logging
@@ -11,15 +11,16 @@ import matplotlib.image
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedray import report, run_job
-from fedray.plots import draw_run
-from fedray.progress import Progress
+from fedray import run_job
+from fedray.records import report
+from fedray.records.plots import draw_run
+from fedray.driver.progress import Progress
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 REPO = Path(__file__).resolve().parent.parent
 SITES = ["site-1", "site-2", "site-3"]
-# Slow enough steps (18 a round) that a round outlasts fedray.tracking.SEND_SECONDS: points arrive while sites train.
+# Slow enough steps (18 a round) that a round outlasts fedray.site.metric_stream.SEND_SECONDS: points arrive while sites train.
 SLOW = ["model._target_=tests.fault_models.SlowNet", "+model.delay=0.15"]
 
 
@@ -123,7 +124,7 @@ def test_a_plot_that_fails_is_a_warning(tmp_path, caplog):
 
 
 def _report(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedray.report", str(path)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fedray.records.report", str(path)], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -199,7 +200,7 @@ def test_summary_is_one_line_while_rounds_run_and_indented_at_the_end(tmp_path):
 
     import numpy as np
 
-    from fedray.outputs import RunRecorder
+    from fedray.records.recorder import RunRecorder
 
     recorder = RunRecorder(tmp_path, per_site=False)
     event = {"round": 0, "num_rounds": 2, "global": {}, "sites": {"site-1": {"train_loss": 1.0, "num_steps": 3}},

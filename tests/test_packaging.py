@@ -41,9 +41,9 @@ def test_the_wheel_holds_the_configs_and_the_commands(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     configs = sorted(name for name in names if name.startswith("fedray/conf/"))
     assert configs == sorted(f"fedray/conf/{path.relative_to(REPO / 'conf')}" for path in (REPO / "conf").rglob("*.yaml"))
-    assert "fedray/conf/config.yaml" in configs and "fedray/flare_job.py" in names
+    assert "fedray/conf/config.yaml" in configs and "fedray/flare/job_folder.py" in names
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
-    assert "fedray = fedray.run:main" in entry_points and "fedray-report = fedray.report:main" in entry_points
+    assert "fedray = fedray.run:main" in entry_points and "fedray-report = fedray.records.report:main" in entry_points
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedray.partition import partition
+from fedray.data.partition import partition
 
 
 def _labels(n=2000, classes=10, seed=0):

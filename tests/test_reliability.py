@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fedray import JobFailed, run_job
-from fedray.checkpoint import ResumeError, load
+from fedray.records.checkpoint import ResumeError, load
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -244,7 +244,7 @@ def test_no_process_of_a_run_outlives_its_killed_driver(tiny_cifar, tmp_path):
     while not _rounds_done(run_dir) and time.monotonic() < deadline and driver.poll() is None:
         time.sleep(0.2)
     assert _rounds_done(run_dir) >= 1
-    ray_processes = [p for p in psutil.Process(driver.pid).children(recursive=True) if "fedray.reaper" not in " ".join(p.cmdline())]
+    ray_processes = [p for p in psutil.Process(driver.pid).children(recursive=True) if "fedray.driver.reaper" not in " ".join(p.cmdline())]
     assert any("raylet" in p.name() for p in ray_processes) and any(_is_site_worker(p) for p in ray_processes)
     driver.kill()
     driver.wait(timeout=30)

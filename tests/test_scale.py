@@ -7,7 +7,7 @@ import psutil
 import pytest
 
 from fedray import load_config, run_job
-from fedray.workflows import sample_sites
+from fedray.server.workflows import sample_sites
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

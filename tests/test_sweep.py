@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from fedray.sweep import RESULT_COLUMNS, write_sweep_summary
+from fedray.records.sweep import RESULT_COLUMNS, write_sweep_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_TIMEOUT = 400

@@ -5,7 +5,7 @@ import time
 import pytest
 import ray
 
-from fedray.tasks import WorkerPool, gather
+from fedray.server.tasks import WorkerPool, gather
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -78,7 +78,7 @@ def build(node: Any) -> Algorithm:
     FedAvg for none (a run saved before algorithms existed)."""
     if not node:
         return Algorithm()
-    # Here, not at import: fedray.training (which names ClientPart) runs where Hydra is not installed.
+    # Here, not at import: fedray.site.training (which names ClientPart) runs where Hydra is not installed.
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 

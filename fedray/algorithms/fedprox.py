@@ -39,15 +39,13 @@ class FedProx(Algorithm):
 
 
 class _Proximal(ClientPart):
-    """Runs in the site actor (torch is imported there only: the controller stays without it)."""
+    """Runs in the site actor, on the model's own tensors: this module imports no torch (the
+    controller builds the algorithm too, and stays without torch; an import contract checks it)."""
 
     def __init__(self, model: Any, global_params: Mapping[str, np.ndarray], mu: float) -> None:
-        import torch
-
-        device = next(model.parameters()).device
-        # The received global weights, as constants on the model's device.
-        self.reference = {name: torch.tensor(np.array(global_params[name])).to(device)
-                          for name, _ in model.named_parameters()}
+        # The received global weights, as constants on the model's device (and in its dtype).
+        self.reference = {name: param.detach().new_tensor(np.array(global_params[name]))
+                          for name, param in model.named_parameters()}
         self.mu = mu
 
     def loss_term(self, model: Any) -> Any:

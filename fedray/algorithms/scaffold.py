@@ -61,19 +61,19 @@ class Scaffold(Algorithm):
 
 
 class _Controlled(ClientPart):
-    """Runs in the site actor (torch is imported there only: the controller stays without it)."""
+    """Runs in the site actor, on the model's own tensors: this module imports no torch (the
+    controller builds the algorithm too, and stays without torch; an import contract checks it)."""
 
     def __init__(self, model: Any, global_params: Mapping[str, np.ndarray], c: Params,
                  c_local: Optional[Params]) -> None:
-        import torch
-
-        device = next(model.parameters()).device
+        # Arrays become tensors like the model's variable of the same name: its device and dtype.
+        variables = {name: value.detach() for name, value in model.state_dict().items()}
         self.names = [name for name, _ in model.named_parameters() if name in c]
-        self.c = {name: torch.tensor(np.array(c[name])).to(device) for name in c}
-        self.c_local = {name: torch.zeros_like(value) if c_local is None else torch.tensor(np.array(c_local[name])).to(device)
-                        for name, value in self.c.items()}
+        self.c = {name: variables[name].new_tensor(np.array(c[name])) for name in c}
+        self.c_local = {name: value.new_zeros(value.shape) if c_local is None
+                        else value.new_tensor(np.array(c_local[name])) for name, value in self.c.items()}
         self.correction = {name: self.c[name] - self.c_local[name] for name in self.names}
-        self.start = {name: torch.tensor(np.array(global_params[name])).to(device) for name in self.names}
+        self.start = {name: variables[name].new_tensor(np.array(global_params[name])) for name in self.names}
         self.lr_sum = 0.0
 
     def after_step(self, model: Any, lr: float) -> None:

@@ -1,7 +1,7 @@
 """FLARE's PyTorch algorithm helpers for Client API scripts: `from fedray.client import PTFedProxLoss,
 PTScaffoldHelper, AlgorithmConstants` in place of nvflare.app_opt.pt.fedproxloss,
 nvflare.app_opt.pt.scaffold and nvflare.app_common.app_constant, with FLARE's methods and meta keys.
-Inside a site, FLARE's own imports of those modules are served from here (fedray/nvflare_alias.py).
+Inside a site, FLARE's own imports of those modules are served from here (fedray/flare/nvflare_alias.py).
 
 With `algorithm=scaffold` the server sends its control variate in
 `input_model.meta[AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL]` and reads the script's

@@ -20,7 +20,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedray.outputs import BEST_GLOBAL_MODEL, GLOBAL_MODEL, ROUNDS_LOG, _atomic, save_model, write_json
+from fedray.records.recorder import BEST_GLOBAL_MODEL, GLOBAL_MODEL, ROUNDS_LOG, _atomic, save_model, write_json
 
 STATE = "checkpoint/state.json"
 LOCAL_MODELS = "checkpoint/local_models"
@@ -49,7 +49,7 @@ def save_algorithm_states(run_dir: Path, current_round: int, state: Any, site_st
 
 
 def _save_versioned(path: Path, current_round: int, value: Any) -> None:
-    import torch  # in the functions, as in fedray/outputs.py
+    import torch  # in the functions, as in fedray/records/recorder.py
 
     if path.is_file():
         os.replace(path, _previous(path))

@@ -23,9 +23,9 @@ from ray.actor import ActorHandle
 from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
 from fedray.python_path import put_on_python_path
-from fedray.tasks import Outcome, WorkerPool, gather
-from fedray.tracking import Point
-from fedray.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, sample_sites, scatter_and_gather
+from fedray.server.tasks import Outcome, WorkerPool, gather
+from fedray.fl_model import Point
+from fedray.server.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, sample_sites, scatter_and_gather
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,14 @@ class Controller:
         self.algorithm_state: Any = None
         self.site_states: dict[str, ray.ObjectRef] = {}
         self.resume = resume
-        if resume:  # a stopped run's last finished round: see fedray/checkpoint.py
+        if resume:  # a stopped run's last finished round: see fedray/records/checkpoint.py
             self.global_ref, self.best_global_ref = resume["global"], resume["best_global"]
             self.best_val_accuracy = resume["best_val_accuracy"]
             self.best_local_models = {site: LocalModel(*model) for site, model in resume["best_local"].items()}
             self.algorithm_state = resume["algorithm_state"]
             self.site_states = dict(resume["site_states"])
         self.events: list[dict[str, Any]] = []
-        self.points: list[Point] = []  # the sites' streamed training curves (fedray/tracking.py)
+        self.points: list[Point] = []  # the sites' streamed training curves (fedray/site/metric_stream.py)
         self.lock = threading.Lock()
 
     def shared_data(self) -> list[ray.ObjectRef]:

@@ -1,7 +1,7 @@
 """The run's TensorBoard event files, written by the driver alone: `tb/` for the server, `tb/site-k/` per site.
 
 Sites never touch these files: their points reach the driver through
-`fedray.tracking` and land here, so no two processes write one file. Every
+`fedray.site.metric_stream` and land here, so no two processes write one file. Every
 site folder has the same tags, so TensorBoard draws the sites in one chart per tag.
 """
 
@@ -17,7 +17,7 @@ from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from fedray.tracking import Point
+from fedray.fl_model import Point
 
 SERVER = ""  # the run folder of the global metrics: tb/ itself
 # Per-round tags; their step is the round, counted from 0 as in summary.json.

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedray.training import normalize
+from fedray.site.training import normalize
 
 Stacked = dict[str, torch.Tensor]  # a parameter name -> that parameter of every site, stacked on dim 0
 

@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fedray.tensorboard_writer import TensorBoardWriter
-from fedray.tracking import Point
+from fedray.records.tensorboard import TensorBoardWriter
+from fedray.fl_model import Point
 
 # One drawing thread for the process: matplotlib caches open font files per thread, so a thread
 # per run (a sweep's hundreds of jobs) would leak a file and some memory each time.
@@ -73,7 +73,7 @@ class RunRecorder:
 
     def record_cross_site(self, event: Mapping[str, Any]) -> None:
         """FLARE's cross_val_results.json (scripts written for FLARE read it unchanged) and a heatmap."""
-        from fedray.plots import cross_site_heatmap, draw_safely
+        from fedray.records.plots import cross_site_heatmap, draw_safely
 
         folder = self.run_dir / "cross_site_val"
         write_json(folder / "cross_val_results.json", event["results"])
@@ -107,14 +107,14 @@ class RunRecorder:
 
 
 def _draw_run(summary: Mapping[str, Any], folder: Path) -> Any:
-    from fedray.plots import draw_run  # imported in the drawing thread: matplotlib's import is 0.25 s
+    from fedray.records.plots import draw_run  # imported in the drawing thread: matplotlib's import is 0.25 s
 
     return draw_run(summary, folder)
 
 
 def save_model(path: str | os.PathLike, params: Mapping[str, np.ndarray], **extra: Any) -> None:
     """`torch.load(path)["model"]` is the state_dict, as FLARE's PT persistor writes it."""
-    import torch  # here: the driver imports torch while its Ray starts (fedray/job.py), not at import
+    import torch  # here: the driver imports torch while its Ray starts (fedray/driver/job.py), not at import
 
     state = {name: torch.from_numpy(np.array(value)) for name, value in params.items()}
     _atomic(Path(path), lambda f: torch.save({"model": state, **extra}, f))

@@ -1,8 +1,10 @@
-"""Site workers: Ray actors that run FLARE's client tasks on behalf of federated sites.
+"""The torch side of a site worker: FLARE's client tasks for any site, in the site actor's process.
 
-A worker hosts any site: the whole dataset sits once in Ray's object store and
-each worker reads it zero-copy (moved once to the GPU when it has one), so a
-site is just its shard's indices. Batches are drawn by indexing and normalized
+`fedray/site/actor.py` is the Ray actor and builds a `TorchWorker` when it starts; this module is
+imported there only (never by the controller, which holds the actors' handles).
+
+A worker hosts any site: the whole dataset sits once in Ray's object store and each worker reads
+it zero-copy (moved once to the GPU when it has one), so a site is just its shard's indices. Batches are drawn by indexing and normalized
 on the fly; no per-sample decoding, no per-site copies of the data.
 
 Tasks: `get_weights` (client-side model init), `train` (a FedAvg local
@@ -20,22 +22,23 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import ray
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from ray.actor import ActorHandle
 
-from fedray import algorithms, tracking
+from fedray import algorithms
+from fedray.aggregation import NON_FINITE, CompensatedSum, finite, pool_metrics
 from fedray.algorithms import SITE_STATE
 from fedray.config import per_site_curves
+from fedray.data.partition import Shard
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
-from fedray.partition import Shard
 from fedray.python_path import put_on_python_path
-from fedray.script_site import ScriptError, ScriptSite
-from fedray.aggregation import NON_FINITE, CompensatedSum, finite, pool_metrics
-
-# No torch at import: Ray imports this module in every process that receives a SiteWorker handle,
-# the controller's too, which has no use for torch (its import costs 1.2 s there, on the critical path
-# between the sites' start and the first round). Methods import it, and fedray.training, themselves.
+from fedray.site import metric_stream as tracking
+from fedray.site.batched_training import train_sites_batched
+from fedray.site.script_runner import ScriptError, ScriptSite
+from fedray.site.training import (TrainingStopped, evaluate, get_params, load_params, local_optimizer, plain_sgd,
+                                  reloader, to_device, train_epochs)
 
 # Training-loss points each site streams per round, whatever its shard size: a curve in
 # TensorBoard, and a host sync only every few steps on a GPU.
@@ -44,7 +47,7 @@ DATA_TIMEOUT = 600.0  # seconds to fetch the dataset from the object store (anot
 LOOKUP_TIMEOUT = 60.0  # seconds for the job's named actors to be registered
 
 
-class SiteWorker:
+class TorchWorker:
     def __init__(
         self,
         job: dict[str, Any],
@@ -62,9 +65,6 @@ class SiteWorker:
         self.job = job
         namespace = namespace or job["job_id"]
         # torch and the model first: these seconds overlap the driver's reading of the data.
-        import torch
-        from fedray.training import plain_sgd, to_device
-
         use_gpu = torch.cuda.is_available() and len(ray.get_gpu_ids()) > 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
         torch.set_num_threads(num_threads)
@@ -96,13 +96,10 @@ class SiteWorker:
             self.last_global: Mapping[str, np.ndarray] | None = None
 
     def ready(self) -> dict[str, Any]:
-        import torch
 
         return {"device": str(self.device), "threads": torch.get_num_threads()}
 
     def get_weights(self, site: str) -> FLModel:
-        import torch
-        from fedray.training import get_params
 
         torch.manual_seed(self.job["seed"])
         fresh = instantiate(OmegaConf.create(self.job["model"]))
@@ -115,7 +112,6 @@ class SiteWorker:
         `site_state` this site's own state from its last round (None at first)."""
         if self.script:
             return self._train_script(global_params, current_round, total_rounds, message or {})
-        from fedray.training import load_params
 
         result = self._local_update(site, global_params, lambda: load_params(self.model, global_params), current_round,
                                     total_rounds, message, site_state)
@@ -127,7 +123,6 @@ class SiteWorker:
                       site_state: Optional[Mapping[str, np.ndarray]], copy: bool = True) -> FLModel:
         """`train` of a built-in site, the global weights put into the model by `load()`; `copy=False`:
         the result's params are views of the model, valid until it trains again (a batch folds them first)."""
-        from fedray.training import get_params, local_optimizer, train_epochs
 
         started = time.perf_counter()
         shard = self.shards[site]
@@ -184,7 +179,6 @@ class SiteWorker:
         cross-device round's many small sites). Returns {"sum": the compensated sum of their weights,
         each times factor x steps, "results": site -> FLModel without params, or (kind, message)
         for a site that failed}. The sum is exact enough that any batching gives the same bits."""
-        from fedray.training import TrainingStopped, reloader
 
         if self.job["site"].get("batched_training"):
             return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors)
@@ -211,13 +205,10 @@ class SiteWorker:
 
     def _train_sites_at_once(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
                              total_rounds: int, factors: Sequence[float]) -> dict[str, Any]:
-        """`train_sites` with `site.batched_training`: the sites trained together (fedray/batched_training.py),
+        """`train_sites` with `site.batched_training`: the sites trained together (fedray/site/batched_training.py),
         each with the shuffle its own `train` would draw; the same weights to float32 rounding, not the
-        same bits. FedAvg and plain SGD only (config.check_code refuses the rest); no streamed curve, and
+        same bits. FedAvg and plain SGD only (driver.preflight refuses the rest); no streamed curve, and
         a given-up task stops only when the batch ends."""
-        from fedray.batched_training import train_sites_batched
-        from fedray.training import load_params, plain_sgd
-
         started = time.perf_counter()
         load_params(self.model, global_params)
         received = {site: self._score(site) for site in sites}
@@ -247,7 +238,6 @@ class SiteWorker:
 
     def _shuffle(self, site: str, current_round: int) -> Any:
         """The generator of `site`'s batch order in `current_round`: the same on any worker, in any batch."""
-        import torch
 
         return torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
 
@@ -263,7 +253,6 @@ class SiteWorker:
 
     def validate_models(self, site: str, models: dict[str, ray.ObjectRef]) -> dict[str, dict[str, float]]:
         """Each model (an FLModel, or server weights) on this site's validation split."""
-        from fedray.training import TrainingStopped, load_params
 
         results = {}
         cancelled = ray.get_runtime_context().is_canceled
@@ -282,7 +271,6 @@ class SiteWorker:
 
     def _score(self, site: str) -> dict[str, float]:
         """The model as it stands on `site`'s validation split: accuracy and loss (NaN without a split)."""
-        from fedray.training import evaluate
 
         if not len(self.shards[site].val):  # data.val_fraction=0: nothing to score, and no mode switches
             return pool_metrics()
@@ -291,7 +279,6 @@ class SiteWorker:
 
     def evaluate_part(self, params: Mapping[str, np.ndarray], split: str, indices: np.ndarray) -> dict[str, float]:
         """Sums (not means) over `indices` of `split`, so the server can pool several workers' parts."""
-        from fedray.training import evaluate, load_params
 
         load_params(self.model, params)
         images, labels = (self.test_images, self.test_labels) if split == "test" else (self.train_images, self.train_labels)
@@ -351,13 +338,11 @@ class SiteWorker:
 
 def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, Any] | None:
     """Writable tensors for the script (the object store's arrays are read-only)."""
-    import torch
 
     return None if params is None else {name: torch.tensor(np.array(value)) for name, value in params.items()}
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    import torch
 
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
@@ -398,5 +383,3 @@ def _site_number(site: str) -> int:
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
-
-SiteWorkerActor = ray.remote(SiteWorker)

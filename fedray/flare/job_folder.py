@@ -4,7 +4,7 @@ Reads what `nvflare job create` and FLARE's Job API write: `meta.json|conf` (dep
 min_clients), each app's `config/config_fed_server.json|conf` and `config_fed_client.json|conf`
 (JSON, or HOCON through pyhocon), and `custom/`. The server's workflows and components and the
 client's executor become overrides; the client's script runs unchanged (`import nvflare.client`
-is served by fedray.client inside the site, see fedray/nvflare_alias.py).
+is served by fedray.client inside the site, see fedray/flare/nvflare_alias.py).
 
 Every FLARE class fedray meets is looked up in COMPONENTS, the one place to add a mapping:
 a handler that turns its args into overrides, or a reason for a warning (logging, persistence,
@@ -475,7 +475,7 @@ def _translate(job: _Job, entry: dict[str, Any], where: str) -> None:
     handler = COMPONENTS.get(name)
     if handler is None:
         job.errors.append(f"{where}: {entry.get('path') or entry.get('name')}: fedray does not know it "
-                          "(it may change the math; map it in fedray/flare_job.py's COMPONENTS)")
+                          "(it may change the math; map it in fedray/flare/job_folder.py's COMPONENTS)")
         return
     handler(job, entry.get("args", {}))
 

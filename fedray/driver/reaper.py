@@ -7,7 +7,7 @@ to a local Ray: it notes the driver's Ray processes as they appear and, once the
 gone, kills those still alive. It lives in a session of its own, so Ctrl-C in a terminal
 reaches the driver, which then stops Ray and this watchdog in the ordinary way.
 
-    python -m fedray.reaper DRIVER_PID
+    python -m fedray.driver.reaper DRIVER_PID
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ POLL_SECONDS = 0.5
 def start() -> subprocess.Popen:
     """Watch this process's Ray processes from now on."""
     return subprocess.Popen(
-        [sys.executable, "-m", "fedray.reaper", str(psutil.Process().pid)],
+        [sys.executable, "-m", "fedray.driver.reaper", str(psutil.Process().pid)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )

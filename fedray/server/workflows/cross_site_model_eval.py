@@ -9,7 +9,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
-from fedray.tasks import WorkerPool, gather
+from fedray.server.tasks import WorkerPool, gather
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 FLARE's training scripts import its Client API by name, and its FedProx and SCAFFOLD scripts
 its algorithm helpers (PTFedProxLoss, PTScaffoldHelper, get_lr_values, AlgorithmConstants). `install()`, called in a
-site's process just before its script runs (fedray/script_site.py), puts a finder
+site's process just before its script runs (fedray/site/script_runner.py), puts a finder
 first on `sys.meta_path` that answers the Client API modules with fedray's own, so
 the scripts run unchanged. Only those modules exist: any other `nvflare.*` import
 fails with a line saying what fedray serves, and a real NVFlare installed beside

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from fedray.synthetic import Dataset, make_synthetic
+from fedray.data.synthetic import Dataset, make_synthetic
 
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"

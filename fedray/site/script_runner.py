@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
-from fedray import nvflare_alias
+from fedray.flare import nvflare_alias
 from fedray.fl_model import FLModel
 from fedray.python_path import put_on_python_path
 

@@ -20,19 +20,20 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import RayActorError, RayTaskError
 
-from fedray import checkpoint
-from fedray.checkpoint import ResumeError
-from fedray.cluster import ray_for
-from fedray.config import ConfigError, check_code, per_site_curves, site_names, validate
-from fedray.controller import ControllerActor
-from fedray.datasets import DataError, ensure_dataset, load_dataset
+from fedray.records import checkpoint
+from fedray.records.checkpoint import ResumeError
+from fedray.driver.cluster import ray_for
+from fedray.config import ConfigError, per_site_curves, site_names, validate
+from fedray.driver.preflight import check_code
+from fedray.server.controller import ControllerActor
+from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
 from fedray.fl_model import FLModel
-from fedray.outputs import RunRecorder
-from fedray.partition import Shard, partition
-from fedray.resources import ResourceError, plan_sites
-from fedray.sites import SiteWorkerActor
-from fedray.synthetic import Dataset
-from fedray.progress import Progress
+from fedray.records.recorder import RunRecorder
+from fedray.data.partition import Shard, partition
+from fedray.driver.resources import ResourceError, plan_sites
+from fedray.site.actor import SiteWorkerActor
+from fedray.data.synthetic import Dataset
+from fedray.driver.progress import Progress
 
 log = logging.getLogger("fedray")
 
@@ -63,7 +64,7 @@ def run_job(
     summary.json says `status: completed` or `failed` with a one-line `error`, and keeps what
     finished rounds produced. With `resume=RUN_DIR` in `cfg`, that stopped run continues in its
     own dir, with its own config. `keep_ray`: leave a Ray this job started up for the next job
-    (a sweep's; see fedray/cluster.py). `on_event` hears the controller's events (workflow,
+    (a sweep's; see fedray/driver/cluster.py). `on_event` hears the controller's events (workflow,
     site_done, round, cross_site); by default a `Progress` logs a line per round and, on a
     terminal, shows a status line.
     """
@@ -206,7 +207,7 @@ def _run_sites(
             ray.put(dataset.test_labels),
         ]
         # The controller holds the data's refs and hands them to each site actor as it starts or
-        # restarts, and is the sites' mailbox for their streamed points (fedray/tracking.py); it sends
+        # restarts, and is the sites' mailbox for their streamed points (fedray/site/metric_stream.py); it sends
         # no task before they are ready.
         val_index = np.concatenate([shard.val for shard in shards])
         controller = ControllerActor.options(name="controller", namespace=namespace).remote(

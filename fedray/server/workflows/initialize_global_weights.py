@@ -8,7 +8,7 @@ from functools import partial
 from ray.actor import ActorHandle
 
 from fedray.aggregation import Params
-from fedray.tasks import WorkerPool, gather
+from fedray.server.tasks import WorkerPool, gather
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import shutil
 import sys
 from typing import Any, Optional, TextIO
 
-from fedray.report import cross_site_table
+from fedray.records.report import cross_site_table
 
 log = logging.getLogger("fedray")
 

@@ -16,7 +16,7 @@ from ray.actor import ActorHandle
 from fedray.aggregation import NON_FINITE, CompensatedSum, Params, finite
 from fedray.algorithms import COUNT, SITE_STATE, Algorithm
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND
-from fedray.tasks import Outcome, WorkerPool, gather
+from fedray.server.tasks import Outcome, WorkerPool, gather
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m fedray.report RUN_DIR`: a finished run's summary, or a table of a Hydra multirun's runs.
+"""`python -m fedray.records.report RUN_DIR`: a finished run's summary, or a table of a Hydra multirun's runs.
 
 It reads only what runs wrote: `summary.json`, and for a sweep each run's
 `.hydra/overrides.yaml` (the values swept). Rounds are counted from 1, as the
@@ -25,13 +25,13 @@ class ReportError(ValueError):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m fedray.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedray.records.report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run dir (holds summary.json) or a Hydra multirun dir")
     args = parser.parse_args(argv)
     try:
         print(report(args.run_dir))
     except ReportError as err:
-        print(f"fedray.report: {err}", file=sys.stderr)
+        print(f"fedray.records.report: {err}", file=sys.stderr)
         sys.exit(2)
 
 

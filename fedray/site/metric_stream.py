@@ -19,10 +19,10 @@ from typing import Optional
 import ray
 from ray.actor import ActorHandle
 
+from fedray.fl_model import Point
+
 log = logging.getLogger(__name__)
 
-# (site, tag, value, step): the step is the site's own, increasing across rounds.
-Point = tuple[str, str, float, int]
 
 SEND_SECONDS = 1.0
 FLUSH_TIMEOUT = 10.0

@@ -22,12 +22,12 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import ray
 
-from fedray import reaper
+from fedray.driver import reaper
 from fedray.config import ConfigError
 
 # The settings of the Ray this module started and left up for the next job; None: none kept.
 _kept: Optional[dict[str, Any]] = None
-# The watchdog of the local Ray this module started (see fedray/reaper.py).
+# The watchdog of the local Ray this module started (see fedray/driver/reaper.py).
 _watchdog: Optional[subprocess.Popen] = None
 # Ray starts in this thread while the driver goes on (imports torch, reads the data): 2-3 s of
 # Ray's start-up are mostly other processes' work, on the cores the driver does not use.

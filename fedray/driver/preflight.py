@@ -1,0 +1,106 @@
+"""The checks a job's code must pass before any site starts: every `_target_` imports, the model
+takes a CIFAR-10 batch, `site.batched_training` can run. Apart from `fedray.config` because they
+import torch (1.2 s): a job runs them while its Ray starts (fedray/driver/job.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedray.config import ConfigError, compose
+
+# torch, and the site code that needs it, are imported in the functions: `python -m fedray.run` imports
+# this module at start, and torch's import (1.2 s) must overlap Ray's start, not come before it.
+
+
+def load_config(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = (),
+                code_check: bool = True) -> DictConfig:
+    """A job config from `conf/` and command-line style overrides, checked: the programmatic way to
+    build one (tests, notebooks). `config_dirs`: the users' own config folders (`--config-dir`).
+    `code_check`: also import every `_target_` and run the model once (`check_code`, which imports
+    torch; a job does it anyway, while its Ray starts)."""
+    cfg = compose(overrides, config_dirs)
+    if code_check:
+        check_code(cfg)
+    return cfg
+
+
+def check_code(cfg: DictConfig) -> None:
+    """What `validate` leaves to the code: every `_target_` imports, and the model takes a CIFAR-10
+    batch (`check_model`). Apart, because importing them imports torch (1.2 s): a job runs this
+    while its Ray starts."""
+    targets = ["model", "aggregator", "algorithm", "optimizer"] + (["lr_scheduler"] if cfg.lr_scheduler else [])
+    targets += [f"algorithm.{key}" for key in ("server_optimizer", "server_lr_scheduler") if cfg.algorithm.get(key) is not None]
+    for key in targets:
+        _require_importable_target(cfg, key)
+    model = check_model(cfg.model)
+    if cfg.site.batched_training:
+        _check_batched_training(cfg, model)
+
+
+def _check_batched_training(cfg: DictConfig, model: Any) -> None:
+    """What `site.batched_training` computes: FedAvg's local step, plain SGD, a model without buffers."""
+    from fedray.site.batched_training import check_batchable
+    from fedray.site.training import plain_sgd
+
+    key = "site.batched_training=true"
+    if cfg.site.script or not cfg.algorithm._target_.endswith(".FedAvg"):
+        raise ConfigError(f"{key}: trains built-in FedAvg sites only (no site.script, algorithm=fedavg); set it false")
+    if plain_sgd(OmegaConf.to_container(cfg, resolve=True)) is None:
+        raise ConfigError(f"{key}: needs plain SGD (optimizer=sgd without weight_decay, no lr_scheduler); set it false")
+    try:
+        check_batchable(model)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
+
+# What every site feeds a model: CIFAR-10's images and classes (the generated stand-in has the same shape).
+INPUT_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+
+
+def check_model(model_cfg: DictConfig) -> Any:
+    """Build the model and run one forward pass on a dummy batch, so a model that cannot take
+    CIFAR-10 fails here in one line rather than in every site actor."""
+    import torch
+    from hydra.utils import instantiate
+
+    target = model_cfg.get("_target_")
+    try:
+        model = instantiate(model_cfg)
+    except Exception as err:
+        raise ConfigError(f"model._target_={target}: cannot be built ({_first_line(err)})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model._target_={target}: builds a {type(model).__name__}, not a torch.nn.Module")
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(torch.zeros(2, *INPUT_SHAPE))
+    except Exception as err:
+        raise ConfigError(f"model._target_={target}: fails on a batch of 32x32x3 images ({_first_line(err)})") from None
+    shape = tuple(getattr(output, "shape", ()))
+    if shape != (2, NUM_CLASSES):
+        raise ConfigError(f"model._target_={target}: gives outputs of shape {shape} for 2 images, CIFAR-10 needs "
+                          f"(2, {NUM_CLASSES}) (e.g. +model.num_classes={NUM_CLASSES})")
+    return model
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _require_importable_target(cfg: DictConfig, key: str) -> None:
+    node = OmegaConf.select(cfg, key)
+    target = node.get("_target_") if isinstance(node, DictConfig) else None
+    if not target:
+        raise ConfigError(f"{key}: needs a _target_ (e.g. {key}._target_=fedray.models.Net)")
+    module_name, _, attribute = target.rpartition(".")
+    try:
+        getattr(importlib.import_module(module_name), attribute)
+    except Exception as err:  # ImportError, AttributeError, or whatever the module raises on import
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{key}._target_={target}: cannot be imported ({reason})") from None
