@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fedray.site.batched_training import train_sites_batched  # noqa: E402
 from fedray.models import Net  # noqa: E402
+from fedray.site.batched_training import train_sites_batched  # noqa: E402
 from fedray.site.training import get_params, load_params, train_epochs  # noqa: E402
 
 Params = dict[str, np.ndarray]

@@ -55,6 +55,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 from batched_sites import WAYS, resident_data, site_generators  # noqa: E402
+
 from fedray.models import Net  # noqa: E402
 from fedray.site.training import get_params  # noqa: E402
 

@@ -42,8 +42,8 @@ sys.modules.setdefault("fedray", _PACKAGE)
 
 from fedray.aggregation import pool_metrics  # noqa: E402
 from fedray.data.cifar10 import load_cifar10  # noqa: E402
-from fedray.models import Net  # noqa: E402
 from fedray.data.partition import partition  # noqa: E402
+from fedray.models import Net  # noqa: E402
 from fedray.site.training import evaluate, get_params, load_params, to_device, train_epochs  # noqa: E402
 
 Params = dict[str, np.ndarray]

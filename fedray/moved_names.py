@@ -65,6 +65,8 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self.own_specs: dict[str, importlib.machinery.ModuleSpec] = {}
 
     def find_spec(self, fullname: str, path: Optional[Sequence[str]] = None, target: Optional[types.ModuleType] = None):
+        if not fullname.startswith("fedray."):
+            return None
         moved = new_name(fullname)
         if moved is None:
             return None
@@ -105,6 +107,9 @@ _FINDER = _MovedFinder()
 
 
 def install() -> None:
-    """Answer the old names in this process (idempotent; every fedray import does it)."""
+    """Answer the old names in this process (idempotent; every fedray import does it). First on
+    sys.meta_path: an old package's alias (fedray.workflows) has the new folder as its __path__, and
+    the path finder would load `fedray.workflows.scatter_and_gather` from there a second time, as a
+    copy with classes of its own."""
     if _FINDER not in sys.meta_path:
-        sys.meta_path.append(_FINDER)
+        sys.meta_path.insert(0, _FINDER)

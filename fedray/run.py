@@ -15,10 +15,10 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from fedray.driver.cluster import release
 from fedray.config import CONF_DIR, ConfigError
-from fedray.driver.preflight import load_config
+from fedray.driver.cluster import release
 from fedray.driver.job import USER_ERRORS, JobInterrupted, run_job
+from fedray.driver.preflight import load_config
 
 log = logging.getLogger("fedray")
 

@@ -13,8 +13,7 @@ from fedray.algorithms import COUNT, build
 from fedray.algorithms.scaffold import CTRL_DIFF, CTRL_GLOBAL, Scaffold
 from fedray.client import PTFedProxLoss
 from fedray.models import ModerateCNN, Net
-from fedray.site.training import local_optimizer
-from fedray.site.training import train_epochs
+from fedray.site.training import local_optimizer, train_epochs
 
 RNG = np.random.default_rng(0)
 
@@ -251,8 +250,9 @@ def test_a_local_cosine_schedule_runs_over_the_rounds_as_one_scheduler():
 
 @pytest.mark.parametrize("name, kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
 def test_local_optimizers_by_target(name, kind):
-    from fedray import load_config
     from omegaconf import OmegaConf
+
+    from fedray import load_config
 
     job = OmegaConf.to_container(load_config([f"optimizer={name}", "optimizer.weight_decay=0.1"]), resolve=True)
     optimizer, scheduler = local_optimizer(Net(), job, 0)
@@ -269,8 +269,9 @@ def test_moderate_cnn_has_flares_layers_and_size():
 
 
 def test_a_torchvision_classifier_by_target():
-    from fedray import load_config
     from hydra.utils import instantiate
+
+    from fedray import load_config
 
     cfg = load_config(["model=resnet18"])
     model = instantiate(cfg.model)

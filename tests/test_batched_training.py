@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedray.site.batched_training import train_sites_batched
-from fedray.models import Net
 from fedray.data.synthetic import make_synthetic
+from fedray.models import Net
+from fedray.site.batched_training import train_sites_batched
 from fedray.site.training import get_params, load_params, to_device, train_epochs
 
 # float32 rounding, not training noise: observed differences are ~1.5e-8 absolute (an ulp of weights

@@ -96,7 +96,7 @@ def test_sites_trained_at_once_equal_sites_in_turn_to_float32_rounding(job_confi
 ])
 def test_batched_training_refuses_what_it_cannot_compute_in_one_line(job_config, overrides, fix):
     from fedray import ConfigError
-    from fedray.config import check_code
+    from fedray.driver.preflight import check_code
 
     with pytest.raises(ConfigError, match=fix) as caught:
         check_code(job_config("site.batched_training=true", *overrides))

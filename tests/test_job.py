@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import ray
 import torch
-
-from fedray import run_job
 from omegaconf import OmegaConf
 
+from fedray import run_job
 from fedray.data.partition import Shard
-from fedray.site.actor import SiteWorkerActor
 from fedray.server.tasks import WorkerPool
 from fedray.server.workflows import initialize_global_weights
+from fedray.site.actor import SiteWorkerActor
 from tests.conftest import DataHolder
 
 pytestmark = pytest.mark.usefixtures("ray_session")

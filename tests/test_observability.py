@@ -12,9 +12,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedray import run_job
+from fedray.driver.progress import Progress
 from fedray.records import report
 from fedray.records.plots import draw_run
-from fedray.driver.progress import Progress
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

@@ -87,6 +87,9 @@ def test_a_run_stopped_midway_and_resumed_ends_with_the_same_weights(job_config,
     deadline = time.monotonic() + 240
     while not _rounds_done(run_dir) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
+    if process.poll() is not None:
+        pytest.fail(f"the run ended (exit {process.returncode}) before it could be stopped: "
+                    f"{process.communicate(timeout=10)[1][-3000:]}")
     assert _rounds_done(run_dir) in (1, 2, 3), "the run should be stopped mid-way"
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)

@@ -25,8 +25,22 @@ from functools import lru_cache
 from typing import Any, Optional
 
 from fedray.client import (  # noqa: F401  (FLARE's Lightning module offers these too)
-    FLModel, ParamsType, clear, get_config, get_job_id, get_site_name, init, is_evaluate, is_running,
-    is_submit_model, is_train, log, receive, send, shutdown, system_info,
+    FLModel,
+    ParamsType,
+    clear,
+    get_config,
+    get_job_id,
+    get_site_name,
+    init,
+    is_evaluate,
+    is_running,
+    is_submit_model,
+    is_train,
+    log,
+    receive,
+    send,
+    shutdown,
+    system_info,
 )
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND
 

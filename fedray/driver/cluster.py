@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 
 import ray
 
-from fedray.driver import reaper
 from fedray.config import ConfigError
+from fedray.driver import reaper
 
 # The settings of the Ray this module started and left up for the next job; None: none kept.
 _kept: Optional[dict[str, Any]] = None

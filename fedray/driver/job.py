@@ -20,20 +20,20 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import RayActorError, RayTaskError
 
+from fedray.config import ConfigError, per_site_curves, site_names, validate
+from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
+from fedray.data.partition import Shard, partition
+from fedray.data.synthetic import Dataset
+from fedray.driver.cluster import ray_for
+from fedray.driver.preflight import check_code
+from fedray.driver.progress import Progress
+from fedray.driver.resources import ResourceError, plan_sites
+from fedray.fl_model import FLModel
 from fedray.records import checkpoint
 from fedray.records.checkpoint import ResumeError
-from fedray.driver.cluster import ray_for
-from fedray.config import ConfigError, per_site_curves, site_names, validate
-from fedray.driver.preflight import check_code
-from fedray.server.controller import ControllerActor
-from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
-from fedray.fl_model import FLModel
 from fedray.records.recorder import RunRecorder
-from fedray.data.partition import Shard, partition
-from fedray.driver.resources import ResourceError, plan_sites
+from fedray.server.controller import ControllerActor
 from fedray.site.actor import SiteWorkerActor
-from fedray.data.synthetic import Dataset
-from fedray.driver.progress import Progress
 
 log = logging.getLogger("fedray")
 

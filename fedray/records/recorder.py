@@ -19,8 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fedray.records.tensorboard import TensorBoardWriter
 from fedray.fl_model import Point
+from fedray.records.tensorboard import TensorBoardWriter
 
 # One drawing thread for the process: matplotlib caches open font files per thread, so a thread
 # per run (a sweep's hundreds of jobs) would leak a file and some memory each time.

@@ -22,10 +22,17 @@ from ray.actor import ActorHandle
 
 from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
+from fedray.fl_model import Point
 from fedray.python_path import put_on_python_path
 from fedray.server.tasks import Outcome, WorkerPool, gather
-from fedray.fl_model import Point
-from fedray.server.workflows import SERVER_MODELS, LocalModel, cross_site_model_eval, initialize_global_weights, sample_sites, scatter_and_gather
+from fedray.server.workflows import (
+    SERVER_MODELS,
+    LocalModel,
+    cross_site_model_eval,
+    initialize_global_weights,
+    sample_sites,
+    scatter_and_gather,
+)
 
 log = logging.getLogger(__name__)
 

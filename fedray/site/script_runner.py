@@ -20,8 +20,8 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
-from fedray.flare import nvflare_alias
 from fedray.fl_model import FLModel
+from fedray.flare import nvflare_alias
 from fedray.python_path import put_on_python_path
 
 POLL_SECONDS = 0.5

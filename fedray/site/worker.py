@@ -34,11 +34,20 @@ from fedray.config import per_site_curves
 from fedray.data.partition import Shard
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.python_path import put_on_python_path
-from fedray.site import metric_stream as tracking
+from fedray.site import metric_stream as tracking  # FLARE calls it tracking
 from fedray.site.batched_training import train_sites_batched
 from fedray.site.script_runner import ScriptError, ScriptSite
-from fedray.site.training import (TrainingStopped, evaluate, get_params, load_params, local_optimizer, plain_sgd,
-                                  reloader, to_device, train_epochs)
+from fedray.site.training import (
+    TrainingStopped,
+    evaluate,
+    get_params,
+    load_params,
+    local_optimizer,
+    plain_sgd,
+    reloader,
+    to_device,
+    train_epochs,
+)
 
 # Training-loss points each site streams per round, whatever its shard size: a curve in
 # TensorBoard, and a host sync only every few steps on a GPU.

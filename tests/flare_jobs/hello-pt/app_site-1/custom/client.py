@@ -18,16 +18,15 @@ client side training scripts
 
 import argparse
 
+# (1) import nvflare client API
+import nvflare.client as flare
 import torch
 import torchvision
 from model import SimpleNetwork
+from nvflare.client.tracking import SummaryWriter
 from torch import nn
 from torch.optim import SGD
 from torchvision.transforms import Compose, Normalize, ToTensor
-
-# (1) import nvflare client API
-import nvflare.client as flare
-from nvflare.client.tracking import SummaryWriter
 
 DATASET_PATH = "/tmp/nvflare/data"
 
