@@ -74,6 +74,7 @@ class SiteConfig:
     start_timeout: float = 180.0  # seconds for every site actor to be up
     script: Optional[str] = None  # a Client API training script run in each site (one actor per site)
     script_args: str = ""  # its command line, e.g. "--batch_size 16"
+    flare_app: Optional[str] = None  # a FLARE client app folder whose own Executor classes each site runs (flare_job= sets it)
     max_restarts: int = 2  # times Ray restarts a site actor that died or hung, before the site is given up
     max_task_retries: int = 2  # times a task whose worker process died runs again, before it is the site's failure
     stop_timeout: float = 10.0  # seconds a task given up on has to stop before its actor is restarted
@@ -206,13 +207,19 @@ def site_names(num_clients: int) -> list[str]:
 PER_SITE_LIMIT = 64
 
 
+def runs_own_code(site: Any) -> bool:
+    """Whether the sites run the job's own code (a Client API script, or a FLARE app's executors): one
+    actor per site, which keeps that code's state for the whole run."""
+    return bool(site.get("script") or site.get("flare_app"))
+
+
 def per_site_curves(job: Any) -> bool:
     """Whether sites stream their training curves and get tb/site-k/ (`tensorboard.per_site`); by
     default with a Client API script too, whose own metrics are the point of its curves."""
     chosen = (job.get("tensorboard") or {}).get("per_site")
     if chosen is not None:
         return bool(chosen)
-    return job["num_clients"] <= PER_SITE_LIMIT or bool(job["site"]["script"])
+    return job["num_clients"] <= PER_SITE_LIMIT or runs_own_code(job["site"])
 
 
 def validate(cfg: DictConfig) -> None:
@@ -275,10 +282,18 @@ def validate(cfg: DictConfig) -> None:
     if cfg.site.script is not None:
         require(Path(cfg.site.script).is_file(), "site.script", "no such file; give the path of your training script")
         _require_compiles(cfg.site.script)
+    # .get: a run folder saved before site.flare_app existed resumes with its own config, which lacks it.
+    if cfg.site.get("flare_app") is not None:
+        require(cfg.site.script is None, "site.flare_app", "a site runs a script or a FLARE app's executors, not both; "
+                "set site.script=null")
+        app = Path(cfg.site.get("flare_app"))
+        require(any((app / "config" / f"config_fed_client.{ext}").is_file() for ext in ("json", "conf")),
+                "site.flare_app", "no config/config_fed_client.json (or .conf) there; give a FLARE client app folder")
+    if runs_own_code(cfg.site):
         require(
             cfg.site.num_actors in (None, cfg.num_clients),
             "site.num_actors",
-            "must be null (or num_clients) with site.script: each script runs in its own site's actor",
+            "must be null (or num_clients) with site.script or site.flare_app: each site's code runs in its own actor",
         )
 
     sites = site_names(cfg.num_clients)

@@ -76,6 +76,7 @@ def main() -> None:
 
 def _main(args: list[str]) -> None:
     try:
+        args = _from_flare_simulator_shape(args)
         if any(arg.startswith(FLARE_JOB) for arg in args):
             args = _with_flare_job(args)
             sys.argv[1:] = args  # what Hydra parses
@@ -144,6 +145,19 @@ def _config_dirs(args: list[str]) -> tuple[list[str], list[str]]:
         else:
             rest.append(arg)
     return rest, dirs
+
+
+def _from_flare_simulator_shape(args: list[str]) -> list[str]:
+    """`fedray JOB_FOLDER -n 2 -t 2 -w WORKSPACE`, FLARE's simulator command line: fedray's arguments for it
+    (fedray/flare/simulator_cli.py); any other command line as it is."""
+    from fedray.flare.simulator_cli import simulator_shape, to_fedray_args
+
+    if not simulator_shape(args):
+        return args
+    args, gpus = to_fedray_args(args)
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # before this job starts its Ray, which inherits it
+    return args
 
 
 def _with_flare_job(args: list[str]) -> list[str]:

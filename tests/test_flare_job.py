@@ -10,7 +10,9 @@ FLARE's client.py and model.py as they are.
 
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -184,3 +186,37 @@ def test_scatter_and_gathers_arguments_and_its_aggregators_map_to_fedrays_keys(t
     assert dict(sag.aggregation_weights) == {"site-1": 0.5, "site-2": 1.0}
     assert sag.exclude_vars == r"^fc3\.weight$|^fc3\.bias$"
     assert cfg.workflows.pre_train.weights_client_name == "site-2"
+
+
+def test_flares_simulator_options_become_fedray_keys(tmp_path):
+    from fedray.flare.simulator_cli import simulator_shape, to_fedray_args
+
+    job = JOBS / "hello-pt"
+    assert not simulator_shape(["num_clients=2", "-m", str(tmp_path)])  # a folder, but no FLARE job
+    args, gpus = to_fedray_args(["-w", str(tmp_path / "ws"), "-n", "3", "-t", "2", str(job), "rounds=1", "-m"])
+    # A FLARE job's sites run its own code, an actor each: -t sets nothing.
+    assert args == [f"flare_job={job}", "num_clients=3", f"hydra.run.dir={tmp_path / 'ws' / 'simulate_job'}",
+                    "rounds=1", "-m"]
+    assert gpus is None
+    args, gpus = to_fedray_args([str(job), "-c", "site-1,site-2", "-gpu", "0,1"])
+    assert args == [f"flare_job={job}", "num_clients=2"] and gpus == "0,1"
+    for bad, says in [(["-c", "alice,bob"], "-c alice,bob: fedray names its sites site-1 ... site-N; give -n 2"),
+                      (["-n", "0"], "argument -n/--n_clients: must be at least 1; FLARE's simulator options"), (["-gpu", "first"], "-gpu first: give GPU ids")]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(says)}"):
+            to_fedray_args([str(job), *bad])
+
+
+@pytest.mark.slow
+def test_flares_simulator_command_line_runs_a_job_folder_into_its_workspace(tiny_cifar, tmp_path):
+    """`nvflare simulator -w WS -n 2 -t 2 hello-pt`, with `nvflare simulator` changed to fedray's command."""
+    env = {**os.environ, "PYTHONPATH": str(JOBS.parent.parent), "RAY_ADDRESS": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "fedray.run", "-w", str(tmp_path / "ws"), "-n", "2", "-t", "2", str(JOBS / "hello-pt"),
+         f"data.root={tiny_cifar}", "data.download=false", "data.check_integrity=false", "rounds=1"],
+        capture_output=True, text=True, timeout=400, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    job = tmp_path / "ws" / "simulate_job"
+    summary = json.loads((job / "summary.json").read_text())
+    assert summary["config"]["num_clients"] == 2 and [r["round"] for r in summary["rounds"]] == [0]
+    assert (job / "models" / "FL_global_model.pt").is_file()
+    assert list(json.loads((job / "cross_site_val" / "cross_val_results.json").read_text())) == ["site-1", "site-2"]

@@ -20,7 +20,7 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import RayActorError, RayTaskError
 
-from fedray.config import ConfigError, per_site_curves, site_names, validate
+from fedray.config import ConfigError, per_site_curves, runs_own_code, site_names, validate
 from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
 from fedray.data.partition import Shard, partition
 from fedray.data.synthetic import Dataset
@@ -82,8 +82,9 @@ def run_job(
     try:
         job = OmegaConf.to_container(cfg, resolve=True)
         job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
-        if job["site"]["script"]:
-            job["site"]["script"] = os.path.abspath(job["site"]["script"])
+        for key in ("script", "flare_app"):
+            if job["site"].get(key):
+                job["site"][key] = os.path.abspath(job["site"][key])
         job["python_path"] = [os.path.abspath(folder) for folder in job.get("python_path", ())]
         recorder.summary["config"] = job
         if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
@@ -226,7 +227,7 @@ def _run_sites(
         recorder.start_drawing()
         return clock
     finally:
-        _stop(actors, wait_for_scripts=bool(job["site"]["script"]), kill=kill_actors)
+        _stop(actors, wait_for_scripts=runs_own_code(job["site"]), kill=kill_actors)
 
 
 
@@ -244,7 +245,16 @@ def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
         try:
             ray.get(done[0], timeout=60)
         except (RayTaskError, RayActorError) as err:
-            raise JobFailed(f"{ready[done[0]]} failed to start: {_first_line(err)}") from None
+            raise JobFailed(f"{ready[done[0]]} failed to start: {_creation_failure(err)}") from None
+
+
+def _creation_failure(err: BaseException) -> str:
+    """What a site actor's constructor raised (a FLARE executor that fails at import or START_RUN), not
+    Ray's wrapper around it: the last line of the traceback Ray keeps."""
+    lines = [line.strip() for line in str(getattr(err, "error_msg", "") or "").splitlines() if line.strip()]
+    if getattr(err, "_actor_init_failed", False) and lines:  # Ray's flag for an error raised in __init__
+        return lines[-1]
+    return _first_line(err)
 
 
 def _follow(

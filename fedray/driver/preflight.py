@@ -6,6 +6,7 @@ import torch (1.2 s): a job runs them while its Ray starts (fedray/driver/job.py
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +38,8 @@ def check_code(cfg: DictConfig) -> None:
     for key in targets:
         _require_importable_target(cfg, key)
     model = check_model(cfg.model)
+    if cfg.site.get("flare_app"):  # .get: a resumed run's own config may predate the key
+        check_flare_app(cfg.site.flare_app)
     if cfg.site.batched_training:
         _check_batched_training(cfg, model)
 
@@ -47,8 +50,9 @@ def _check_batched_training(cfg: DictConfig, model: Any) -> None:
     from fedray.site.training import plain_sgd
 
     key = "site.batched_training=true"
-    if cfg.site.script or not cfg.algorithm._target_.endswith(".FedAvg"):
-        raise ConfigError(f"{key}: trains built-in FedAvg sites only (no site.script, algorithm=fedavg); set it false")
+    if cfg.site.script or cfg.site.get("flare_app") or not cfg.algorithm._target_.endswith(".FedAvg"):
+        raise ConfigError(f"{key}: trains built-in FedAvg sites only (no site.script or site.flare_app, "
+                          "algorithm=fedavg); set it false")
     if plain_sgd(OmegaConf.to_container(cfg, resolve=True)) is None:
         raise ConfigError(f"{key}: needs plain SGD (optimizer=sgd without weight_decay, no lr_scheduler); set it false")
     try:
@@ -104,3 +108,37 @@ def _require_importable_target(cfg: DictConfig, key: str) -> None:
     except Exception as err:  # ImportError, AttributeError, or whatever the module raises on import
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"{key}._target_={target}: cannot be imported ({reason})") from None
+
+
+def check_flare_app(app: str) -> None:
+    """Every executor and component class a FLARE client app names is found in its module, without
+    running the module (its FLARE imports are served inside sites only): one line for the first that is not."""
+    import ast
+    import importlib.util
+
+    from fedray.flare.job_folder import read_app_config
+
+    config = read_app_config(Path(app), "config_fed_client")
+    entries = [("executor", entry.get("executor", {})) for entry in config.get("executors", [])]
+    entries += [(f"component '{entry.get('id', '?')}'", entry) for entry in config.get("components", [])]
+    for role, entry in entries:
+        path = str(entry.get("path") or entry.get("name") or "")
+        module_name, _, class_name = path.rpartition(".")
+        where = f"site.flare_app={app}: config_fed_client {role} {path}"
+        if module_name.startswith("nvflare."):
+            continue  # FLARE's own classes: fedray/flare/job_folder.py decided which it serves
+        try:
+            spec = importlib.util.find_spec(module_name) if module_name else None
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            raise ConfigError(f"{where}: no module {module_name or '(none)'} in the app's custom/ or on python_path")
+        try:
+            tree = ast.parse(Path(spec.origin).read_bytes(), spec.origin)
+        except SyntaxError as err:
+            raise ConfigError(f"{where}: {spec.origin} does not compile (line {err.lineno}: {err.msg})") from None
+        defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+        defined |= {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+                    if isinstance(target, ast.Name)}
+        if class_name not in defined:
+            raise ConfigError(f"{where}: {spec.origin} defines no {class_name}")

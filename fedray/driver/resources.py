@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from fedray.config import runs_own_code
+
 # Sites per GPU that get an actor of their own before they share a pool.
 ACTORS_PER_GPU = 8
 
@@ -35,8 +37,8 @@ def plan_sites(site: Mapping[str, Any], num_sites: int, cluster: Mapping[str, fl
     gpus = float(cluster.get("GPU", 0))
     use_gpu = gpus > 0 if site["num_gpus"] is None else site["num_gpus"] > 0
     num_threads = site["num_threads"] or 1
-    if site.get("script"):
-        num_actors = num_sites  # a script's module state belongs to one site: one process each
+    if runs_own_code(site):
+        num_actors = num_sites  # a script's (or executor's) state belongs to one site: one process each
     elif site["num_actors"] is not None:
         num_actors = site["num_actors"]
     elif use_gpu:

@@ -1,3 +1,4 @@
-"""NVIDIA FLARE compatibility: a FLARE job folder read as fedray overrides (`job_folder`, in the
-driver, before anything starts) and the `nvflare` modules FLARE's scripts import, served by fedray
-inside a site's process (`nvflare_alias`). No Ray."""
+"""NVIDIA FLARE compatibility. In the driver, before anything starts: a FLARE job folder read as fedray
+overrides (`job_folder`) and FLARE's simulator command line (`simulator_cli`). Inside a site's process:
+the `nvflare` modules FLARE's scripts and executors import, served by fedray (`nvflare_alias`, with
+FLARE's Executor API in `executor_api` and its model helpers in `model_api`). No Ray."""

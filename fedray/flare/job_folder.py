@@ -246,7 +246,17 @@ def _cross_site_model_eval(job: _Job, args: dict[str, Any]) -> None:
                             "models too, beside the server's")
     if args.get("cross_val_dir", "cross_site_val") != "cross_site_val":
         job.warnings.append(f"CrossSiteModelEval cross_val_dir={args['cross_val_dir']}: fedray writes cross_site_val/")
-    job.component(args.get("model_locator_id"), "model_locator_id")
+    locator_id = args.get("model_locator_id")
+    locator = job.components.get(locator_id) if locator_id else None
+    if locator is not None and _class_name(locator) not in COMPONENTS and not _class_path(locator).startswith("nvflare."):
+        # The job's own locator (hello-pt's PTModelLocator) names the server models to validate; fedray's
+        # are the last and the best global models, as FLARE's PTFileModelLocator's.
+        job.used.add(locator_id)
+        job.warnings.append(f"component '{locator_id}': {_class_path(locator)} (the job's own ModelLocator) is not run: "
+                            "cross-site evaluation validates the server's last and best global models "
+                            "(SRV_FL_global_model.pt, SRV_best_FL_global_model.pt)")
+    else:
+        job.component(locator_id, "model_locator_id")
     job.component(args.get("formatter_id"), "formatter_id")
 
 
@@ -346,11 +356,17 @@ def _apps(folder: Path, meta: dict[str, Any], path: str) -> tuple[str, list[str]
 
 
 def _client_script(job: _Job, folder: Path, client_apps: list[str], path: str) -> Optional[tuple[str, str]]:
-    """The one (script, args) every client app runs; its filters and components are checked too."""
+    """The one (script, args) every client app runs, or (for an app of custom FLARE executors) its
+    folder as `site.flare_app`; its filters and components are checked too."""
     found: dict[tuple[str, str], str] = {}
+    executor_apps: list[str] = []
     for app in client_apps:
         client = _vars_substituted(_read_app_config(folder / app, "config_fed_client", path))
         _filters(job, client, f"{app}'s config_fed_client")
+        if _runs_executors(client):
+            executor_apps.append(app)
+            _executor_app(job, client, app)
+            continue
         script = _script_of(client, folder / app / "custom", app, job)
         for component in client.get("components", []):
             name = _class_name(component)
@@ -365,10 +381,37 @@ def _client_script(job: _Job, folder: Path, client_apps: list[str], path: str) -
                                   + (hint if mu not in (None, 0, 0.0) else ""))
         if script:
             found.setdefault(script, app)
+    if executor_apps and (found or len(executor_apps) > 1):
+        job.errors.append(f"the client apps {', '.join(executor_apps + list(found.values()))} differ: fedray runs "
+                          "one client app (one script, or one app's executors) for every site")
+    elif executor_apps:
+        job.set("site.flare_app", str(folder / executor_apps[0]))
+        return None
     if len(found) > 1:
         job.errors.append("the client apps run different scripts (" + "; ".join(
             f"{app}: {script} {args}" for (script, args), app in found.items()) + "): fedray runs one for every site")
     return next(iter(found), None)
+
+
+def _runs_executors(client: dict[str, Any]) -> bool:
+    """Whether a client app's executors are the job's own classes (FLARE's Executor API), not a script's."""
+    return any(not _class_path(entry.get("executor", {})).startswith("nvflare.")
+               and _class_name(entry.get("executor", {})) not in SCRIPT_EXECUTORS
+               for entry in client.get("executors", []))
+
+
+def _executor_app(job: _Job, client: dict[str, Any], app: str) -> None:
+    """An app of the job's own executors runs as it is in each site (fedray/site/executor_runner.py); what
+    fedray cannot serve beside them is refused here, one line each."""
+    for entry in client.get("executors", []):
+        executor = entry.get("executor", {})
+        if _class_path(executor).startswith("nvflare.") or _class_name(executor) in SCRIPT_EXECUTORS:
+            job.errors.append(f"{app}: executor {_class_name(executor)} beside the job's own executors: fedray runs "
+                              "either a Client API script or the job's Executor classes in a site")
+    for component in client.get("components", []):
+        name, where = _class_name(component), _class_path(component)
+        if where.startswith("nvflare.") and name not in CLIENT_PLUMBING and name not in COMPONENTS:
+            job.errors.append(f"{app}: client component {name}: fedray does not serve it inside sites")
 
 
 def _script_of(client: dict[str, Any], custom: Path, app: str, job: _Job) -> Optional[tuple[str, str]]:
@@ -420,6 +463,11 @@ def _in_custom(script: str, custom: Path) -> Optional[Path]:
         if candidate.is_file():
             return candidate.resolve()
     return None
+
+
+def read_app_config(app: Path, stem: str) -> dict[str, Any]:
+    """An app's `config/<stem>.json|conf`, FLARE's `{VAR}`s substituted (a site's executors read theirs so)."""
+    return _vars_substituted(_read_app_config(Path(app), stem, str(app)))
 
 
 def _read_app_config(app: Path, stem: str, path: str) -> dict[str, Any]:
@@ -489,7 +537,11 @@ def _filters(job: _Job, config: dict[str, Any], where: str) -> None:
 
 
 def _class_name(entry: dict[str, Any]) -> str:
-    return str(entry.get("path") or entry.get("name") or "").rsplit(".", 1)[-1]
+    return _class_path(entry).rsplit(".", 1)[-1]
+
+
+def _class_path(entry: dict[str, Any]) -> str:
+    return str(entry.get("path") or entry.get("name") or "")
 
 
 def _copy(job: _Job, args: dict[str, Any], keys: dict[str, str]) -> None:

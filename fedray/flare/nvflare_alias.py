@@ -1,7 +1,9 @@
 """`import nvflare.client as flare` inside a site, served by fedray.client.
 
 FLARE's training scripts import its Client API by name, and its FedProx and SCAFFOLD scripts
-its algorithm helpers (PTFedProxLoss, PTScaffoldHelper, get_lr_values, AlgorithmConstants). `install()`, called in a
+its algorithm helpers (PTFedProxLoss, PTScaffoldHelper, get_lr_values, AlgorithmConstants); a job's
+own Executor classes import FLARE's Executor API (`nvflare.apis.*`, served by
+fedray/flare/executor_api.py) and its model helpers (fedray/flare/model_api.py). `install()`, called in a
 site's process just before its script runs (fedray/site/script_runner.py), puts a finder
 first on `sys.meta_path` that answers the Client API modules with fedray's own, so
 the scripts run unchanged. Only those modules exist: any other `nvflare.*` import
@@ -25,15 +27,23 @@ ALIASES = {
     "nvflare.client.tracking": "fedray.client.tracking",
     "nvflare.client.lightning": "fedray.client.lightning",
     "nvflare.app_common.abstract.fl_model": "fedray.fl_model",
-    "nvflare.app_common.app_constant": "fedray.fl_model",  # AlgorithmConstants (SCAFFOLD's meta keys)
+    "nvflare.app_common.app_constant": "fedray.flare.model_api",  # AppConstants, AlgorithmConstants (SCAFFOLD's keys)
+    "nvflare.app_common.app_event_type": "fedray.flare.model_api",
+    "nvflare.app_common.abstract.model": "fedray.flare.model_api",  # ModelLearnable, make_model_learnable ...
+    "nvflare.app_common.abstract.learnable": "fedray.flare.model_api",
+    "nvflare.app_opt.pt.model_persistence_format_manager": "fedray.flare.model_api",
+    # FLARE's Executor API (custom Executors in a job's custom/): one fedray module serves them all.
+    **{f"nvflare.apis.{name}": "fedray.flare.executor_api" for name in (
+        "shareable", "fl_constant", "dxo", "signal", "event_type", "fl_context", "fl_component", "executor",
+        "workspace")},
     # FLARE's PyTorch helper modules are one fedray module: fedray.client.pt has them all.
     "nvflare.app_opt.pt.fedproxloss": "fedray.client.pt",  # PTFedProxLoss
     "nvflare.app_opt.pt.scaffold": "fedray.client.pt",  # PTScaffoldHelper, get_lr_values
     "nvflare.app_common.utils.fedprox_utils": "fedray.client.pt",  # get_fedprox_mu
 }
 # Packages on the way to an alias: empty modules, so that `import nvflare.client` can walk down.
-_PARENTS = {"nvflare", "nvflare.app_common", "nvflare.app_common.abstract", "nvflare.app_common.utils",
-            "nvflare.app_opt", "nvflare.app_opt.pt"}
+_PARENTS = {"nvflare", "nvflare.apis", "nvflare.app_common", "nvflare.app_common.abstract",
+            "nvflare.app_common.utils", "nvflare.app_opt", "nvflare.app_opt.pt"}
 
 
 class _NVFlareAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -22,6 +22,7 @@ from ray.actor import ActorHandle
 
 from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
+from fedray.config import runs_own_code
 from fedray.fl_model import Point
 from fedray.python_path import put_on_python_path
 from fedray.server.tasks import Outcome, WorkerPool, gather
@@ -229,8 +230,8 @@ class Controller:
             "is_best": is_best,
             "best_val_accuracy": self.best_val_accuracy,
             "params": params_ref,
-            # For the checkpoint; a script site answers submit_model itself, from its own state.
-            "improved_local_models": {} if self.job["site"]["script"] else {site: tuple(m) for site, m in improved.items()},
+            # For the checkpoint; a script or executor site answers submit_model itself, from its own state.
+            "improved_local_models": {} if runs_own_code(self.job["site"]) else {site: tuple(m) for site, m in improved.items()},
             "algorithm_state": state_ref,  # the algorithm's server state after this round
             "site_states": site_states,  # the sites whose own state this round changed
         })

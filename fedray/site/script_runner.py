@@ -37,6 +37,7 @@ class ScriptSite:
                  stream: Optional[Callable[[str, str, float, int], None]] = None) -> None:
         self.site = site
         self.script = os.path.abspath(script)
+        self.name = f"script {self.script}"  # what the site's errors name
         self.script_args = script_args
         self.job = job
         self.stream = stream  # where tracking.SummaryWriter points go: (site, tag, value, step)

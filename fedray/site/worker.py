@@ -36,6 +36,7 @@ from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
 from fedray.python_path import put_on_python_path
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
 from fedray.site.batched_training import train_sites_batched
+from fedray.site.executor_runner import ExecutorSite
 from fedray.site.script_runner import ScriptError, ScriptSite
 from fedray.site.training import (
     TrainingStopped,
@@ -96,20 +97,26 @@ class TorchWorker:
         # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
         self.streams = bool(metric_stream) and per_site_curves(job)
         tracking.connect(_named_actor(metric_stream, namespace) if self.streams else None)
-        # A Client API script runs in the actor of its own site (one actor per site, see resources.py).
-        self.script: ScriptSite | None = None
-        if job["site"]["script"]:
-            self.script = ScriptSite(home_site, job["site"]["script"], job["site"]["script_args"], job,
-                                     stream=tracking.stream)
-            self.script.start()
-            self.last_global: Mapping[str, np.ndarray] | None = None
+        # The site's own code, a Client API script or FLARE executors, runs in the actor of its own site
+        # (one actor per site, see resources.py) and answers the tasks fedray sends it.
+        self.app: ScriptSite | ExecutorSite | None = None
+        self.last_global: Mapping[str, np.ndarray] | None = None
+        if job["site"].get("flare_app"):
+            self.app = ExecutorSite(home_site, job["site"]["flare_app"], job,
+                                    is_cancelled=ray.get_runtime_context().is_canceled)
+        elif job["site"]["script"]:
+            self.app = ScriptSite(home_site, job["site"]["script"], job["site"]["script_args"], job,
+                                  stream=tracking.stream)
+            self.app.start()
 
     def ready(self) -> dict[str, Any]:
-
         return {"device": str(self.device), "threads": torch.get_num_threads()}
 
     def get_weights(self, site: str) -> FLModel:
-
+        """The initial weights (pre_train): the site's executor's, if it serves get_weights (FLARE's
+        InitializeGlobalWeights asks it), else fedray's model built with the job's seed."""
+        if isinstance(self.app, ExecutorSite) and self.app.serves("get_weights"):
+            return FLModel(params=self._checked_params(self.app.ask("get_weights", FLModel())))
         torch.manual_seed(self.job["seed"])
         fresh = instantiate(OmegaConf.create(self.job["model"]))
         return FLModel(params=get_params(fresh))
@@ -119,7 +126,7 @@ class TorchWorker:
         """A local update from `global_params`. `message` is what the algorithm's server part sends
         each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
         `site_state` this site's own state from its last round (None at first)."""
-        if self.script:
+        if self.app:
             return self._train_script(global_params, current_round, total_rounds, message or {})
 
         result = self._local_update(site, global_params, lambda: load_params(self.model, global_params), current_round,
@@ -247,14 +254,13 @@ class TorchWorker:
 
     def _shuffle(self, site: str, current_round: int) -> Any:
         """The generator of `site`'s batch order in `current_round`: the same on any worker, in any batch."""
-
         return torch.Generator().manual_seed(_seed(self.job["seed"], current_round, _site_number(site)))
 
     def submit_model(self, site: str, best_local: FLModel | None) -> FLModel:
         """The site's best local model; `best_local` is the train result it came from (resolved by Ray)."""
-        if self.script:
-            asked = FLModel(params=_torch_copy(self.last_global), meta={"submit_model_name": "best_model"})
-            answer = self.script.ask("submit_model", asked)
+        if self.app:
+            asked = FLModel(params=self._for_app(self.last_global), meta={"submit_model_name": "best_model"})
+            answer = self.app.ask("submit_model", asked)
             return FLModel(params=self._checked_params(answer), meta={"submit_model_name": "best_model"})
         if best_local is None:
             raise RuntimeError(f"{site} has no local model: it finished no train task")
@@ -262,16 +268,15 @@ class TorchWorker:
 
     def validate_models(self, site: str, models: dict[str, ray.ObjectRef]) -> dict[str, dict[str, float]]:
         """Each model (an FLModel, or server weights) on this site's validation split."""
-
         results = {}
         cancelled = ray.get_runtime_context().is_canceled
         for owner, model in zip(models, ray.get(list(models.values()), timeout=300)):
             if cancelled():  # given up on: stop between models
                 raise TrainingStopped(f"{site}: validation stopped: the server gave up on this task")
             params = model.params if isinstance(model, FLModel) else model
-            if self.script:
-                asked = FLModel(params=_torch_copy(params), meta={"model_owner": owner})
-                results[owner] = _validation_metrics(self.script.ask("validate", asked).metrics, self.script)
+            if self.app:
+                asked = FLModel(params=self._for_app(params), meta={"model_owner": owner})
+                results[owner] = _validation_metrics(self.app.ask("validate", asked).metrics, self.app)
                 continue
             load_params(self.model, params)
             metrics = self._score(site)
@@ -280,7 +285,6 @@ class TorchWorker:
 
     def _score(self, site: str) -> dict[str, float]:
         """The model as it stands on `site`'s validation split: accuracy and loss (NaN without a split)."""
-
         if not len(self.shards[site].val):  # data.val_fraction=0: nothing to score, and no mode switches
             return pool_metrics()
         return pool_metrics(evaluate(self.model, self.train_images, self.train_labels, self.shards[site].val,
@@ -288,7 +292,6 @@ class TorchWorker:
 
     def evaluate_part(self, params: Mapping[str, np.ndarray], split: str, indices: np.ndarray) -> dict[str, float]:
         """Sums (not means) over `indices` of `split`, so the server can pool several workers' parts."""
-
         load_params(self.model, params)
         images, labels = (self.test_images, self.test_labels) if split == "test" else (self.train_images, self.train_labels)
         return evaluate(self.model, images, labels, indices, self.job["eval_batch_size"])
@@ -296,8 +299,8 @@ class TorchWorker:
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """The job is over: let a script leave its loop and run what follows it."""
-        if self.script:
-            self.script.stop(timeout)
+        if self.app:
+            self.app.stop(timeout)
 
     def _train_script(self, global_params: Mapping[str, np.ndarray], current_round: int, total_rounds: int,
                       message: Mapping[str, Any]) -> FLModel:
@@ -307,46 +310,51 @@ class TorchWorker:
         # in the model's meta.
         sent = {key: {name: np.array(value) for name, value in params.items()} if isinstance(params, Mapping)
                 else params for key, params in message.items()}
-        asked = FLModel(params=_torch_copy(global_params), current_round=current_round, total_rounds=total_rounds,
+        asked = FLModel(params=self._for_app(global_params), current_round=current_round, total_rounds=total_rounds,
                         start_round=self.job["workflows"]["scatter_and_gather"]["start_round"],
                         meta={"job_id": self.job["job_id"], **sent})
-        answer = self.script.ask("train", asked)
+        answer = self.app.ask("train", asked)
         tracking.flush()  # the script's SummaryWriter points reach the driver before its result
         params = self._checked_params(answer)
         if answer.params_type == ParamsType.DIFF:
             params = {name: (global_params[name] + diff).astype(global_params[name].dtype) for name, diff in params.items()}
         steps = answer.meta.get(NUM_STEPS_CURRENT_ROUND)
         if steps is None:
-            print(f"[{self.script.site}] result has no meta['{NUM_STEPS_CURRENT_ROUND}']: aggregated with weight 1",
+            print(f"[{self.app.site}] result has no meta['{NUM_STEPS_CURRENT_ROUND}']: aggregated with weight 1",
                   file=sys.stderr)
             steps = 1
         metrics = {name: float(value) for name, value in answer.metrics.items() if np.isscalar(value)}
         extra = {}
         for key in self.algorithm.result_keys:
             if key not in answer.meta:
-                raise ScriptError(f"{self.script.site}: script {self.script.script} sent no meta['{key}'], which "
+                raise ScriptError(f"{self.app.site}: {self.app.name} sent no meta['{key}'], which "
                                   f"algorithm={type(self.algorithm).__name__} needs")
             extra[key] = {name: _to_numpy(value) for name, value in answer.meta[key].items()}
         return FLModel(params=params, metrics={**metrics, "seconds": time.perf_counter() - started},
                        meta={NUM_STEPS_CURRENT_ROUND: steps, **extra}, current_round=current_round,
                        total_rounds=total_rounds)
 
+    def _for_app(self, params: Mapping[str, np.ndarray] | None) -> Any:
+        """The weights as the site's code takes them: tensors for a Client API script (FLARE's pytorch
+        exchange format), numpy for executors (their DXO's, copied writable by the executor site)."""
+        return _torch_copy(params) if isinstance(self.app, ScriptSite) else params
+
     def _checked_params(self, answer: FLModel) -> dict[str, np.ndarray]:
         """The script's params as numpy, with exactly the model's variables."""
         if not answer.params:
-            raise ScriptError(f"{self.script.site}: script {self.script.script} sent no params for "
-                              f"'{self.script.task_name}'")
+            raise ScriptError(f"{self.app.site}: {self.app.name} sent no params for "
+                              f"'{self.app.task_name}'")
         params = {name: _to_numpy(value) for name, value in answer.params.items()}
         expected_keys = set(self.model.state_dict())  # the global model's too: it loads with strict=True
         if set(params) != expected_keys:
             missing, extra = sorted(expected_keys - set(params)), sorted(set(params) - expected_keys)
-            raise ScriptError(f"{self.script.site}: script {self.script.script} sent params that do not match the "
+            raise ScriptError(f"{self.app.site}: {self.app.name} sent params that do not match the "
                               f"model (missing: {missing[:5]}, unexpected: {extra[:5]})")
         return params
 
 
 def _torch_copy(params: Mapping[str, np.ndarray] | None) -> dict[str, Any] | None:
-    """Writable tensors for the script (the object store's arrays are read-only)."""
+    """Writable tensors for a script (the object store's arrays are read-only)."""
 
     return None if params is None else {name: torch.tensor(np.array(value)) for name, value in params.items()}
 
@@ -356,11 +364,12 @@ def _to_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
-def _validation_metrics(metrics: Mapping[str, Any], script: ScriptSite) -> dict[str, float]:
-    """A script's `validate` answer as cross-site cells: FLARE's scripts send "accuracy"."""
-    accuracy = metrics.get("val_accuracy", metrics.get("accuracy"))
+def _validation_metrics(metrics: Mapping[str, Any], app: ScriptSite | ExecutorSite) -> dict[str, float]:
+    """A script's or executor's `validate` answer as cross-site cells: FLARE's scripts send "accuracy",
+    its hello-pt validator "val_acc"."""
+    accuracy = next((metrics[key] for key in ("val_accuracy", "accuracy", "val_acc") if key in metrics), None)
     if accuracy is None:
-        raise ScriptError(f"{script.site}: script {script.script} sent no 'accuracy' metric for 'validate'")
+        raise ScriptError(f"{app.site}: {app.name} sent no 'accuracy' metric for 'validate'")
     loss = metrics.get("val_loss", metrics.get("loss"))
     return {"val_accuracy": float(accuracy), "val_loss": None if loss is None else float(loss)}
 

@@ -1,0 +1,152 @@
+"""FLARE's Executor API inside sites: a job folder whose clients are its own Executor classes (FLARE 2.4's
+hello-pt: Cifar10Trainer for train/submit_model/get_weights, Cifar10Validator for validate) runs as it is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedray import ConfigError, run_job
+from fedray.flare.job_folder import translate
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+JOBS = Path(__file__).resolve().parent / "flare_jobs"
+
+
+def test_flares_own_hello_pt_runs_its_executors_through_all_three_workflows(job_config, tmp_path):
+    warnings: list[str] = []
+    overrides = translate(str(JOBS / "hello-pt-2.4"), report=warnings.append)
+    assert any(o.startswith("site.flare_app=") for o in overrides) and "rounds=2" in overrides
+    assert len(warnings) == 1 and "PTModelLocator" in warnings[0]
+    summary = run_job(job_config(*overrides), tmp_path)
+
+    assert summary["status"] == "completed"
+    assert [sorted(r["sites"]) for r in summary["rounds"]] == [["site-1", "site-2"]] * 2
+    # Cifar10Trainer reports len(its DataLoader) as NUM_STEPS_CURRENT_ROUND: 64 images at batch 4.
+    assert {site["num_steps"] for r in summary["rounds"] for site in r["sites"].values()} == {16}
+    final = torch.load(tmp_path / "models" / "FL_global_model.pt")["model"]
+    results = json.loads((tmp_path / "cross_site_val" / "cross_val_results.json").read_text())
+    assert list(results) == ["site-1", "site-2"]
+    for row in results.values():
+        assert list(row) == ["site-1", "site-2", "SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"]
+        assert all(0 <= cell["val_accuracy"] <= 1 for cell in row.values())
+    # submit_model was the trainer's: the local model it saved in its site's FLARE workspace (run dir/models/).
+    job_id = summary["config"]["job_id"]
+    for site in ("site-1", "site-2"):
+        saved = torch.load(Path(tempfile.gettempdir()) / "fedray-sites" / job_id / site / job_id / "models" / "local_model.pt")
+        assert set(saved["model"]) == set(final) and saved["train_conf"] == {"train": {"model": "SimpleNetwork"}}
+    assert set(final) == {f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")}
+
+
+def _job_copy(tmp_path: Path, trainer_patch: str = "", client_config=None) -> Path:
+    """hello-pt-2.4 in tmp_path, with code appended to its trainer module and/or another client config."""
+    job = tmp_path / "hello-pt"
+    shutil.copytree(JOBS / "hello-pt-2.4", job)
+    if trainer_patch:
+        trainer = job / "app" / "custom" / "cifar10trainer.py"
+        trainer.write_text(trainer.read_text() + "\n" + textwrap.dedent(trainer_patch))
+    if client_config is not None:
+        path = job / "app" / "config" / "config_fed_client.json"
+        path.write_text(json.dumps(client_config(json.loads(path.read_text()))))
+    return job
+
+
+FAILING_SITE_2 = """
+    _execute = Cifar10Trainer.execute
+
+
+    def _failing_on_site_2(self, task_name, shareable, fl_ctx, abort_signal):
+        if task_name == "train" and fl_ctx.get_identity_name() == "site-2":
+            return make_reply(ReturnCode.EXECUTION_EXCEPTION)
+        return _execute(self, task_name, shareable, fl_ctx, abort_signal)
+
+
+    Cifar10Trainer.execute = _failing_on_site_2
+"""
+
+
+def test_an_executors_non_ok_return_code_is_a_failed_site(job_config, tmp_path):
+    job = _job_copy(tmp_path, FAILING_SITE_2)
+    overrides = translate(str(job), report=lambda line: None)
+    summary = run_job(job_config(*overrides, "rounds=1", "min_clients=1", "workflows.cross_site_validate.enabled=false"),
+                      tmp_path / "run")
+    failure = summary["rounds"][0]["failures"]["site-2"]
+    assert failure["kind"] == "error" and "ReturnCode EXECUTION_EXCEPTION" in failure["message"]
+    assert "Cifar10Trainer" in failure["message"] and list(summary["rounds"][0]["sites"]) == ["site-1"]
+
+
+HANGING_SITE_2 = """
+    import time as _time
+
+    _execute = Cifar10Trainer.execute
+
+
+    def _hanging_on_site_2(self, task_name, shareable, fl_ctx, abort_signal):
+        if task_name == "train" and fl_ctx.get_identity_name() == "site-2":
+            while not abort_signal.triggered:
+                _time.sleep(0.05)
+            open(MARKER, "w").close()
+            return make_reply(ReturnCode.TASK_ABORTED)
+        return _execute(self, task_name, shareable, fl_ctx, abort_signal)
+
+
+    Cifar10Trainer.execute = _hanging_on_site_2
+"""
+
+
+def test_a_task_the_server_gives_up_on_triggers_the_executors_abort_signal(job_config, tmp_path):
+    marker = tmp_path / "aborted"
+    job = _job_copy(tmp_path, HANGING_SITE_2.replace("MARKER", repr(str(marker))))
+    overrides = translate(str(job), report=lambda line: None)
+    cfg = job_config(*overrides, "rounds=1", "min_clients=1", "workflows.scatter_and_gather.train_timeout=4",
+                     "workflows.cross_site_validate.enabled=false")
+    cfg.site.stop_timeout = 30  # time to see the signal and return, before fedray restarts the actor
+    summary = run_job(cfg, tmp_path / "run")
+    assert summary["rounds"][0]["failures"]["site-2"]["kind"] == "timeout"
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "site-2's executor never saw abort_signal triggered"
+
+
+def test_an_executor_that_does_not_import_is_one_line_naming_it(job_config, tmp_path):
+    def missing_class(config):
+        config["executors"][0]["executor"]["path"] = "cifar10trainer.Cifar10Trainr"
+        return config
+
+    job = _job_copy(tmp_path, client_config=missing_class)
+    overrides = translate(str(job), report=lambda line: None)
+    with pytest.raises(ConfigError) as failed:
+        run_job(job_config(*overrides), tmp_path / "run")
+    message = str(failed.value)
+    assert "\n" not in message and "cifar10trainer.Cifar10Trainr" in message and "config_fed_client" in message
+
+
+@pytest.mark.parametrize("patch, says", [
+    ('raise RuntimeError("no GPU driver")', "executor cifar10trainer.Cifar10Trainer: cannot be imported "
+                                            "(RuntimeError: no GPU driver)"),
+    ('''
+     def _fails_to_start(self, event_type, fl_ctx):
+         if event_type == "_start_run":
+             raise ValueError("no data")
+
+
+     Cifar10Trainer.handle_event = _fails_to_start
+     ''', "cifar10trainer.Cifar10Trainer.handle_event(_start_run) raised ValueError: no data"),
+])
+def test_an_executor_that_fails_at_import_or_start_run_stops_the_job_in_one_line(job_config, tmp_path, patch, says):
+    from fedray import JobFailed
+
+    job = _job_copy(tmp_path, patch)
+    with pytest.raises(JobFailed) as failed:
+        run_job(job_config(*translate(str(job), report=lambda line: None)), tmp_path / "run")
+    assert "\n" not in str(failed.value) and says in str(failed.value)
+    assert "app/config/config_fed_client" in str(failed.value)
