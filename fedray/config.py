@@ -91,6 +91,14 @@ class RayConfig:
 
 
 @dataclass
+class FlareConfig:
+    """What a FLARE job folder's server app adds (flare_job= sets it): its own components that act on events."""
+
+    server_app: Optional[str] = None  # the server app folder (config/config_fed_server.json, custom/)
+    server_components: List[str] = field(default_factory=list)  # ids of its components run on START_RUN/END_RUN
+
+
+@dataclass
 class TensorBoardConfig:
     per_site: Optional[bool] = None  # tb/site-k/ curves (streamed train loss, round metrics); null: up to PER_SITE_LIMIT sites
 
@@ -160,6 +168,7 @@ class JobConfig:
     site: SiteConfig = field(default_factory=SiteConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    flare: FlareConfig = field(default_factory=FlareConfig)
     workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
 
 
@@ -289,6 +298,10 @@ def validate(cfg: DictConfig) -> None:
         app = Path(cfg.site.get("flare_app"))
         require(any((app / "config" / f"config_fed_client.{ext}").is_file() for ext in ("json", "conf")),
                 "site.flare_app", "no config/config_fed_client.json (or .conf) there; give a FLARE client app folder")
+    flare = cfg.get("flare") or {}  # .get: a resumed run's own config may predate the key
+    if flare.get("server_components"):
+        require(flare.get("server_app") is not None and Path(flare["server_app"]).is_dir(), "flare.server_app",
+                "must be the FLARE server app folder whose components flare.server_components names")
     if runs_own_code(cfg.site):
         require(
             cfg.site.num_actors in (None, cfg.num_clients),

@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -76,8 +77,8 @@ FAILING_SITE_2 = """
 def test_an_executors_non_ok_return_code_is_a_failed_site(job_config, tmp_path):
     job = _job_copy(tmp_path, FAILING_SITE_2)
     overrides = translate(str(job), report=lambda line: None)
-    summary = run_job(job_config(*overrides, "rounds=1", "min_clients=1", "workflows.cross_site_validate.enabled=false"),
-                      tmp_path / "run")
+    summary = run_job(job_config(*overrides, "rounds=1", "min_clients=1", "workflows.cross_site_validate.enabled=false",
+                                 "workflows.scatter_and_gather.wait_time_after_min_received=120"), tmp_path / "run")
     failure = summary["rounds"][0]["failures"]["site-2"]
     assert failure["kind"] == "error" and "ReturnCode EXECUTION_EXCEPTION" in failure["message"]
     assert "Cifar10Trainer" in failure["message"] and list(summary["rounds"][0]["sites"]) == ["site-1"]
@@ -150,3 +151,66 @@ def test_an_executor_that_fails_at_import_or_start_run_stops_the_job_in_one_line
         run_job(job_config(*translate(str(job), report=lambda line: None)), tmp_path / "run")
     assert "\n" not in str(failed.value) and says in str(failed.value)
     assert "app/config/config_fed_client" in str(failed.value)
+
+
+def _cifar10_sim_job(tmp_path: Path, num_sites: int = 2) -> tuple[Path, list[str]]:
+    """FLARE 2.4's cifar10_fedavg job (its files), its TRAIN_SPLIT_ROOT pointed at tmp_path with each site's
+    index file placed there, and the stand-in `pt` package on python_path, as its README's PYTHONPATH does."""
+    job = tmp_path / "cifar10_fedavg"
+    shutil.copytree(JOBS / "cifar10_fedavg", job)
+    client = job / "cifar10_fedavg" / "config" / "config_fed_client.json"
+    config = json.loads(client.read_text())
+    config["TRAIN_SPLIT_ROOT"] = str(tmp_path / "splits")
+    client.write_text(json.dumps(config))
+    (tmp_path / "splits").mkdir()
+    for k in range(1, num_sites + 1):
+        np.save(tmp_path / "splits" / f"site-{k}.npy", np.arange((k - 1) * 64, k * 64))
+    return job, [f"python_path=[{JOBS / 'cifar10_pt'}]", f"num_clients={num_sites}", f"min_clients={num_sites}",
+                 "rounds=2"]
+
+
+def test_a_cifar10_sim_job_runs_its_model_learner_and_its_server_data_splitter(job_config, tmp_path):
+    job, given = _cifar10_sim_job(tmp_path)
+    shutil.rmtree(tmp_path / "splits")  # the job's data splitter writes them at START_RUN, before any site trains
+    server = job / "cifar10_fedavg" / "config" / "config_fed_server.json"
+    config = json.loads(server.read_text())
+    config["TRAIN_SPLIT_ROOT"] = str(tmp_path / "splits")  # the server's copy of the variable, as the client's
+    server.write_text(json.dumps(config))
+
+    warnings: list[str] = []
+    overrides = translate(str(job), report=warnings.append)
+    assert "model._target_='pt.networks.cifar10_nets.ModerateCNN'" in overrides
+    assert "flare.server_components=['data_splitter']" in overrides
+    assert any(o.startswith("site.flare_app=") for o in overrides)
+    assert any("IntimeModelSelector" in line for line in warnings)
+    summary = run_job(job_config(*overrides, *given), tmp_path / "run")
+
+    # START_RUN split the 224 images into min_clients={min_clients}=8 files; sites 1 and 2 trained on theirs.
+    split = [np.load(tmp_path / "splits" / f"site-{k}.npy") for k in range(1, 9)]
+    assert sorted(np.concatenate(split).tolist()) == list(range(224))
+    assert [sorted(r["sites"]) for r in summary["rounds"]] == [["site-1", "site-2"]] * 2
+    # The learner's own NUM_STEPS_CURRENT_ROUND: its split at batch 16, AGGREGATION_EPOCHS=4 epochs.
+    for k in (1, 2):
+        steps = {r["sites"][f"site-{k}"]["num_steps"] for r in summary["rounds"]}
+        assert steps == {4 * -(-len(split[k - 1]) // 16)}
+    results = json.loads((tmp_path / "run" / "cross_site_val" / "cross_val_results.json").read_text())
+    assert list(results["site-1"]) == ["site-1", "site-2", "SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"]
+    assert all(0 <= cell["val_accuracy"] <= 1 for row in results.values() for cell in row.values())
+
+
+def test_a_learner_that_stops_its_task_is_a_failed_site(job_config, tmp_path):
+    job, given = _cifar10_sim_job(tmp_path)
+    server = job / "cifar10_fedavg" / "config" / "config_fed_server.json"
+    config = json.loads(server.read_text())
+    config["components"] = [c for c in config["components"] if c["id"] != "data_splitter"]
+    server.write_text(json.dumps(config))  # no splitter: the splits placed by hand, site-2's missing
+    (tmp_path / "splits" / "site-2.npy").unlink()  # site-2's learner: stop_task("No subset index found!")
+    overrides = translate(str(job), report=lambda line: None)
+    # The round waits for site-2's answer (it fails within seconds), whatever the machine's load.
+    summary = run_job(job_config(*overrides, *given, "min_clients=1", "rounds=1",
+                                 "workflows.scatter_and_gather.wait_time_after_min_received=120",
+                                 "workflows.cross_site_validate.enabled=false"), tmp_path / "run")
+    failure = summary["rounds"][0]["failures"]["site-2"]
+    # stop_task in the learner's initialize: FLARE's executor re-raises it, and the task fails with its reason.
+    assert failure["kind"] == "error" and failure["message"].startswith("TaskExecutionError: No subset index found!")
+    assert list(summary["rounds"][0]["sites"]) == ["site-1"]

@@ -130,9 +130,22 @@ def test_components_that_change_the_math_are_refused_each_on_its_line_and_loggin
     message = str(refused.value)
     assert "\n" not in message
     assert "FedAvg stop_cond=accuracy >= 80: early stopping is not in fedray yet" in message
-    assert "my_company.fl.SecretSauce: fedray does not know it" in message
+    # A component of the job's own that no workflow names acts on events: fedray runs it (the pre-flight
+    # check then says its module is missing, below), it is no reason to refuse the folder.
+    assert "SecretSauce" not in message
     assert "task_result_filters: PercentilePrivacy: filters are not in fedray yet" in message
     assert any("MLflowReceiver" in line for line in warnings)
+
+    server["workflows"][0]["args"].pop("stop_cond")
+    server.pop("task_result_filters")
+    path.write_text(json.dumps(server))
+    overrides = translate(str(job), report=lambda line: None)
+    assert "flare.server_components=['mine']" in overrides
+    from fedray.driver.preflight import check_flare_app
+
+    with pytest.raises(ConfigError, match=r"config_fed_server component 'mine' my_company.fl.SecretSauce: no module "
+                                          r"my_company.fl in the app's custom/ or on python_path$"):
+        check_flare_app(str(job / "app_server"), "config_fed_server", {"mine"})
 
 
 def test_a_folder_that_is_no_flare_job_is_one_line(tmp_path):

@@ -127,3 +127,26 @@ def test_a_private_local_ray_starts_lean_and_its_workers_get_the_malloc_settings
     assert kinds == repr(["dashboard", "raylet"])  # no autoscaler monitor
     assert restored == "True"
     assert malloc == repr([MALLOC_SETTINGS[name] for name in sorted(MALLOC_SETTINGS)])
+
+
+def test_code_that_asks_ray_something_while_the_jobs_ray_starts_gets_that_ray(tmp_path):
+    """Ray starts a default Ray of its own when ray.get_runtime_context() (or ray.get ...) is called before
+    Ray is up: a model asking its actor's name in the driver's model check did, while the job's private
+    Ray was starting in its thread, and that start then failed ("ray.init twice"). Now the call waits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ray, psutil\n"
+        "from fedray.driver.cluster import ray_for\n"
+        "with ray_for({'address': None, 'num_cpus': 1, 'num_gpus': 0, 'dashboard': False}) as session:\n"
+        "    ray.get_runtime_context()  # before wait_until_up, as a model's constructor in check_code\n"
+        "    session.wait_until_up()\n"
+        "    heads = [p for p in psutil.Process().children(recursive=True) if 'gcs_server' in p.name()]\n"
+        "    print(len(heads), ray.cluster_resources().get('CPU'))\n"
+    )
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, env=env,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["1", "1.0"]  # one Ray, the job's (1 CPU), not a default one beside it

@@ -16,11 +16,16 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import ray
+
+try:  # Ray's private module; without it, Ray starts as it always did
+    from ray._private import auto_init_hook
+except ImportError:  # pragma: no cover - a Ray that moved it
+    auto_init_hook = None
 
 from fedray.config import ConfigError
 from fedray.driver import reaper
@@ -165,6 +170,16 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _start(settings: Mapping[str, Any]) -> None:
+    # Ray's auto-init: ray.get, ray.get_runtime_context ... called before Ray is up start a default Ray
+    # (dashboard and all) in the calling thread. A model whose constructor asks for its actor's name does,
+    # in the driver's model check, while this thread starts the job's Ray: two Rays, and this ray.init fails
+    # ("called ray.init twice"). Holding Ray's own auto-init lock makes such a call wait for this Ray and
+    # use it, as Ray's auto-init itself holds it around its ray.init.
+    with getattr(auto_init_hook, "auto_init_lock", None) or nullcontext():
+        _init(settings)
+
+
+def _init(settings: Mapping[str, Any]) -> None:
     options: dict[str, Any] = dict(
         include_dashboard=settings["dashboard"],
         logging_level=logging.WARNING,

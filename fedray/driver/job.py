@@ -33,6 +33,7 @@ from fedray.records import checkpoint
 from fedray.records.checkpoint import ResumeError
 from fedray.records.recorder import RunRecorder
 from fedray.server.controller import ControllerActor
+from fedray.server.flare_components import FlareServerComponentsActor
 from fedray.site.actor import SiteWorkerActor
 
 log = logging.getLogger("fedray")
@@ -180,6 +181,7 @@ def _run_sites(
     """
     clock = time.perf_counter()
     actors: list[ray.actor.ActorHandle] = []
+    server_components = None
     try:
         cluster = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
@@ -211,6 +213,11 @@ def _run_sites(
         # restarts, and is the sites' mailbox for their streamed points (fedray/site/metric_stream.py); it sends
         # no task before they are ready.
         val_index = np.concatenate([shard.val for shard in shards])
+        if job.get("flare", {}).get("server_components"):
+            # A FLARE server app's own components act on START_RUN (a data splitter) before any site trains.
+            server_components = FlareServerComponentsActor.options(namespace=namespace).remote(job)
+            actors.append(server_components)
+            _await_workers({server_components.ready.remote(): "the FLARE server components"}, cfg.site.start_timeout)
         controller = ControllerActor.options(name="controller", namespace=namespace).remote(
             job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved)
         )
@@ -227,7 +234,18 @@ def _run_sites(
         recorder.start_drawing()
         return clock
     finally:
+        _end_run(server_components)
         _stop(actors, wait_for_scripts=runs_own_code(job["site"]), kill=kill_actors)
+
+
+def _end_run(server_components: Optional[ray.actor.ActorHandle], timeout: float = 60.0) -> None:
+    """END_RUN to a FLARE server app's components; the job's result stands whatever they do."""
+    if server_components is None:
+        return
+    try:
+        ray.get(server_components.end_run.remote(), timeout=timeout)
+    except Exception as err:  # a failing END_RUN handler, or the actor gone with a failed start
+        log.warning("FLARE server components at END_RUN: %s", _first_line(err))
 
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,6 +40,9 @@ def check_code(cfg: DictConfig) -> None:
     model = check_model(cfg.model)
     if cfg.site.get("flare_app"):  # .get: a resumed run's own config may predate the key
         check_flare_app(cfg.site.flare_app)
+    flare = cfg.get("flare") or {}
+    if flare.get("server_components"):
+        check_flare_app(flare["server_app"], "config_fed_server", set(flare["server_components"]))
     if cfg.site.batched_training:
         _check_batched_training(cfg, model)
 
@@ -110,21 +113,23 @@ def _require_importable_target(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key}._target_={target}: cannot be imported ({reason})") from None
 
 
-def check_flare_app(app: str) -> None:
-    """Every executor and component class a FLARE client app names is found in its module, without
-    running the module (its FLARE imports are served inside sites only): one line for the first that is not."""
+def check_flare_app(app: str, stem: str = "config_fed_client", component_ids: Optional[set] = None) -> None:
+    """Every executor and component class a FLARE app names (of a server app: the components fedray runs,
+    `component_ids`) is found in its module, without running the module (its FLARE imports are served in
+    fedray's actors only): one line for the first that is not."""
     import ast
     import importlib.util
 
     from fedray.flare.job_folder import read_app_config
 
-    config = read_app_config(Path(app), "config_fed_client")
+    config = read_app_config(Path(app), stem)
     entries = [("executor", entry.get("executor", {})) for entry in config.get("executors", [])]
-    entries += [(f"component '{entry.get('id', '?')}'", entry) for entry in config.get("components", [])]
+    entries += [(f"component '{entry.get('id', '?')}'", entry) for entry in config.get("components", [])
+                if component_ids is None or entry.get("id") in component_ids]
     for role, entry in entries:
         path = str(entry.get("path") or entry.get("name") or "")
         module_name, _, class_name = path.rpartition(".")
-        where = f"site.flare_app={app}: config_fed_client {role} {path}"
+        where = f"{app}: {stem} {role} {path}"
         if module_name.startswith("nvflare."):
             continue  # FLARE's own classes: fedray/flare/job_folder.py decided which it serves
         try:
@@ -138,6 +143,8 @@ def check_flare_app(app: str) -> None:
         except SyntaxError as err:
             raise ConfigError(f"{where}: {spec.origin} does not compile (line {err.lineno}: {err.msg})") from None
         defined = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+        defined |= {alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
+                    for alias in node.names}  # a package's __init__ that imports the class
         defined |= {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
                     if isinstance(target, ast.Name)}
         if class_name not in defined:

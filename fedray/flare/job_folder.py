@@ -80,9 +80,19 @@ def translate(path: str, report: Callable[[str], None] = lambda line: print(line
         job.set(f"{PRE}.enabled", False)  # the persistor's model starts the job: fedray's seeded init
     if not names & {"CrossSiteModelEval"}:
         job.set(f"{CSV}.enabled", False)
+    event_components = []
     for component_id, component in job.components.items():
-        if component_id not in job.used:
-            _translate(job, component, f"component '{component_id}'")
+        if component_id in job.used:
+            continue
+        if _class_name(component) not in COMPONENTS and not _class_path(component).startswith("nvflare."):
+            # The job's own component that no workflow names acts on events (cifar10-sim's data splitter at
+            # START_RUN): fedray runs it as FLARE's server does (fedray/server/flare_components.py).
+            event_components.append(component_id)
+            continue
+        _translate(job, component, f"component '{component_id}'")
+    if event_components:
+        job.set("flare.server_app", str(folder / server_app))
+        job.set("flare.server_components", event_components)
     _filters(job, server, "config_fed_server")
 
     client = _client_script(job, folder, client_apps, path)
@@ -328,6 +338,8 @@ COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
 # messages in FLARE (fedray's site actor does that itself).
 SCRIPT_EXECUTORS = {"ClientAPIExecutor", "InProcessClientAPIExecutor", "PTInProcessClientAPIExecutor",
                     "ClientAPILauncherExecutor", "PTClientAPILauncherExecutor"}
+# FLARE's own executors that fedray serves inside sites beside a job's own (fedray/flare/learner_api.py).
+SERVED_EXECUTORS = {"ModelLearnerExecutor"}
 CLIENT_PLUMBING = {"SubprocessLauncher", "CellPipe", "FilePipe", "MetricRelay", "ExternalConfigurator"}
 
 
@@ -394,9 +406,11 @@ def _client_script(job: _Job, folder: Path, client_apps: list[str], path: str) -
 
 
 def _runs_executors(client: dict[str, Any]) -> bool:
-    """Whether a client app's executors are the job's own classes (FLARE's Executor API), not a script's."""
-    return any(not _class_path(entry.get("executor", {})).startswith("nvflare.")
-               and _class_name(entry.get("executor", {})) not in SCRIPT_EXECUTORS
+    """Whether a client app's executors are the job's own classes (FLARE's Executor API) or a learner's
+    executor fedray serves, not a script's."""
+    return any(_class_name(entry.get("executor", {})) in SERVED_EXECUTORS
+               or (not _class_path(entry.get("executor", {})).startswith("nvflare.")
+                   and _class_name(entry.get("executor", {})) not in SCRIPT_EXECUTORS)
                for entry in client.get("executors", []))
 
 
@@ -405,7 +419,8 @@ def _executor_app(job: _Job, client: dict[str, Any], app: str) -> None:
     fedray cannot serve beside them is refused here, one line each."""
     for entry in client.get("executors", []):
         executor = entry.get("executor", {})
-        if _class_path(executor).startswith("nvflare.") or _class_name(executor) in SCRIPT_EXECUTORS:
+        served = _class_name(executor) in SERVED_EXECUTORS
+        if not served and (_class_path(executor).startswith("nvflare.") or _class_name(executor) in SCRIPT_EXECUTORS):
             job.errors.append(f"{app}: executor {_class_name(executor)} beside the job's own executors: fedray runs "
                               "either a Client API script or the job's Executor classes in a site")
     for component in client.get("components", []):

@@ -32,6 +32,11 @@ ALIASES = {
     "nvflare.app_common.abstract.model": "fedray.flare.model_api",  # ModelLearnable, make_model_learnable ...
     "nvflare.app_common.abstract.learnable": "fedray.flare.model_api",
     "nvflare.app_opt.pt.model_persistence_format_manager": "fedray.flare.model_api",
+    # FLARE's ModelLearner API (cifar10-sim's learners): fedray/flare/learner_api.py.
+    **{name: "fedray.flare.learner_api" for name in (
+        "nvflare.app_common.abstract.model_learner", "nvflare.app_common.executors.model_learner_executor",
+        "nvflare.app_common.utils.fl_component_wrapper", "nvflare.app_common.utils.fl_model_utils",
+        "nvflare.apis.fl_exception")},
     # FLARE's Executor API (custom Executors in a job's custom/): one fedray module serves them all.
     **{f"nvflare.apis.{name}": "fedray.flare.executor_api" for name in (
         "shareable", "fl_constant", "dxo", "signal", "event_type", "fl_context", "fl_component", "executor",
@@ -43,7 +48,7 @@ ALIASES = {
 }
 # Packages on the way to an alias: empty modules, so that `import nvflare.client` can walk down.
 _PARENTS = {"nvflare", "nvflare.apis", "nvflare.app_common", "nvflare.app_common.abstract",
-            "nvflare.app_common.utils", "nvflare.app_opt", "nvflare.app_opt.pt"}
+            "nvflare.app_common.executors", "nvflare.app_common.utils", "nvflare.app_opt", "nvflare.app_opt.pt"}
 
 
 class _NVFlareAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -11,7 +11,6 @@ server gives up on (timed out, or late at a round's close) triggers the executor
 
 from __future__ import annotations
 
-import importlib
 import os
 import tempfile
 import threading
@@ -24,6 +23,7 @@ import numpy as np
 
 from fedray.fl_model import FLModel, ParamsType
 from fedray.flare import nvflare_alias
+from fedray.flare.components import ComponentError, build_component, fire
 from fedray.flare.executor_api import (
     DXO,
     DataKind,
@@ -44,7 +44,7 @@ POLL_SECONDS = 0.2
 WILDCARD = "*"
 
 
-class ExecutorError(RuntimeError):
+class ExecutorError(ComponentError):
     """An executor failed a task (raised, or answered with a ReturnCode other than OK); one line."""
 
 
@@ -68,13 +68,13 @@ class ExecutorSite:
         nvflare_alias.install()  # the app's custom/ is on python_path (fedray/flare/job_folder.py)
         config = read_app_config(self.app_dir, "config_fed_client")
         where = f"{site}: {self.app_dir.name}/config/config_fed_client"
-        self.components = {entry["id"]: _build(entry, f"{where} component '{entry['id']}'")
+        self.components = {entry["id"]: build_component(entry, f"{where} component '{entry['id']}'")
                            for entry in config.get("components", [])}
         self.engine = Engine(self.workspace, self.components, fire_event=self._fire)
         self.executors: dict[str, Any] = {}
         self.by_task: dict[str, Any] = {}
         for number, entry in enumerate(config.get("executors", [])):
-            executor = _build(entry["executor"], f"{where} executor")
+            executor = build_component(entry["executor"], f"{where} executor")
             self.executors[f"executor-{number}"] = executor
             for task in entry.get("tasks", []):
                 self.by_task.setdefault(task, executor)
@@ -140,33 +140,9 @@ class ExecutorSite:
         return fl_ctx
 
     def _fire(self, event_type: str, fl_ctx: FLContext, where: str = "") -> None:
-        """An event to every component, then every executor, as FLARE's runner delivers them."""
-        for owner in [*self.components.values(), *dict.fromkeys(self.executors.values())]:
-            handle = getattr(owner, "handle_event", None)
-            if handle is None:
-                continue
-            try:
-                handle(event_type, fl_ctx)
-            except Exception as err:
-                raise ExecutorError(f"{where or self.site}: {type(owner).__module__}.{type(owner).__name__}.handle_event"
-                                    f"({event_type}) raised {type(err).__name__}: {err}".splitlines()[0]) from None
-
-
-def _build(entry: Mapping[str, Any], where: str) -> Any:
-    """A FLARE component from its config entry (`path` and `args`, or `name` for a class FLARE knows by name)."""
-    path = entry.get("path") or entry.get("name")
-    if not path or "." not in path:
-        raise ExecutorError(f"{where}: needs a 'path' of module.Class")
-    where = f"{where} {path}"
-    module_name, _, class_name = path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except Exception as err:
-        raise ExecutorError(f"{where}: cannot be imported ({type(err).__name__}: {err})".splitlines()[0]) from None
-    try:
-        return cls(**(entry.get("args") or {}))
-    except Exception as err:
-        raise ExecutorError(f"{where}: building it failed ({type(err).__name__}: {err})".splitlines()[0]) from None
+        """An event to every component, then every executor, as FLARE's client runner delivers them."""
+        fire(event_type, [*self.components.values(), *dict.fromkeys(self.executors.values())], fl_ctx,
+             where or self.site)
 
 
 def _shareable(task_name: str, model: FLModel, current_round: Optional[int]) -> Shareable:

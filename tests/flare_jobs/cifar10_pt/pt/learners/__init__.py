@@ -1,0 +1,1 @@
+from .cifar10_model_learner import CIFAR10ModelLearner
