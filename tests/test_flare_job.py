@@ -213,6 +213,9 @@ def test_flares_simulator_options_become_fedray_keys(tmp_path):
     assert gpus is None
     args, gpus = to_fedray_args([str(job), "-c", "site-1,site-2", "-gpu", "0,1"])
     assert args == [f"flare_job={job}", "num_clients=2"] and gpus == "0,1"
+    # fedray's own form with the simulator's options: `fedray flare_job=PATH -n 2`
+    assert simulator_shape([f"flare_job={job}", "-n", "2"]) and not simulator_shape([f"flare_job={job}", "rounds=1"])
+    assert to_fedray_args([f"flare_job={job}", "-n", "2", "rounds=1"])[0] == [f"flare_job={job}", "num_clients=2", "rounds=1"]
     for bad, says in [(["-c", "alice,bob"], "-c alice,bob: fedray names its sites site-1 ... site-N; give -n 2"),
                       (["-n", "0"], "argument -n/--n_clients: must be at least 1; FLARE's simulator options"), (["-gpu", "first"], "-gpu first: give GPU ids")]:
         with pytest.raises(ConfigError, match=f"^{re.escape(says)}"):

@@ -32,8 +32,14 @@ def is_job_folder(arg: str) -> bool:
     return (folder / "meta.json").is_file() or (folder / "meta.conf").is_file()
 
 
+FLAGS = ("-w", "--workspace", "-n", "--n_clients", "-c", "--clients", "-t", "--threads", "-gpu", "--gpu", "--max_clients")
+
+
 def simulator_shape(args: list[str]) -> bool:
-    return any(is_job_folder(arg) for arg in args)
+    """A bare job folder, or `flare_job=PATH` with FLARE's simulator options (`fedray flare_job=PATH -n 2`)."""
+    if any(is_job_folder(arg) for arg in args):
+        return True
+    return any(arg.startswith("flare_job=") for arg in args) and any(arg.split("=")[0] in FLAGS for arg in args)
 
 
 def to_fedray_args(args: list[str]) -> tuple[list[str], Optional[str]]:
@@ -46,9 +52,10 @@ def to_fedray_args(args: list[str]) -> tuple[list[str], Optional[str]]:
     parser.add_argument("-gpu", "--gpu")
     parser.add_argument("--max_clients", type=int)
     folders = [arg for arg in args if is_job_folder(arg)]
-    if len(folders) > 1:
-        raise ConfigError(f"{' '.join(folders)}: give one FLARE job folder")
-    rest = [arg for arg in args if arg != folders[0]]
+    folders += [arg[len("flare_job="):] for arg in args if arg.startswith("flare_job=")]
+    if len(folders) != 1:
+        raise ConfigError(f"{' '.join(folders) or 'FLARE simulator options'}: give one FLARE job folder")
+    rest = [arg for arg in args if arg not in (folders[0], f"flare_job={folders[0]}")]
     known, others = parser.parse_known_args(rest)
     derived = [f"flare_job={Path(folders[0]).expanduser().resolve()}"]
     num_clients = known.n_clients
