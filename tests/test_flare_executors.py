@@ -214,3 +214,68 @@ def test_a_learner_that_stops_its_task_is_a_failed_site(job_config, tmp_path):
     # stop_task in the learner's initialize: FLARE's executor re-raises it, and the task fails with its reason.
     assert failure["kind"] == "error" and failure["message"].startswith("TaskExecutionError: No subset index found!")
     assert list(summary["rounds"][0]["sites"]) == ["site-1"]
+
+
+OLDER_LEARNER = """
+    import torch
+    from simple_network import SimpleNetwork
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import FakeData
+    from torchvision.transforms import ToTensor
+
+    from nvflare.apis.dxo import DXO, DataKind, MetaKey, from_shareable
+    from nvflare.apis.fl_constant import ReturnCode
+    from nvflare.apis.shareable import make_reply
+    from nvflare.app_common.abstract.learner_spec import Learner
+
+
+    class TinyLearner(Learner):
+        '''FLARE 2.0-2.3's learner shape (Shareables in and out), on 64 FakeData images.'''
+
+        def initialize(self, parts, fl_ctx):
+            self.model = SimpleNetwork()
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
+            self.loader = DataLoader(FakeData(size=64, image_size=(3, 32, 32), transform=ToTensor()), batch_size=8)
+
+        def _load(self, data):
+            dxo = from_shareable(data)
+            self.model.load_state_dict({k: torch.as_tensor(v) for k, v in dxo.data.items()})
+
+        def train(self, data, fl_ctx, abort_signal):
+            self._load(data)
+            for images, labels in self.loader:
+                if abort_signal.triggered:
+                    return make_reply(ReturnCode.TASK_ABORTED)
+                self.optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(self.model(images), labels).backward()
+                self.optimizer.step()
+            weights = {k: v.numpy() for k, v in self.model.state_dict().items()}
+            return DXO(DataKind.WEIGHTS, weights, meta={MetaKey.NUM_STEPS_CURRENT_ROUND: len(self.loader)}).to_shareable()
+
+        def get_model_for_validation(self, model_name, fl_ctx):
+            weights = {k: v.numpy() for k, v in self.model.state_dict().items()}
+            return DXO(DataKind.WEIGHTS, weights).to_shareable()
+
+        def validate(self, data, fl_ctx, abort_signal):
+            self._load(data)
+            return DXO(DataKind.METRICS, {"val_acc": 0.5}).to_shareable()
+"""
+
+
+def test_flares_older_learner_api_runs_through_learner_executor(job_config, tmp_path):
+    def learner_app(config):
+        config["executors"] = [{"tasks": ["train", "submit_model", "validate"], "executor": {
+            "path": "nvflare.app_common.executors.learner_executor.LearnerExecutor", "args": {"learner_id": "learner"}}}]
+        config["components"] = [{"id": "learner", "path": "tiny_learner.TinyLearner", "args": {}}]
+        return config
+
+    job = _job_copy(tmp_path, client_config=learner_app)
+    (job / "app" / "custom" / "tiny_learner.py").write_text(textwrap.dedent(OLDER_LEARNER))
+    overrides = translate(str(job), report=lambda line: None)
+    summary = run_job(job_config(*overrides, "rounds=1"), tmp_path / "run")
+    assert [sorted(r["sites"]) for r in summary["rounds"]] == [["site-1", "site-2"]]
+    assert {s["num_steps"] for s in summary["rounds"][0]["sites"].values()} == {8}
+    results = json.loads((tmp_path / "run" / "cross_site_val" / "cross_val_results.json").read_text())
+    # Every cross-site cell is the learner's own validate answer (its "val_acc"), for every model.
+    assert all(cell["val_accuracy"] == 0.5 for row in results.values() for cell in row.values())
+    assert list(results["site-1"]) == ["site-1", "site-2", "SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"]

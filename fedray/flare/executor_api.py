@@ -992,6 +992,10 @@ class Engine:
         """None when there is no such component, as FLARE's engine."""
         return self._components.get(component_id)
 
+    def get_all_components(self) -> dict[str, Any]:
+        """Every component by id (FLARE's Learner.initialize gets them as `parts`)."""
+        return dict(self._components)
+
     def fire_event(self, event_type: str, fl_ctx: FLContext) -> None:
         if self._fire_event is not None:
             self._fire_event(event_type, fl_ctx)

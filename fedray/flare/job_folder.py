@@ -339,7 +339,7 @@ COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
 SCRIPT_EXECUTORS = {"ClientAPIExecutor", "InProcessClientAPIExecutor", "PTInProcessClientAPIExecutor",
                     "ClientAPILauncherExecutor", "PTClientAPILauncherExecutor"}
 # FLARE's own executors that fedray serves inside sites beside a job's own (fedray/flare/learner_api.py).
-SERVED_EXECUTORS = {"ModelLearnerExecutor"}
+SERVED_EXECUTORS = {"ModelLearnerExecutor", "LearnerExecutor"}
 CLIENT_PLUMBING = {"SubprocessLauncher", "CellPipe", "FilePipe", "MetricRelay", "ExternalConfigurator"}
 
 

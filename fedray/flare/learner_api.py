@@ -1,10 +1,12 @@
-"""FLARE's ModelLearner API inside a site, served by fedray: a learner component (FLModel in, FLModel out)
-driven by `ModelLearnerExecutor`, as FLARE 2.4's cifar10-sim jobs run `CIFAR10ModelLearner`.
+"""FLARE's learner APIs inside a site, served by fedray: a learner component (FLModel in, FLModel out)
+driven by `ModelLearnerExecutor`, as FLARE 2.4's cifar10-sim jobs run `CIFAR10ModelLearner`; and the
+older `Learner` (Shareable in, Shareable out) driven by `LearnerExecutor` (FLARE 2.0-2.3's jobs).
 
 Serves `nvflare.app_common.abstract.model_learner` (ModelLearner), `nvflare.app_common.utils.fl_component_wrapper`
 (FLComponentWrapper: info/error/stop_task ..., site_name, app_root, current_round ...),
 `nvflare.app_common.executors.model_learner_executor` (ModelLearnerExecutor), `nvflare.app_common.utils.fl_model_utils`
-(FLModelUtils: FLModel <-> Shareable) and `nvflare.apis.fl_exception` (TaskExecutionError), following FLARE
+(FLModelUtils: FLModel <-> Shareable) and `nvflare.apis.fl_exception` (TaskExecutionError), `nvflare.app_common.abstract.learner_spec` (Learner) and
+`nvflare.app_common.executors.learner_executor` (LearnerExecutor), following FLARE
 2.4's source: the executor finds its learner among the app's components at START_RUN, sets the learner's
 context before every task, initializes it before the first, validates the received model before training
 (its metrics travel as `initial_metrics`), and turns a learner's str result into that ReturnCode.
@@ -320,3 +322,84 @@ class ModelLearnerExecutor(Executor):
             self.log_exception(fl_ctx, f"Learner {self.learner_name} failed to configure: {err}")
             return make_reply(ReturnCode.EXECUTION_EXCEPTION)
         return make_reply(ReturnCode.OK)
+
+
+class Learner(FLComponent):
+    """FLARE's older learner: override initialize, train, get_model_for_validation, validate (Shareables)."""
+
+    def initialize(self, parts: dict, fl_ctx: FLContext) -> None:
+        pass
+
+    def train(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        pass
+
+    def get_model_for_validation(self, model_name: str, fl_ctx: FLContext) -> Shareable:
+        pass
+
+    def validate(self, data: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        pass
+
+    def abort(self, fl_ctx: FLContext) -> None:
+        pass
+
+    def finalize(self, fl_ctx: FLContext) -> None:
+        pass
+
+
+class LearnerExecutor(Executor):
+    """FLARE 2.4's: the learner is found and initialized (with every component) at the first task; train
+    validates the received model first and passes its metrics on as the train result's initial_metrics."""
+
+    def __init__(self, learner_id: str, train_task: str = AppConstants.TASK_TRAIN,
+                 submit_model_task: str = AppConstants.TASK_SUBMIT_MODEL,
+                 validate_task: str = AppConstants.TASK_VALIDATION) -> None:
+        super().__init__()
+        self.learner_id = learner_id
+        self.learner: Optional[Learner] = None
+        self.train_task, self.submit_model_task, self.validate_task = train_task, submit_model_task, validate_task
+        self.is_initialized = False
+
+    def handle_event(self, event_type: str, fl_ctx: FLContext) -> None:
+        if event_type == EventType.ABORT_TASK and self.learner:
+            self.learner.abort(fl_ctx)
+        elif event_type == EventType.END_RUN and self.learner:
+            self.learner.finalize(fl_ctx)
+
+    def initialize(self, fl_ctx: FLContext) -> None:
+        engine = fl_ctx.get_engine()
+        self.learner = engine.get_component(self.learner_id)
+        if not isinstance(self.learner, Learner):
+            raise TypeError(f"LearnerExecutor learner_id='{self.learner_id}': learner must be Learner type. "
+                            f"Got: {type(self.learner).__name__}")
+        self.learner.initialize(engine.get_all_components(), fl_ctx)
+
+    def execute(self, task_name: str, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        if not self.is_initialized:
+            self.is_initialized = True
+            self.initialize(fl_ctx)
+        if task_name == self.train_task:
+            return self.train(shareable, fl_ctx, abort_signal)
+        if task_name == self.submit_model_task:
+            result = self.learner.get_model_for_validation(shareable.get_header(AppConstants.SUBMIT_MODEL_NAME), fl_ctx)
+            return result if isinstance(result, Shareable) and result else make_reply(ReturnCode.EMPTY_RESULT)
+        if task_name == self.validate_task:
+            shareable.set_header(AppConstants.VALIDATE_TYPE, ValidateType.MODEL_VALIDATE)
+            result = self.learner.validate(shareable, fl_ctx, abort_signal)
+            return result if isinstance(result, Shareable) and result else make_reply(ReturnCode.EMPTY_RESULT)
+        self.log_error(fl_ctx, f"Could not handle task: {task_name}")
+        return make_reply(ReturnCode.TASK_UNKNOWN)
+
+    def train(self, shareable: Shareable, fl_ctx: FLContext, abort_signal: Signal) -> Shareable:
+        shareable.set_header(AppConstants.VALIDATE_TYPE, ValidateType.BEFORE_TRAIN_VALIDATE)
+        validated = self.learner.validate(shareable, fl_ctx, abort_signal)
+        trained = self.learner.train(shareable, fl_ctx, abort_signal)
+        if not (trained and isinstance(trained, Shareable)):
+            return make_reply(ReturnCode.EMPTY_RESULT)
+        if isinstance(validated, Shareable) and validated.get_return_code() == ReturnCode.OK:
+            try:
+                metrics, result = from_shareable(validated), from_shareable(trained)
+            except ValueError:
+                return trained
+            result.meta[MetaKey.INITIAL_METRICS] = metrics.data.get(MetaKey.INITIAL_METRICS, 0)
+            return result.to_shareable()
+        return trained

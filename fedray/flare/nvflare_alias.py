@@ -36,7 +36,8 @@ ALIASES = {
     **{name: "fedray.flare.learner_api" for name in (
         "nvflare.app_common.abstract.model_learner", "nvflare.app_common.executors.model_learner_executor",
         "nvflare.app_common.utils.fl_component_wrapper", "nvflare.app_common.utils.fl_model_utils",
-        "nvflare.apis.fl_exception")},
+        "nvflare.apis.fl_exception", "nvflare.app_common.abstract.learner_spec",
+        "nvflare.app_common.executors.learner_executor")},
     # FLARE's Executor API (custom Executors in a job's custom/): one fedray module serves them all.
     **{f"nvflare.apis.{name}": "fedray.flare.executor_api" for name in (
         "shareable", "fl_constant", "dxo", "signal", "event_type", "fl_context", "fl_component", "executor",
