@@ -206,6 +206,13 @@ def _file_url(folder: str) -> str:
     return f"file://{path}"
 
 
+def with_new_keys(saved: Any) -> DictConfig:
+    """A saved run's config (resume=RUN_DIR) with the keys added to the schema since it was written at their
+    defaults, so that code reading them needs no case for old runs."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(JobConfig))
+    return OmegaConf.merge(OmegaConf.create(defaults), saved)
+
+
 def site_names(num_clients: int) -> list[str]:
     return [f"site-{k}" for k in range(1, num_clients + 1)]
 
@@ -291,16 +298,14 @@ def validate(cfg: DictConfig) -> None:
     if cfg.site.script is not None:
         require(Path(cfg.site.script).is_file(), "site.script", "no such file; give the path of your training script")
         _require_compiles(cfg.site.script)
-    # .get: a run folder saved before site.flare_app existed resumes with its own config, which lacks it.
-    if cfg.site.get("flare_app") is not None:
+    if cfg.site.flare_app is not None:
         require(cfg.site.script is None, "site.flare_app", "a site runs a script or a FLARE app's executors, not both; "
                 "set site.script=null")
-        app = Path(cfg.site.get("flare_app"))
+        app = Path(cfg.site.flare_app)
         require(any((app / "config" / f"config_fed_client.{ext}").is_file() for ext in ("json", "conf")),
                 "site.flare_app", "no config/config_fed_client.json (or .conf) there; give a FLARE client app folder")
-    flare = cfg.get("flare") or {}  # .get: a resumed run's own config may predate the key
-    if flare.get("server_components"):
-        require(flare.get("server_app") is not None and Path(flare["server_app"]).is_dir(), "flare.server_app",
+    if cfg.flare.server_components:
+        require(cfg.flare.server_app is not None and Path(cfg.flare.server_app).is_dir(), "flare.server_app",
                 "must be the FLARE server app folder whose components flare.server_components names")
     if runs_own_code(cfg.site):
         require(

@@ -20,7 +20,7 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import RayActorError, RayTaskError
 
-from fedray.config import ConfigError, per_site_curves, runs_own_code, site_names, validate
+from fedray.config import ConfigError, per_site_curves, runs_own_code, site_names, validate, with_new_keys
 from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
 from fedray.data.partition import Shard, partition
 from fedray.data.synthetic import Dataset
@@ -73,7 +73,7 @@ def run_job(
     validate(cfg)
     saved = checkpoint.load(cfg.resume) if cfg.resume else None  # before Ray: a bad checkpoint fails fast
     if saved:
-        cfg = OmegaConf.create({key: value for key, value in saved["config"].items() if key != "job_id"})
+        cfg = with_new_keys({key: value for key, value in saved["config"].items() if key != "job_id"})
         run_dir = saved["run_dir"]
         log.info("resuming %s at round %d with its own config", run_dir, saved["next_round"] + 1)
     recorder = RunRecorder(Path(run_dir).resolve(), resumed=saved["summary"] if saved else None,
@@ -213,7 +213,7 @@ def _run_sites(
         # restarts, and is the sites' mailbox for their streamed points (fedray/site/metric_stream.py); it sends
         # no task before they are ready.
         val_index = np.concatenate([shard.val for shard in shards])
-        if job.get("flare", {}).get("server_components"):
+        if job["flare"]["server_components"]:
             # A FLARE server app's own components act on START_RUN (a data splitter) before any site trains.
             server_components = FlareServerComponentsActor.options(namespace=namespace).remote(job)
             actors.append(server_components)

@@ -38,11 +38,10 @@ def check_code(cfg: DictConfig) -> None:
     for key in targets:
         _require_importable_target(cfg, key)
     model = check_model(cfg.model)
-    if cfg.site.get("flare_app"):  # .get: a resumed run's own config may predate the key
+    if cfg.site.flare_app:
         check_flare_app(cfg.site.flare_app)
-    flare = cfg.get("flare") or {}
-    if flare.get("server_components"):
-        check_flare_app(flare["server_app"], "config_fed_server", set(flare["server_components"]))
+    if cfg.flare.server_components:
+        check_flare_app(cfg.flare.server_app, "config_fed_server", set(cfg.flare.server_components))
     if cfg.site.batched_training:
         _check_batched_training(cfg, model)
 
@@ -53,7 +52,7 @@ def _check_batched_training(cfg: DictConfig, model: Any) -> None:
     from fedray.site.training import plain_sgd
 
     key = "site.batched_training=true"
-    if cfg.site.script or cfg.site.get("flare_app") or not cfg.algorithm._target_.endswith(".FedAvg"):
+    if cfg.site.script or cfg.site.flare_app or not cfg.algorithm._target_.endswith(".FedAvg"):
         raise ConfigError(f"{key}: trains built-in FedAvg sites only (no site.script or site.flare_app, "
                           "algorithm=fedavg); set it false")
     if plain_sgd(OmegaConf.to_container(cfg, resolve=True)) is None:

@@ -1,11 +1,33 @@
-"""A FLARE component built from its config entry, as FLARE's runtime builds one: `path` (or FLARE's
-`name`) of a class, and its `args`. Used inside sites (executors, learners) and by the server's
-component actor (fedray/server/flare_components.py)."""
+"""FLARE components as FLARE's runtime runs them: built from their config entry (`path`, or FLARE's
+`name`, of a class, and its `args`), in a workspace folder of their own, with a context naming who
+runs them, and told of events. Used inside sites (executors, learners) and by the server's component
+actor (fedray/server/flare_components.py)."""
 
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
 from typing import Any, Mapping
+
+from fedray.flare.executor_api import FLContext, ReservedKey
+
+
+def workspace_root(job_id: str, name: str) -> str:
+    """The folder a site's (or the server's) own code writes in by relative paths: apart per job and per
+    site, outside the run folder (a site on another node cannot write the driver's). Made if missing."""
+    root = os.path.join(tempfile.gettempdir(), "fedray-sites", job_id, name)
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def base_context(engine: Any, identity: str, job_id: str) -> FLContext:
+    """An FLContext with what every FLARE call gets: the engine, who runs it, the run."""
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(ReservedKey.ENGINE, engine, private=True, sticky=False)
+    fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, identity, private=False, sticky=False)
+    fl_ctx.set_prop(ReservedKey.RUN_NUM, job_id, private=False, sticky=False)
+    return fl_ctx
 
 
 class ComponentError(RuntimeError):

@@ -10,14 +10,13 @@ controller and waits for START_RUN to finish.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import ray
 
 from fedray.flare import nvflare_alias
-from fedray.flare.components import build_component, fire
-from fedray.flare.executor_api import Engine, EventType, FLContext, ReservedKey, Workspace
+from fedray.flare.components import base_context, build_component, fire, workspace_root
+from fedray.flare.executor_api import Engine, EventType, FLContext, Workspace
 from fedray.flare.job_folder import read_app_config
 from fedray.python_path import put_on_python_path
 
@@ -30,8 +29,7 @@ class FlareServerComponents:
         self.job_id = job["job_id"]
         put_on_python_path(job)  # the server app's custom/ and the job's python_path
         nvflare_alias.install()  # their `from nvflare.apis ... import` are fedray's
-        root = os.path.join(tempfile.gettempdir(), "fedray-sites", self.job_id, SERVER)
-        os.makedirs(root, exist_ok=True)
+        root = workspace_root(self.job_id, SERVER)
         self.where = f"{SERVER}: {os.path.basename(flare['server_app'])}/config/config_fed_server"
         config = read_app_config(flare["server_app"], "config_fed_server")
         entries = {entry.get("id"): entry for entry in config.get("components", [])}
@@ -47,11 +45,7 @@ class FlareServerComponents:
         self._fire(EventType.END_RUN, self._context())
 
     def _context(self) -> FLContext:
-        fl_ctx = FLContext()
-        fl_ctx.set_prop(ReservedKey.ENGINE, self.engine, private=True, sticky=False)
-        fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, SERVER, private=False, sticky=False)
-        fl_ctx.set_prop(ReservedKey.RUN_NUM, self.job_id, private=False, sticky=False)
-        return fl_ctx
+        return base_context(self.engine, SERVER, self.job_id)
 
     def _fire(self, event_type: str, fl_ctx: FLContext) -> None:
         fire(event_type, list(self.components.values()), fl_ctx, self.where)

@@ -12,7 +12,6 @@ server gives up on (timed out, or late at a round's close) triggers the executor
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from fedray.fl_model import FLModel, ParamsType
 from fedray.flare import nvflare_alias
-from fedray.flare.components import ComponentError, build_component, fire
+from fedray.flare.components import ComponentError, base_context, build_component, fire, workspace_root
 from fedray.flare.executor_api import (
     DXO,
     DataKind,
@@ -60,8 +59,7 @@ class ExecutorSite:
         self.run_abort = Signal()
         # The site's own FLARE workspace, as a script site's working directory (fedray/site/script_runner.py):
         # what an executor writes (its local model) stays apart from the other sites'.
-        root = os.path.join(tempfile.gettempdir(), "fedray-sites", job["job_id"], site)
-        os.makedirs(root, exist_ok=True)
+        root = workspace_root(job["job_id"], site)
         os.chdir(root)  # the actor's process is this site's alone (one actor per executor site)
         self.workspace = Workspace(root, site)
         nvflare_alias.install()  # the app's custom/ is on python_path (fedray/flare/job_folder.py)
@@ -70,11 +68,11 @@ class ExecutorSite:
         self.components = {entry["id"]: build_component(entry, f"{where} component '{entry['id']}'")
                            for entry in config.get("components", [])}
         self.engine = Engine(self.workspace, self.components, fire_event=self._fire)
-        self.executors: dict[str, Any] = {}
+        self.executors: list[Any] = []  # one instance per entry, kept for the run, as FLARE's
         self.by_task: dict[str, Any] = {}
-        for number, entry in enumerate(config.get("executors", [])):
+        for entry in config.get("executors", []):
             executor = build_component(entry["executor"], f"{where} executor")
-            self.executors[f"executor-{number}"] = executor
+            self.executors.append(executor)
             for task in entry.get("tasks", []):
                 self.by_task.setdefault(task, executor)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=f"fedray-executor-{site}")
@@ -125,10 +123,7 @@ class ExecutorSite:
         self.pool.shutdown(wait=False)
 
     def _context(self, task_name: Optional[str] = None, shareable: Optional[Shareable] = None) -> FLContext:
-        fl_ctx = FLContext()
-        fl_ctx.set_prop(ReservedKey.ENGINE, self.engine, private=True, sticky=False)
-        fl_ctx.set_prop(ReservedKey.IDENTITY_NAME, self.site, private=False, sticky=False)
-        fl_ctx.set_prop(ReservedKey.RUN_NUM, self.job["job_id"], private=False, sticky=False)
+        fl_ctx = base_context(self.engine, self.site, self.job["job_id"])
         fl_ctx.set_prop(ReservedKey.RUN_ABORT_SIGNAL, self.run_abort, private=True, sticky=False)
         if self.current_round is not None:
             fl_ctx.set_prop(AppConstants.CURRENT_ROUND, self.current_round, private=False, sticky=False)
@@ -140,7 +135,7 @@ class ExecutorSite:
 
     def _fire(self, event_type: str, fl_ctx: FLContext, where: str = "") -> None:
         """An event to every component, then every executor, as FLARE's client runner delivers them."""
-        fire(event_type, [*self.components.values(), *dict.fromkeys(self.executors.values())], fl_ctx,
+        fire(event_type, [*self.components.values(), *self.executors], fl_ctx,
              where or self.site)
 
 

@@ -14,7 +14,6 @@ import queue
 import runpy
 import shlex
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -22,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from fedray.fl_model import FLModel
 from fedray.flare import nvflare_alias
+from fedray.flare.components import workspace_root
 from fedray.python_path import put_on_python_path
 
 POLL_SECONDS = 0.5
@@ -104,9 +104,7 @@ class ScriptSite:
         sys.argv = [self.script, *shlex.split(self.script_args)]
         # The site's own working directory, as FLARE's site workspace: what the script writes by a
         # relative path (./cifar_net.pth, Lightning's lightning_logs/) stays apart from the other sites'.
-        workspace = os.path.join(tempfile.gettempdir(), "fedray-sites", self.job["job_id"], self.site)
-        os.makedirs(workspace, exist_ok=True)
-        os.chdir(workspace)  # the actor's process is this script's alone (one actor per script site)
+        os.chdir(workspace_root(self.job["job_id"], self.site))  # the actor's process is this script's alone (one actor per script site)
         put_on_python_path(self.job, self.script)  # `from net import Net` beside the script
         nvflare_alias.install()  # FLARE's scripts run unchanged: `import nvflare.client as flare`
         try:

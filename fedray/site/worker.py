@@ -101,7 +101,7 @@ class TorchWorker:
         # (one actor per site, see resources.py) and answers the tasks fedray sends it.
         self.app: ScriptSite | ExecutorSite | None = None
         self.last_global: Mapping[str, np.ndarray] | None = None
-        if job["site"].get("flare_app"):
+        if job["site"]["flare_app"]:
             self.app = ExecutorSite(home_site, job["site"]["flare_app"], job,
                                     is_cancelled=ray.get_runtime_context().is_canceled)
         elif job["site"]["script"]:
