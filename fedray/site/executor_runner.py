@@ -12,7 +12,6 @@ server gives up on (timed out, or late at a round's close) triggers the executor
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -81,7 +80,7 @@ class ExecutorSite:
     def serves(self, task_name: str) -> bool:
         return task_name in self.by_task or WILDCARD in self.by_task
 
-    def ask(self, task_name: str, model: FLModel, timeout: float = 0.0) -> FLModel:
+    def ask(self, task_name: str, model: FLModel) -> FLModel:
         """Task `task_name` with `model` as FLARE's server would send it; the executor's answer as an FLModel."""
         executor = self.by_task.get(task_name) or self.by_task.get(WILDCARD)
         if executor is None:
@@ -95,14 +94,13 @@ class ExecutorSite:
         abort = Signal(parent=self.run_abort)
         name = type(executor).__name__
         running: Future = self.pool.submit(executor.execute, task_name, shareable, fl_ctx, abort)
-        began = time.monotonic()
         while True:
             try:
                 reply = running.result(timeout=POLL_SECONDS)
                 break
             except TimeoutError:
                 pass
-            if not abort.triggered and (self.is_cancelled() or (timeout and time.monotonic() - began > timeout)):
+            if not abort.triggered and self.is_cancelled():
                 abort.trigger(True)  # the executor sees it; fedray stops waiting once it returns
         if not isinstance(reply, Shareable):
             raise ExecutorError(f"{self.site}: executor {name} answered '{task_name}' with a "
