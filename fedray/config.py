@@ -92,10 +92,12 @@ class RayConfig:
 
 @dataclass
 class FlareConfig:
-    """What a FLARE job folder's server app adds (flare_job= sets it): its own components that act on events."""
+    """What a FLARE job folder's server app adds (flare_job= sets it): its own components that act on
+    events, and its own ModelLocator."""
 
     server_app: Optional[str] = None  # the server app folder (config/config_fed_server.json, custom/)
     server_components: List[str] = field(default_factory=list)  # ids of its components run on START_RUN/END_RUN
+    model_locator: Optional[str] = None  # id of its own ModelLocator: cross-site evaluation validates the models it finds
 
 
 @dataclass
@@ -304,9 +306,10 @@ def validate(cfg: DictConfig) -> None:
         app = Path(cfg.site.flare_app)
         require(any((app / "config" / f"config_fed_client.{ext}").is_file() for ext in ("json", "conf")),
                 "site.flare_app", "no config/config_fed_client.json (or .conf) there; give a FLARE client app folder")
-    if cfg.flare.server_components:
+    if cfg.flare.server_components or cfg.flare.model_locator:
         require(cfg.flare.server_app is not None and Path(cfg.flare.server_app).is_dir(), "flare.server_app",
-                "must be the FLARE server app folder whose components flare.server_components names")
+                "must be the FLARE server app folder whose components flare.server_components and "
+                "flare.model_locator name")
     if runs_own_code(cfg.site):
         require(
             cfg.site.num_actors in (None, cfg.num_clients),

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 
 class ParamsType:
@@ -25,6 +25,16 @@ class FLModel:
 
 
 NUM_STEPS_CURRENT_ROUND = "NUM_STEPS_CURRENT_ROUND"
+
+# A cross-site cell is the validator's own metrics, as FLARE's ValidationJsonGenerator keeps them:
+# fedray's sites send val_accuracy, Client API scripts usually accuracy, hello-pt's validator val_acc.
+ACCURACY_KEYS = ("val_accuracy", "accuracy", "val_acc")
+
+
+def accuracy_of(metrics: Mapping[str, Any]) -> Optional[float]:
+    """A validation's accuracy, under whichever of ACCURACY_KEYS its validator used (None: none)."""
+    key = next((key for key in ACCURACY_KEYS if key in metrics), None)
+    return None if key is None else float(metrics[key])
 
 
 class AlgorithmConstants:

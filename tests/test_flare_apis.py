@@ -455,3 +455,43 @@ def test_app_constants_match_flare():
     assert AlgorithmConstants is FedrayAlgorithmConstants
     assert AlgorithmConstants.SCAFFOLD_CTRL_DIFF == "scaffold_c_diff"
     assert AlgorithmConstants.SCAFFOLD_CTRL_GLOBAL == "scaffold_c_global"
+
+
+def test_a_jobs_model_locator_finds_the_server_models_where_flares_persistor_leaves_them(tmp_path):
+    """hello-pt's PTModelLocator shape: it reads FL_global_model.pt from the server's app folder."""
+    from fedray.flare.executor_api import DXO, DataKind, Engine, FLContext, ReservedKey, Workspace
+    from fedray.flare.model_api import ModelLocator, PTModelPersistenceFormatManager, model_learnable_to_dxo
+    from fedray.flare.nvflare_alias import ALIASES
+    from fedray.flare.server_models import locate_models, persist_global_models
+
+    # Served where hello-pt imports it from (the alias is installed in fedray's actors only, not here).
+    assert ALIASES["nvflare.app_common.abstract.model_locator"] == "fedray.flare.model_api"
+
+    class Locator(ModelLocator):
+        def get_model_names(self, fl_ctx):
+            return ["server", "missing", "metrics"]
+
+        def locate_model(self, name, fl_ctx):
+            app_dir = fl_ctx.get_engine().get_workspace().get_app_dir(fl_ctx.get_job_id())
+            if name == "missing":
+                return None
+            if name == "metrics":
+                return DXO(DataKind.METRICS, {"acc": 1.0})
+            data = torch.load(os.path.join(app_dir, "FL_global_model.pt"))
+            return model_learnable_to_dxo(PTModelPersistenceFormatManager(data).to_model_learnable(None))
+
+    last = {"w": np.arange(4, dtype=np.float32), "b": np.ones(2, dtype=np.float32)}
+    best = {"w": np.zeros(4, dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
+    workspace = Workspace(str(tmp_path), "server")
+    fl_ctx = FLContext()
+    fl_ctx.set_prop(ReservedKey.ENGINE, Engine(workspace, {}), private=True, sticky=False)
+    fl_ctx.set_prop(ReservedKey.RUN_NUM, "job-1", private=False, sticky=False)
+    persist_global_models(workspace.get_app_dir("job-1"), last, best)
+    assert set(torch.load(tmp_path / "job-1" / "app_server" / "best_FL_global_model.pt")["model"]) == {"w", "b"}
+
+    with pytest.raises(TypeError, match=r"locate_model\('metrics'\) returned METRICS"):
+        locate_models(Locator(), fl_ctx, "server: app")
+    Locator.get_model_names = lambda self, fl_ctx: ["server", "missing"]
+    found, missing = locate_models(Locator(), fl_ctx, "server: app")
+    assert list(found) == ["SRV_server"] and all(np.array_equal(found["SRV_server"][k], last[k]) for k in last)
+    assert missing == ["server: app: locate_model('missing') found no model; cross-site evaluation skips it"]

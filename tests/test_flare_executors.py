@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ def test_flares_own_hello_pt_runs_its_executors_through_all_three_workflows(job_
     warnings: list[str] = []
     overrides = translate(str(JOBS / "hello-pt-2.4"), report=warnings.append)
     assert any(o.startswith("site.flare_app=") for o in overrides) and "rounds=2" in overrides
-    assert len(warnings) == 1 and "PTModelLocator" in warnings[0]
+    assert "flare.model_locator='model_locator'" in overrides and warnings == []  # its PTModelLocator runs
     summary = run_job(job_config(*overrides), tmp_path)
 
     assert summary["status"] == "completed"
@@ -34,15 +33,21 @@ def test_flares_own_hello_pt_runs_its_executors_through_all_three_workflows(job_
     # Cifar10Trainer reports len(its DataLoader) as NUM_STEPS_CURRENT_ROUND: 64 images at batch 4.
     assert {site["num_steps"] for r in summary["rounds"] for site in r["sites"].values()} == {16}
     final = torch.load(tmp_path / "models" / "FL_global_model.pt")["model"]
+    # Cross-site: the sites' models and the one the job's own PTModelLocator finds ("server", FLARE's
+    # SRV_server), each cell as Cifar10Validator sent it ({"val_acc": ...}), as ValidationJsonGenerator writes.
     results = json.loads((tmp_path / "cross_site_val" / "cross_val_results.json").read_text())
     assert list(results) == ["site-1", "site-2"]
     for row in results.values():
-        assert list(row) == ["site-1", "site-2", "SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"]
-        assert all(0 <= cell["val_accuracy"] <= 1 for cell in row.values())
-    # submit_model was the trainer's: the local model it saved in its site's FLARE workspace (run dir/models/).
+        assert list(row) == ["site-1", "site-2", "SRV_server"]
+        assert all(set(cell) == {"val_acc"} and 0 <= cell["val_acc"] <= 1 for cell in row.values())
+    # The locator read the last global model where FLARE's persistor leaves it: the server's app folder
+    # of its workspace in the run folder.
     job_id = summary["config"]["job_id"]
+    persisted = torch.load(tmp_path / "workspace" / "server" / job_id / "app_server" / "FL_global_model.pt")["model"]
+    assert all(torch.equal(persisted[name], final[name]) for name in final)
+    # submit_model was the trainer's: the local model it saved in its site's FLARE workspace.
     for site in ("site-1", "site-2"):
-        saved = torch.load(Path(tempfile.gettempdir()) / "fedray-sites" / job_id / site / job_id / "models" / "local_model.pt")
+        saved = torch.load(tmp_path / "workspace" / site / job_id / "models" / "local_model.pt")
         assert set(saved["model"]) == set(final) and saved["train_conf"] == {"train": {"model": "SimpleNetwork"}}
     assert set(final) == {f"{layer}.{kind}" for layer in ("conv1", "conv2", "fc1", "fc2", "fc3") for kind in ("weight", "bias")}
 
@@ -153,12 +158,12 @@ def test_an_executor_that_fails_at_import_or_start_run_stops_the_job_in_one_line
     assert "app/config/config_fed_client" in str(failed.value)
 
 
-def _cifar10_sim_job(tmp_path: Path, num_sites: int = 2) -> tuple[Path, list[str]]:
-    """FLARE 2.4's cifar10_fedavg job (its files), its TRAIN_SPLIT_ROOT pointed at tmp_path with each site's
+def _cifar10_sim_job(tmp_path: Path, num_sites: int = 2, name: str = "cifar10_fedavg") -> tuple[Path, list[str]]:
+    """FLARE 2.4's cifar10-sim job `name` (its files), its TRAIN_SPLIT_ROOT pointed at tmp_path with each site's
     index file placed there, and the stand-in `pt` package on python_path, as its README's PYTHONPATH does."""
-    job = tmp_path / "cifar10_fedavg"
-    shutil.copytree(JOBS / "cifar10_fedavg", job)
-    client = job / "cifar10_fedavg" / "config" / "config_fed_client.json"
+    job = tmp_path / name
+    shutil.copytree(JOBS / name, job)
+    client = job / name / "config" / "config_fed_client.json"
     config = json.loads(client.read_text())
     config["TRAIN_SPLIT_ROOT"] = str(tmp_path / "splits")
     client.write_text(json.dumps(config))
@@ -196,6 +201,35 @@ def test_a_cifar10_sim_job_runs_its_model_learner_and_its_server_data_splitter(j
     results = json.loads((tmp_path / "run" / "cross_site_val" / "cross_val_results.json").read_text())
     assert list(results["site-1"]) == ["site-1", "site-2", "SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"]
     assert all(0 <= cell["val_accuracy"] <= 1 for row in results.values() for cell in row.values())
+
+
+def test_cifar10_sims_scaffold_job_runs_flares_scaffold_learner(job_config, tmp_path):
+    """FLARE's cifar10_scaffold job: its Scaffold workflow, CIFAR10ScaffoldModelLearner (FLARE's file) keeping
+    its own control variate c_i in the site's one learner for the run, the server's c in fedray's SCAFFOLD."""
+    from fedray.records import checkpoint
+
+    job, given = _cifar10_sim_job(tmp_path, name="cifar10_scaffold")
+    server = job / "cifar10_scaffold" / "config" / "config_fed_server.json"
+    config = json.loads(server.read_text())
+    config["components"] = [c for c in config["components"] if c["id"] != "data_splitter"]
+    server.write_text(json.dumps(config))  # the splits are placed by hand (the splitter has its own test)
+    overrides = translate(str(job), report=lambda line: None)
+    assert "algorithm='scaffold'" in overrides and "algorithm.control_weights='steps'" in overrides
+    summary = run_job(job_config(*overrides, *given), tmp_path / "run")
+
+    assert summary["status"] == "completed", summary["error"]
+    # The learner raises without SCAFFOLD_CTRL_GLOBAL in its task's meta, fedray without SCAFFOLD_CTRL_DIFF
+    # in its answer: two rounds of both sites mean the controls went both ways.
+    assert [sorted(r["sites"]) for r in summary["rounds"]] == [["site-1", "site-2"]] * 2
+    # FLARE's learner trains at its own batch size (64): one step per epoch of 64 images, 4 epochs.
+    assert {s["num_steps"] for r in summary["rounds"] for s in r["sites"].values()} == {4}
+    # The server's control variate moved off zero, with one entry per model variable.
+    saved = checkpoint.load(tmp_path / "run")
+    c = saved["algorithm_state"]["c"]
+    assert set(c) == set(saved["global"]) and any(np.abs(np.asarray(v)).sum() > 0 for v in c.values())
+    results = json.loads((tmp_path / "run" / "cross_site_val" / "cross_val_results.json").read_text())
+    # The learner's own validate metrics, as FLARE's ValidationJsonGenerator keeps them.
+    assert all(set(cell) == {"train_accuracy", "val_accuracy"} for row in results.values() for cell in row.values())
 
 
 def test_a_learner_that_stops_its_task_is_a_failed_site(job_config, tmp_path):
@@ -277,5 +311,5 @@ def test_flares_older_learner_api_runs_through_learner_executor(job_config, tmp_
     assert {s["num_steps"] for s in summary["rounds"][0]["sites"].values()} == {8}
     results = json.loads((tmp_path / "run" / "cross_site_val" / "cross_val_results.json").read_text())
     # Every cross-site cell is the learner's own validate answer (its "val_acc"), for every model.
-    assert all(cell["val_accuracy"] == 0.5 for row in results.values() for cell in row.values())
-    assert list(results["site-1"]) == ["site-1", "site-2", "SRV_FL_global_model.pt", "SRV_best_FL_global_model.pt"]
+    assert all(cell == {"val_acc": 0.5} for row in results.values() for cell in row.values())
+    assert list(results["site-1"]) == ["site-1", "site-2", "SRV_server"]  # hello-pt's own locator

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import signal
 import threading
 import time
@@ -54,6 +55,10 @@ class JobInterrupted(JobFailed):
 USER_ERRORS = (ConfigError, DataError, ResourceError, ResumeError, JobFailed)
 
 
+# What a run adds to its saved config (summary.json's "config"), not config keys: set anew on resume.
+PER_RUN_KEYS = ("job_id", "run_dir", "driver_host")
+
+
 def run_job(
     cfg: DictConfig,
     run_dir: str | os.PathLike,
@@ -73,7 +78,7 @@ def run_job(
     validate(cfg)
     saved = checkpoint.load(cfg.resume) if cfg.resume else None  # before Ray: a bad checkpoint fails fast
     if saved:
-        cfg = with_new_keys({key: value for key, value in saved["config"].items() if key != "job_id"})
+        cfg = with_new_keys({key: value for key, value in saved["config"].items() if key not in PER_RUN_KEYS})
         run_dir = saved["run_dir"]
         log.info("resuming %s at round %d with its own config", run_dir, saved["next_round"] + 1)
     recorder = RunRecorder(Path(run_dir).resolve(), resumed=saved["summary"] if saved else None,
@@ -83,6 +88,8 @@ def run_job(
     try:
         job = OmegaConf.to_container(cfg, resolve=True)
         job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
+        # Where the sites' FLARE workspaces go (fedray/flare/components.py): the run folder, on its machine.
+        job["run_dir"], job["driver_host"] = str(recorder.run_dir), socket.gethostname()
         for key in ("script", "flare_app"):
             if job["site"].get(key):
                 job["site"][key] = os.path.abspath(job["site"][key])
@@ -213,13 +220,14 @@ def _run_sites(
         # restarts, and is the sites' mailbox for their streamed points (fedray/site/metric_stream.py); it sends
         # no task before they are ready.
         val_index = np.concatenate([shard.val for shard in shards])
-        if job["flare"]["server_components"]:
+        if job["flare"]["server_components"] or job["flare"]["model_locator"]:
             # A FLARE server app's own components act on START_RUN (a data splitter) before any site trains.
             server_components = FlareServerComponentsActor.options(namespace=namespace).remote(job)
             actors.append(server_components)
             _await_workers({server_components.ready.remote(): "the FLARE server components"}, cfg.site.start_timeout)
         controller = ControllerActor.options(name="controller", namespace=namespace).remote(
-            job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved)
+            job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved),
+            server_components if job["flare"]["model_locator"] else None,
         )
         actors.append(controller)
         _await_workers({worker.ready.remote(): name for worker, name in zip(workers, names)}, cfg.site.start_timeout)

@@ -40,8 +40,9 @@ def check_code(cfg: DictConfig) -> None:
     model = check_model(cfg.model)
     if cfg.site.flare_app:
         check_flare_app(cfg.site.flare_app)
-    if cfg.flare.server_components:
-        check_flare_app(cfg.flare.server_app, "config_fed_server", set(cfg.flare.server_components))
+    if cfg.flare.server_components or cfg.flare.model_locator:
+        wanted = set(cfg.flare.server_components) | ({cfg.flare.model_locator} if cfg.flare.model_locator else set())
+        check_flare_app(cfg.flare.server_app, "config_fed_server", wanted)
     if cfg.site.batched_training:
         _check_batched_training(cfg, model)
 

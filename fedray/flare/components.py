@@ -7,16 +7,24 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import tempfile
 from typing import Any, Mapping
 
 from fedray.flare.executor_api import FLContext, ReservedKey
 
+WORKSPACE_FOLDER = "workspace"  # in the run folder
 
-def workspace_root(job_id: str, name: str) -> str:
-    """The folder a site's (or the server's) own code writes in by relative paths: apart per job and per
-    site, outside the run folder (a site on another node cannot write the driver's). Made if missing."""
-    root = os.path.join(tempfile.gettempdir(), "fedray-sites", job_id, name)
+
+def workspace_root(job: Mapping[str, Any], name: str) -> str:
+    """The folder a site's (or the server's) own code writes in by relative paths, FLARE's workspace:
+    `RUN_DIR/workspace/NAME` on the driver's machine, where the run folder is; on another machine
+    (a site on a cluster's other node cannot write there) a folder per job and site in its temp dir.
+    Made if missing."""
+    if job.get("run_dir") and job.get("driver_host") == socket.gethostname():
+        root = os.path.join(job["run_dir"], WORKSPACE_FOLDER, name)
+    else:
+        root = os.path.join(tempfile.gettempdir(), "fedray-sites", job["job_id"], name)
     os.makedirs(root, exist_ok=True)
     return root
 

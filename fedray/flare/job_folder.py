@@ -38,6 +38,7 @@ class _Job:
     folder: Path
     server: dict[str, Any]
     components: dict[str, dict[str, Any]]  # the server's components by id
+    server_app: Path  # the server app's folder
     overrides: dict[str, Any] = field(default_factory=dict)  # key -> value, in the order found
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -68,7 +69,7 @@ def translate(path: str, report: Callable[[str], None] = lambda line: print(line
         raise ConfigError(f"flare_job={path}: no meta.json or meta.conf there; give a FLARE job folder")
     server_app, client_apps, sites = _apps(folder, meta, path)
     server = _vars_substituted(_read_app_config(folder / server_app, "config_fed_server", path))
-    job = _Job(folder, server, {c.get("id", ""): c for c in server.get("components", [])})
+    job = _Job(folder, server, {c.get("id", ""): c for c in server.get("components", [])}, folder / server_app)
 
     num_sites = len(sites) if sites else meta.get("min_clients")
     job.set("python_path", [str(folder / app / "custom") for app in dict.fromkeys([server_app, *client_apps])
@@ -259,12 +260,11 @@ def _cross_site_model_eval(job: _Job, args: dict[str, Any]) -> None:
     locator_id = args.get("model_locator_id")
     locator = job.components.get(locator_id) if locator_id else None
     if locator is not None and _class_name(locator) not in COMPONENTS and not _class_path(locator).startswith("nvflare."):
-        # The job's own locator (hello-pt's PTModelLocator) names the server models to validate; fedray's
-        # are the last and the best global models, as FLARE's PTFileModelLocator's.
+        # The job's own locator (hello-pt's PTModelLocator) names the server models to validate: fedray
+        # runs it with the server app's code (fedray/server/flare_components.py).
         job.used.add(locator_id)
-        job.warnings.append(f"component '{locator_id}': {_class_path(locator)} (the job's own ModelLocator) is not run: "
-                            "cross-site evaluation validates the server's last and best global models "
-                            "(SRV_FL_global_model.pt, SRV_best_FL_global_model.pt)")
+        job.set("flare.server_app", str(job.server_app))
+        job.set("flare.model_locator", locator_id)
     else:
         job.component(locator_id, "model_locator_id")
     job.component(args.get("formatter_id"), "formatter_id")

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from typing import Any, Optional
 
 from fedray.fl_model import AlgorithmConstants  # fedray serves FLARE's SCAFFOLD/FedProx meta keys from there
-from fedray.flare.executor_api import DXO, DataKind, MetaKey
+from fedray.flare.executor_api import DXO, DataKind, FLComponent, FLContext, MetaKey
 
 __all__ = [
     "Learnable", "ModelLearnableKey", "ModelLearnable", "validate_model_learnable", "make_model_learnable",
@@ -72,6 +72,18 @@ def model_learnable_to_dxo(ml: ModelLearnable) -> DXO:
 # ---------------------------------------------------------------------------------------------
 # nvflare.app_common.app_constant
 # ---------------------------------------------------------------------------------------------
+
+
+class ModelLocator(FLComponent):
+    """FLARE's ModelLocator: names the server's models for cross-site evaluation and finds each as a DXO
+    (hello-pt's PTModelLocator reads the server app's FL_global_model.pt). fedray runs a job's own one
+    in the server components' actor (fedray/server/flare_components.py)."""
+
+    def get_model_names(self, fl_ctx: FLContext) -> list[str]:
+        return []
+
+    def locate_model(self, model_name: str, fl_ctx: FLContext) -> Optional[DXO]:
+        return None
 
 
 class ExecutorTasks:

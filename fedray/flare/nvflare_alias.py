@@ -31,6 +31,7 @@ ALIASES = {
     "nvflare.app_common.app_event_type": "fedray.flare.model_api",
     "nvflare.app_common.abstract.model": "fedray.flare.model_api",  # ModelLearnable, make_model_learnable ...
     "nvflare.app_common.abstract.learnable": "fedray.flare.model_api",
+    "nvflare.app_common.abstract.model_locator": "fedray.flare.model_api",  # ModelLocator (the server's)
     "nvflare.app_opt.pt.model_persistence_format_manager": "fedray.flare.model_api",
     # FLARE's ModelLearner API (cifar10-sim's learners): fedray/flare/learner_api.py.
     **{name: "fedray.flare.learner_api" for name in (

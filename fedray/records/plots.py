@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import matplotlib
 
@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedray.config import site_names  # noqa: E402
+from fedray.fl_model import accuracy_of  # noqa: E402
 
 MAX_LEGEND_SITES = 24
 
@@ -104,10 +105,10 @@ def _save(figure: plt.Figure, path: str | os.PathLike) -> None:
 
 
 def cross_site_heatmap(results: Mapping[str, Mapping[str, Mapping[str, float]]], path: str | os.PathLike) -> None:
-    """Rows: the sites whose data scored the model; columns: the model's owner; cells: val_accuracy."""
+    """Rows: the sites whose data scored the model; columns: the model's owner; cells: its accuracy."""
     rows = list(results)
     columns = list(dict.fromkeys(owner for row in results.values() for owner in row))
-    values = np.array([[results[r].get(c, {}).get("val_accuracy", np.nan) for c in columns] for r in rows])
+    values = np.array([[_accuracy(results[r].get(c)) for c in columns] for r in rows])
     figure, axes = plt.subplots(figsize=(1.3 * len(columns) + 2.5, 0.6 * len(rows) + 2))
     image = axes.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
     axes.set_xticks(range(len(columns)), [c.removeprefix("SRV_").removesuffix(".pt") for c in columns],
@@ -118,6 +119,11 @@ def cross_site_heatmap(results: Mapping[str, Mapping[str, Mapping[str, float]]],
     for (i, j), value in np.ndenumerate(values):
         if not np.isnan(value):
             axes.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black")
-    figure.colorbar(image, ax=axes, label="val_accuracy")
+    figure.colorbar(image, ax=axes, label="accuracy")
     axes.set_title("Cross-site validation")
     _save(figure, path)
+
+
+def _accuracy(metrics: Optional[Mapping[str, float]]) -> float:
+    accuracy = None if metrics is None else accuracy_of(metrics)
+    return np.nan if accuracy is None else accuracy

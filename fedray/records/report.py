@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from omegaconf import OmegaConf
 
+from fedray.fl_model import accuracy_of
+
 SUMMARY = "summary.json"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 
@@ -68,7 +70,7 @@ def run_report(summary: Mapping[str, Any]) -> str:
                           f"test_acc {best['global']['test_accuracy']:.4f}"]
     cross_site = summary.get("cross_site") or {}
     if cross_site.get("results"):
-        lines += ["", "cross-site validation (val_accuracy; rows: data of, columns: model)",
+        lines += ["", "cross-site validation (accuracy; rows: data of, columns: model)",
                   cross_site_table(cross_site["results"])]
     for failure in cross_site.get("failures", []):
         lines.append(f"cross-site: {failure['site']} failed to {failure['task']} ({failure['kind']}: {failure['message']})")
@@ -175,9 +177,14 @@ def cross_site_table(results: Mapping[str, Mapping[str, Mapping[str, float]]]) -
     widths = [max(len(name), 6) + 2 for name in names]
     lines = [" " * 8 + "".join(f"{name:>{w}}" for name, w in zip(names, widths))]
     for site, row in results.items():
-        cells = [f"{row[c]['val_accuracy']:.4f}" if c in row else "-" for c in columns]
+        cells = [_accuracy_cell(row.get(c)) for c in columns]
         lines.append(f"{site:<8}" + "".join(f"{cell:>{w}}" for cell, w in zip(cells, widths)))
     return "\n".join(lines)
+
+
+def _accuracy_cell(metrics: Optional[Mapping[str, float]]) -> str:
+    accuracy = None if metrics is None else accuracy_of(metrics)
+    return "-" if accuracy is None else f"{accuracy:.4f}"
 
 
 if __name__ == "__main__":

@@ -50,8 +50,11 @@ class Controller:
         val_index: np.ndarray,
         num_test: int,
         resume: dict[str, Any] | None = None,
+        server_app: ActorHandle | None = None,
     ) -> None:
-        """`shared_data`: the dataset's ObjectRefs, handed to each site actor as it starts (and restarts)."""
+        """`shared_data`: the dataset's ObjectRefs, handed to each site actor as it starts (and restarts).
+        `server_app`: a FLARE job's server components (fedray/server/flare_components.py) when its own
+        ModelLocator names the server's models for cross-site evaluation."""
         self.job = job
         self.sites = sites
         self.data = shared_data
@@ -70,6 +73,7 @@ class Controller:
         self.algorithm_state: Any = None
         self.site_states: dict[str, ray.ObjectRef] = {}
         self.resume = resume
+        self.server_app = server_app
         if resume:  # a stopped run's last finished round: see fedray/records/checkpoint.py
             self.global_ref, self.best_global_ref = resume["global"], resume["best_global"]
             self.best_val_accuracy = resume["best_val_accuracy"]
@@ -181,7 +185,7 @@ class Controller:
             participating,
             self.pool,
             {site: model.result for site, model in self.best_local_models.items()},
-            dict(zip(SERVER_MODELS, (self.global_ref, self.best_global_ref))),
+            self._server_models(),
             submit_model_timeout=args["submit_model_timeout"],
             validation_timeout=args["validation_timeout"],
             max_task_retries=self.max_task_retries,
@@ -190,6 +194,13 @@ class Controller:
         )
         self._emit({"type": "cross_site", **outcome})
         return params
+
+    def _server_models(self) -> dict[str, ray.ObjectRef]:
+        """The last and the best global model, or what the FLARE job's own ModelLocator finds."""
+        if self.server_app is None:
+            return dict(zip(SERVER_MODELS, (self.global_ref, self.best_global_ref)))
+        return ray.get(self.server_app.server_models.remote(self.global_ref, self.best_global_ref),
+                       timeout=EVALUATION_TIMEOUT)
 
     def _site_done(self, current_round: int, outcome: Outcome) -> None:
         self._emit({

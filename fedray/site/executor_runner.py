@@ -58,7 +58,7 @@ class ExecutorSite:
         self.run_abort = Signal()
         # The site's own FLARE workspace, as a script site's working directory (fedray/site/script_runner.py):
         # what an executor writes (its local model) stays apart from the other sites'.
-        root = workspace_root(job["job_id"], site)
+        root = workspace_root(job, site)
         os.chdir(root)  # the actor's process is this site's alone (one actor per executor site)
         self.workspace = Workspace(root, site)
         nvflare_alias.install()  # the app's custom/ is on python_path (fedray/flare/job_folder.py)

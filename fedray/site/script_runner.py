@@ -104,7 +104,7 @@ class ScriptSite:
         sys.argv = [self.script, *shlex.split(self.script_args)]
         # The site's own working directory, as FLARE's site workspace: what the script writes by a
         # relative path (./cifar_net.pth, Lightning's lightning_logs/) stays apart from the other sites'.
-        os.chdir(workspace_root(self.job["job_id"], self.site))  # the actor's process is this script's alone (one actor per script site)
+        os.chdir(workspace_root(self.job, self.site))  # the actor's process is this script's alone (one actor per script site)
         put_on_python_path(self.job, self.script)  # `from net import Net` beside the script
         nvflare_alias.install()  # FLARE's scripts run unchanged: `import nvflare.client as flare`
         try:

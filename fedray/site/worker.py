@@ -32,7 +32,7 @@ from fedray.aggregation import NON_FINITE, CompensatedSum, finite, pool_metrics
 from fedray.algorithms import SITE_STATE
 from fedray.config import per_site_curves
 from fedray.data.partition import Shard
-from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType
+from fedray.fl_model import ACCURACY_KEYS, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
 from fedray.python_path import put_on_python_path
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
 from fedray.site.batched_training import train_sites_batched
@@ -365,13 +365,11 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 
 def _validation_metrics(metrics: Mapping[str, Any], app: ScriptSite | ExecutorSite) -> dict[str, float]:
-    """A script's or executor's `validate` answer as cross-site cells: FLARE's scripts send "accuracy",
-    its hello-pt validator "val_acc"."""
-    accuracy = next((metrics[key] for key in ("val_accuracy", "accuracy", "val_acc") if key in metrics), None)
-    if accuracy is None:
-        raise ScriptError(f"{app.site}: {app.name} sent no 'accuracy' metric for 'validate'")
-    loss = metrics.get("val_loss", metrics.get("loss"))
-    return {"val_accuracy": float(accuracy), "val_loss": None if loss is None else float(loss)}
+    """A script's or executor's `validate` answer as its cross-site cell: its own numbers under its own
+    names, as FLARE's ValidationJsonGenerator writes them (hello-pt's validator sends val_acc)."""
+    if accuracy_of(metrics) is None:
+        raise ScriptError(f"{app.site}: {app.name} sent no accuracy metric for 'validate' (one of {', '.join(ACCURACY_KEYS)})")
+    return {name: float(value) for name, value in metrics.items() if np.isscalar(value)}
 
 
 def _named_actor(name: str, namespace: str, timeout: float = LOOKUP_TIMEOUT) -> ActorHandle:

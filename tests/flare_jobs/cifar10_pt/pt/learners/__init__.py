@@ -1,1 +1,2 @@
 from .cifar10_model_learner import CIFAR10ModelLearner
+from .cifar10_scaffold_model_learner import CIFAR10ScaffoldModelLearner
