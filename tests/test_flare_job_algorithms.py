@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fedray import ConfigError, run_job
 from fedray.flare.job_folder import merge_overrides, translate

@@ -18,7 +18,7 @@ import torch
 
 from fedray import JobFailed, load_config, run_job
 from fedray.records import checkpoint
-from fedray.records.atomic import DiskFull, append_line, write_atomic
+from fedray.records.atomic import write_atomic
 from fedray.records.checkpoint import ResumeError, read_state_file
 from fedray.records.manifest import MANIFEST
 from fedray.records.weights_only import NotPlainData, dumps, from_saved, load, to_saved
