@@ -19,6 +19,7 @@ from fedray.config import CONF_DIR, ConfigError
 from fedray.driver.cluster import release
 from fedray.driver.job import USER_ERRORS, JobInterrupted, run_job
 from fedray.driver.preflight import load_config
+from fedray.records.atomic import NO_SPACE, DiskFull
 
 log = logging.getLogger("fedray")
 
@@ -67,10 +68,17 @@ def _hydra_main(cfg: DictConfig) -> Optional[float]:
 
 
 def main() -> None:
+    # A full disk fails the run folder's log file too, and logging's default prints a traceback for each
+    # record it cannot write: the job's own one-line error says what happened.
+    logging.raiseExceptions = False
     try:
         _main(sys.argv[1:])
     except SystemExit as stop:
         _leave(stop.code)
+    except OSError as err:  # Hydra writing .hydra/ or the log into a full file system, before the job
+        if err.errno not in NO_SPACE:
+            raise
+        _leave(f"fedray: {DiskFull(err.filename or os.getcwd())}")
     _leave(0)
 
 

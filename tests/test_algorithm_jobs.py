@@ -11,6 +11,7 @@ import torch
 from fedray import JobFailed, load_config, run_job
 from fedray.algorithms.scaffold import CTRL_DIFF
 from fedray.models import Net
+from fedray.records.checkpoint import read_state_file
 from fedray.server.workflows import sample_sites
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -75,8 +76,8 @@ class _Snapshots:
         for site in SITES:
             path = self.run_dir / "checkpoint" / "site_states" / f"{site}.pt"
             if path.is_file():
-                states[site] = torch.load(path, weights_only=False)["state"]
-        algorithm = torch.load(self.run_dir / "checkpoint" / "algorithm_state.pt", weights_only=False)["state"]
+                states[site] = read_state_file(path)["state"]
+        algorithm = read_state_file(self.run_dir / "checkpoint" / "algorithm_state.pt")["state"]
         self.rounds.append({"global": _global(self.run_dir), "c": algorithm["c"], "c_sites": states})
 
 
@@ -160,7 +161,7 @@ def test_a_resumed_fedopt_run_ends_with_the_same_weights(job_config, tmp_path):
     assert [r["round"] for r in summary["rounds"]] == [0, 1]
     straight, resumed = _global(tmp_path / "straight"), _global(tmp_path / "stopped")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
-    state = torch.load(tmp_path / "stopped" / "checkpoint" / "algorithm_state.pt", weights_only=False)["state"]
+    state = read_state_file(tmp_path / "stopped" / "checkpoint" / "algorithm_state.pt")["state"]
     assert state["optimizer"]["state"] and state["server_lr"] < 1.0
 
 
@@ -173,8 +174,8 @@ def test_a_resumed_scaffold_run_ends_with_the_same_weights(job_config, scaffold_
     straight, resumed = _global(straight_dir), _global(tmp_path / "stopped")
     assert all(np.array_equal(straight[k], resumed[k]) for k in straight)
     for site in SITES:
-        theirs = torch.load(straight_dir / "checkpoint" / "site_states" / f"{site}.pt", weights_only=False)["state"]
-        ours = torch.load(tmp_path / "stopped" / "checkpoint" / "site_states" / f"{site}.pt", weights_only=False)["state"]
+        theirs = read_state_file(straight_dir / "checkpoint" / "site_states" / f"{site}.pt")["state"]
+        ours = read_state_file(tmp_path / "stopped" / "checkpoint" / "site_states" / f"{site}.pt")["state"]
         assert all(np.array_equal(theirs[k], ours[k]) for k in theirs)
 
 
@@ -185,7 +186,7 @@ def test_a_flare_scaffold_script_runs_with_its_imports_changed(job_config, tmp_p
     summary = run_job(job_config("num_clients=2", "algorithm=scaffold", f"site.script={script}",
                                  f"site.script_args='--fedproxloss_mu 0.01 --dump {dump}'"), tmp_path / "run")
     assert all(r["failures"] == {} for r in summary["rounds"]) and len(summary["rounds"]) == 2
-    c = torch.load(tmp_path / "run" / "checkpoint" / "algorithm_state.pt", weights_only=False)["state"]["c"]
+    c = read_state_file(tmp_path / "run" / "checkpoint" / "algorithm_state.pt")["state"]["c"]
     diffs = [np.load(path) for path in sorted(dump.glob("*.npz"))]
     assert len(diffs) == 4  # 2 sites x 2 rounds
     for k, value in c.items():  # c = sum over rounds and sites of dc_i / N

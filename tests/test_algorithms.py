@@ -306,21 +306,68 @@ def test_the_cifar10_sim_experiment_sets_flares_settings():
     assert cfg.algorithm.server_lr_scheduler.T_max == 50 and cfg.algorithm.model == cfg.model
 
 
-def test_resume_reads_the_algorithm_states_of_the_model_files_round(tmp_path):
-    """A stop between a round's states and its model file: the states of the model's round are used."""
+def test_resume_reads_the_algorithm_states_of_the_last_whole_round(tmp_path):
+    """A stop after a round's states and model but before its manifest: the round before is read, each
+    file in the version that round wrote (kept beside it as *.prev.pt)."""
     import json
 
     from fedray.records import checkpoint
-    from fedray.records.recorder import save_model
+    from fedray.records.manifest import Manifest
+    from fedray.records.recorder import model_bytes
 
     (tmp_path / "summary.json").write_text(json.dumps({"config": {"model": {"_target_": "fedray.models.Net"}},
                                                        "rounds": [], "best_round": None}))
-    checkpoint.save_algorithm_states(tmp_path, 0, {"c": 0}, {"site-1": {"w": 10}, "site-2": {"w": 20}})
-    save_model(tmp_path / "models" / "FL_global_model.pt", {k: v.numpy() for k, v in _net().state_dict().items()}, round=0)
-    checkpoint.save_algorithm_states(tmp_path, 1, {"c": 1}, {"site-1": {"w": 11}})  # round 1's model never written
+    files, params = Manifest(tmp_path), {k: v.numpy() for k, v in _net().state_dict().items()}
+
+    def write_round(current_round, state, site_states, commit=True):
+        checkpoint.save_algorithm_states(files, current_round, state, site_states)
+        files.save("models/FL_global_model.pt", model_bytes(params, round=current_round), current_round)
+        if commit:
+            checkpoint.save_state(files, {"round": current_round, "num_rounds": 3, "best_val_accuracy": 0.5}, None)
+
+    write_round(0, {"c": 0}, {"site-1": {"w": 10}, "site-2": {"w": 20}})
+    write_round(1, {"c": 1}, {"site-1": {"w": 11}}, commit=False)  # stopped before round 1's manifest
     saved = checkpoint.load(tmp_path)
     assert saved["next_round"] == 1 and saved["algorithm_state"] == {"c": 0}
     assert saved["site_states"] == {"site-1": {"w": 10}, "site-2": {"w": 20}}
-    save_model(tmp_path / "models" / "FL_global_model.pt", {k: v.numpy() for k, v in _net().state_dict().items()}, round=1)
+    checkpoint.save_state(files, {"round": 1, "num_rounds": 3, "best_val_accuracy": 0.5}, None)
     saved = checkpoint.load(tmp_path)
-    assert saved["algorithm_state"] == {"c": 1} and saved["site_states"] == {"site-1": {"w": 11}, "site-2": {"w": 20}}
+    assert saved["next_round"] == 2 and saved["algorithm_state"] == {"c": 1}
+    assert saved["site_states"] == {"site-1": {"w": 11}, "site-2": {"w": 20}}
+
+
+def test_a_folder_from_before_the_manifest_reads_the_states_of_its_model_files_round(tmp_path):
+    """Older fedray wrote each state file (pickled, keeping its previous version) before the model, with
+    no manifest: the model file's round is the truth, and the states of that round are read."""
+    import json
+    import os
+
+    import torch
+
+    from fedray.records import checkpoint
+
+    (tmp_path / "summary.json").write_text(json.dumps({"config": {"model": {"_target_": "fedray.models.Net"}},
+                                                       "rounds": [], "best_round": None}))
+    (tmp_path / "checkpoint" / "site_states").mkdir(parents=True)
+    (tmp_path / "models").mkdir()
+
+    def old_save(name, current_round, state):  # the old checkpoint.py's _save_versioned
+        path = tmp_path / "checkpoint" / name
+        if path.is_file():
+            os.replace(path, path.with_name(path.name.replace(".pt", ".prev.pt")))
+        torch.save({"round": current_round, "state": state}, path)
+
+    old_save("algorithm_state.pt", 0, {"c": np.float32(0.5) * np.ones(3, np.float32)})
+    old_save("site_states/site-1.pt", 0, {"w": np.arange(3, dtype=np.float32)})
+    torch.save({"model": _net().state_dict(), "round": 0}, tmp_path / "models" / "FL_global_model.pt")
+    old_save("algorithm_state.pt", 1, {"c": np.ones(3, np.float32)})  # round 1's model never written
+    saved = checkpoint.load(tmp_path)
+    assert saved["next_round"] == 1
+    assert saved["algorithm_state"]["c"].tobytes() == (np.float32(0.5) * np.ones(3, np.float32)).tobytes()
+    assert saved["site_states"]["site-1"]["w"].tobytes() == np.arange(3, dtype=np.float32).tobytes()
+    files = checkpoint.restore(saved)  # the folder now has a manifest and states weights_only reads
+    assert files.round == 0 and set(files.files) == {"models/FL_global_model.pt", "checkpoint/algorithm_state.pt",
+                                                      "checkpoint/site_states/site-1.pt"}
+    again = checkpoint.load(tmp_path)
+    assert again["algorithm_state"]["c"].tobytes() == saved["algorithm_state"]["c"].tobytes()
+    assert torch.load(tmp_path / "checkpoint" / "algorithm_state.pt", weights_only=True)["round"] == 0

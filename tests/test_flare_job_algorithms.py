@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fedray import ConfigError, run_job
 from fedray.flare.job_folder import merge_overrides, translate
+from fedray.records.checkpoint import read_state_file
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -97,7 +97,7 @@ def test_a_flare_scaffold_job_runs_as_fedrays_scaffold_with_flares_weighting(sca
     assert all(r["failures"] == {} and sorted(r["sites"]) == ["site-1", "site-2"] for r in summary["rounds"])
     assert [summary["rounds"][0]["sites"][s]["num_steps"] for s in ("site-1", "site-2")] == [2, 4]
     assert "nvflare" not in sys.modules  # served inside the sites only
-    c = torch.load(tmp_path / "run" / "checkpoint" / "algorithm_state.pt", weights_only=False)["state"]["c"]
+    c = read_state_file(tmp_path / "run" / "checkpoint" / "algorithm_state.pt")["state"]["c"]
     dump = tmp_path / "dump"
     # FLARE's c: each round, the sites' dc_i averaged by their steps (2 and 4), added up over the rounds.
     for name, value in c.items():
@@ -139,7 +139,7 @@ def test_a_flare_fedopt_job_runs_with_flares_server_optimizer_and_schedule(fedop
     assert dict(cfg.algorithm.server_lr_scheduler) == {"_target_": "torch.optim.lr_scheduler.CosineAnnealingLR",
                                                        "T_max": 2, "eta_min": 0.9}
     run_job(cfg, tmp_path / "run")
-    state = torch.load(tmp_path / "run" / "checkpoint" / "algorithm_state.pt", weights_only=False)["state"]
+    state = read_state_file(tmp_path / "run" / "checkpoint" / "algorithm_state.pt")["state"]
     assert state["server_lr"] == pytest.approx(0.95)  # round 1's: cosine from 1.0 to 0.9 over T_max=2
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.6
     assert state["optimizer"]["state"]  # momentum buffers: the server optimizer did step

@@ -18,6 +18,7 @@ import torch
 from hydra.utils import get_class, get_method
 
 from fedray import run_job
+from fedray.records.checkpoint import read_state_file
 from tests.fixtures.make_pre_layout_run import OVERRIDES as PRE_LAYOUT_OVERRIDES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -133,8 +134,8 @@ def test_a_run_folder_written_before_the_layout_resumes_to_the_same_bits(tmp_pat
     run_job(load_config(PRE_LAYOUT_OVERRIDES), tmp_path / "straight", on_event=lambda e: None)
     assert _digest(stopped) == _digest(tmp_path / "straight")
     for site in ("site-1", "site-2"):
-        resumed = torch.load(stopped / "checkpoint" / "site_states" / f"{site}.pt", weights_only=False)
-        straight = torch.load(tmp_path / "straight" / "checkpoint" / "site_states" / f"{site}.pt", weights_only=False)
+        resumed = read_state_file(stopped / "checkpoint" / "site_states" / f"{site}.pt")
+        straight = read_state_file(tmp_path / "straight" / "checkpoint" / "site_states" / f"{site}.pt")
         assert resumed["round"] == straight["round"] == 1
         assert all((resumed["state"][k] == straight["state"][k]).all() for k in straight["state"])
 

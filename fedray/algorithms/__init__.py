@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 Params = dict[str, np.ndarray]
-State = dict[str, Any]  # plain, picklable values: numpy arrays, numbers, torch state_dicts
+State = dict[str, Any]  # plain data (numbers, strings, lists, tuples, dicts, numpy arrays, torch tensors and state_dicts): the checkpoint saves it as weights_only loading reads it
 
 COUNT = "count"  # in `sums`: how many results the round folded
 SITE_STATE = "fedray_site_state"  # the meta key a site's new state travels under, from site to controller

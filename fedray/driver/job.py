@@ -31,8 +31,10 @@ from fedray.driver.progress import Progress
 from fedray.driver.resources import ResourceError, plan_sites
 from fedray.fl_model import FLModel
 from fedray.records import checkpoint
+from fedray.records.atomic import DiskFull
 from fedray.records.checkpoint import ResumeError
 from fedray.records.recorder import RunRecorder
+from fedray.records.weights_only import NotPlainData
 from fedray.server.controller import ControllerActor
 from fedray.server.flare_components import FlareServerComponentsActor
 from fedray.site.actor import SiteWorkerActor
@@ -52,7 +54,7 @@ class JobInterrupted(JobFailed):
 
 # What users can cause (a bad key, a missing dataset, an impossible placement, a failed round):
 # each says in one line what to change, so it needs no type name and no traceback.
-USER_ERRORS = (ConfigError, DataError, ResourceError, ResumeError, JobFailed)
+USER_ERRORS = (ConfigError, DataError, ResourceError, ResumeError, NotPlainData, JobFailed)
 
 
 # What a run adds to its saved config (summary.json's "config"), not config keys: set anew on resume.
@@ -80,11 +82,14 @@ def run_job(
     if saved:
         cfg = with_new_keys({key: value for key, value in saved["config"].items() if key not in PER_RUN_KEYS})
         run_dir = saved["run_dir"]
+        if saved["warning"]:
+            log.warning("%s", saved["warning"])
         log.info("resuming %s at round %d with its own config", run_dir, saved["next_round"] + 1)
     recorder = RunRecorder(Path(run_dir).resolve(), resumed=saved["summary"] if saved else None,
                            per_site=per_site_curves(cfg))
     timings: dict[str, float] = {}
     progress = Progress() if on_event is None else None
+    failed = False
     try:
         job = OmegaConf.to_container(cfg, resolve=True)
         job["job_id"] = f"fedray-{uuid.uuid4().hex[:8]}"
@@ -97,18 +102,27 @@ def run_job(
         recorder.summary["config"] = job
         if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
             raise JobFailed(f"resume={recorder.run_dir}: that run already finished all its rounds")
+        if saved:  # the folder as load read it (each file's checked version under its name), before Ray
+            recorder.files = checkpoint.restore(saved)
         if not cfg.data.val_fraction:
             log.warning("data.val_fraction=0: no validation split, so no round is chosen as the best "
                         "(models/%s is not written)", "best_FL_global_model.pt")
         deadline = began + cfg.job_timeout if cfg.job_timeout else None
         _run(cfg, job, saved, recorder, on_event or progress, keep_ray, timings, deadline)
+    except DiskFull as err:
+        failed = True
+        failure = _disk_full(err, recorder)
+        recorder.summary.update(status="failed", error=str(failure))
+        raise failure from None
     except KeyboardInterrupt:
+        failed = True
         rounds, where = len(recorder.summary["rounds"]), recorder.run_dir
         err = JobInterrupted(f"interrupted; {rounds} finished round(s) kept in {where}"
                              + (f", resume={where} continues it" if rounds else ""))
         recorder.summary.update(status="failed", error=str(err))
         raise err from None
     except BaseException as err:
+        failed = True
         recorder.summary.update(status="failed", error=str(err) if isinstance(err, USER_ERRORS) else _first_line(err))
         raise
     else:
@@ -116,8 +130,20 @@ def run_job(
     finally:
         if progress is not None:
             progress.close()
-        recorder.finish(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
+        try:
+            recorder.finish(wall_seconds=round(time.perf_counter() - began, 3), timings=timings)
+        except DiskFull as err:
+            if not failed:  # else the job's own error is the one to tell (the disk is full anyway)
+                raise _disk_full(err, recorder) from None
     return recorder.summary
+
+
+def _disk_full(err: DiskFull, recorder: RunRecorder) -> JobFailed:
+    """One line: the path, the free bytes, what is kept, and how to go on."""
+    where, last = recorder.run_dir, recorder.files.round
+    kept = (f"the checkpoint of round {last + 1} is whole; free space, then resume={where} continues it"
+            if last is not None else "no round was finished")
+    return JobFailed(f"{err}; {kept}")
 
 
 def _run(
@@ -305,12 +331,13 @@ def _follow(
         for event in events:
             if event["type"] == "round":
                 site_states = {site: ray.get(ref, timeout=60) for site, ref in event.pop("site_states").items()}
-                checkpoint.save_algorithm_states(recorder.run_dir, event["round"],
+                checkpoint.save_algorithm_states(recorder.files, event["round"],
                                                  ray.get(event.pop("algorithm_state"), timeout=60), site_states)
                 recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
                 for site, (accuracy, result) in event.pop("improved_local_models").items():
-                    checkpoint.save_local_model(recorder.run_dir, site, accuracy, ray.get(result, timeout=60).params)
-                checkpoint.save_state(recorder.run_dir, event, recorder.summary["best_round"])
+                    checkpoint.save_local_model(recorder.files, event["round"], site, accuracy,
+                                                ray.get(result, timeout=60).params)
+                checkpoint.save_state(recorder.files, event, recorder.summary["best_round"])  # the round's commit
             elif event["type"] == "cross_site":
                 recorder.record_cross_site(event)
             report(event)

@@ -1,11 +1,16 @@
 """What a stopped run needs to continue, and reading it back for `resume=RUN_DIR`.
 
-After every round the driver has already written `models/FL_global_model.pt`
-(with its round number) and `models/best_FL_global_model.pt`; here it adds each
-site's best local model when it improves (`checkpoint/local_models/site-k.pt`)
-and, last, `checkpoint/state.json`. Training is seeded by (seed, round, site) and
-FedAvg does not depend on arrival order, so a resumed run ends with the same
-weights as one that never stopped.
+After every round the driver writes the algorithm's and the changed sites' states, then (the
+recorder) `models/FL_global_model.pt` and `models/best_FL_global_model.pt`, here each site's best
+local model when it improves (`checkpoint/local_models/site-k.pt`), `checkpoint/state.json` and, last,
+`checkpoint/manifest.json` (`manifest.py`: each file's round and sha256; each file's previous version
+is kept). Training is seeded by (seed, round, site) and FedAvg does not depend on arrival order, so a
+resumed run ends with the same weights as one that never stopped.
+
+`load` reads the newest round whose files all match their manifest (or, when those are damaged, the
+round before, and says so), every .pt file with `torch.load(weights_only=True)` (`weights_only.py`),
+all before Ray starts; anything else is one line naming the file. Run folders written before the
+manifest resume as they did (the model file's round is the truth), and `restore` converts them.
 """
 
 from __future__ import annotations
@@ -13,138 +18,301 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fedray.records.recorder import BEST_GLOBAL_MODEL, GLOBAL_MODEL, ROUNDS_LOG, _atomic, save_model, write_json
+from fedray.records import manifest as manifests
+from fedray.records.atomic import fsync_folder, write_atomic
+from fedray.records.manifest import MANIFEST, Manifest, previous
+from fedray.records.recorder import BEST_GLOBAL_MODEL, GLOBAL_MODEL, ROUNDS_LOG, model_bytes, write_json
+from fedray.records import weights_only
+from fedray.records.weights_only import dumps, from_saved, to_saved
 
 STATE = "checkpoint/state.json"
 LOCAL_MODELS = "checkpoint/local_models"
 ALGORITHM_STATE = "checkpoint/algorithm_state.pt"  # the algorithm's server state (FedOpt's moments, SCAFFOLD's c)
 SITE_STATES = "checkpoint/site_states"  # each site's own state (SCAFFOLD's c_i), written when it changes
+GLOBAL, BEST = f"models/{GLOBAL_MODEL}", f"models/{BEST_GLOBAL_MODEL}"
 
 
 class ResumeError(RuntimeError):
     """`resume=RUN_DIR` cannot continue that run; the message is one line naming the path."""
 
 
-def save_local_model(run_dir: Path, site: str, accuracy: float, params: Mapping[str, np.ndarray]) -> None:
-    save_model(run_dir / LOCAL_MODELS / f"{site}.pt", params, local_val_accuracy=accuracy)
+def save_local_model(files: Manifest, current_round: int, site: str, accuracy: float,
+                     params: Mapping[str, np.ndarray]) -> None:
+    files.save(f"{LOCAL_MODELS}/{site}.pt", model_bytes(params, local_val_accuracy=accuracy), current_round)
 
 
-def save_algorithm_states(run_dir: Path, current_round: int, state: Any, site_states: Mapping[str, Any]) -> None:
+def save_algorithm_states(files: Manifest, current_round: int, state: Any, site_states: Mapping[str, Any]) -> None:
     """The algorithm's server state and the changed site states after `current_round`, written before
-    that round's global model: each file keeps its previous version too (`*.prev.pt`), so whichever
-    round the model file says, `load` finds the states of that same round. A stateless algorithm's
-    (FedAvg's) empty state is not written (two files a round): `load` reads a missing file as None, and
-    the algorithm then starts from its `init`, that same empty state."""
-    if state or (run_dir / ALGORITHM_STATE).is_file():
-        _save_versioned(run_dir / ALGORITHM_STATE, current_round, state)
+    that round's global model. A stateless algorithm's (FedAvg's) empty state is not written (two files
+    a round): `load` reads a missing file as None, and the algorithm then starts from its `init`, that
+    same empty state. Raises `weights_only.NotPlainData` for a state that is not plain data."""
+    if state or ALGORITHM_STATE in files.files:
+        files.save(ALGORITHM_STATE, _state_bytes(current_round, state, "the algorithm's state"), current_round)
     for site, site_state in site_states.items():
-        _save_versioned(run_dir / SITE_STATES / f"{site}.pt", current_round, site_state)
+        files.save(f"{SITE_STATES}/{site}.pt", _state_bytes(current_round, site_state, f"{site}'s state"), current_round)
 
 
-def _save_versioned(path: Path, current_round: int, value: Any) -> None:
-    import torch  # in the functions, as in fedray/records/recorder.py
-
-    if path.is_file():
-        os.replace(path, _previous(path))
-    _atomic(path, lambda f: torch.save({"round": current_round, "state": value}, f))
+def _state_bytes(current_round: int, value: Any, where: str) -> bytes:
+    return dumps({"round": current_round, "state": to_saved(value, where)})
 
 
-def _load_versioned(path: Path, last_round: int) -> tuple[bool, Any]:
-    """(found, value) of the newest version of `path` written for a round <= `last_round`."""
-    import torch
-
-    for candidate in (path, _previous(path)):
-        if candidate.is_file():
-            saved = torch.load(candidate, map_location="cpu", weights_only=False)
-            if saved["round"] <= last_round:
-                return True, saved["state"]
-    return False, None
+def save_state(files: Manifest, event: Mapping[str, Any], best_round: int | None) -> None:
+    """The round's checkpoint is complete: state.json (for people and older readers), then the manifest."""
+    facts = {"best_round": best_round, "best_val_accuracy": _json_number(event["best_val_accuracy"])}
+    write_json(files.run_dir / STATE, {"last_round": event["round"], "num_rounds": event["num_rounds"], **facts})
+    files.commit(event["round"], **facts)
 
 
-def _previous(path: Path) -> Path:
-    return path.with_name(path.name.replace(".pt", ".prev.pt"))
-
-
-def save_state(run_dir: Path, event: Mapping[str, Any], best_round: int | None) -> None:
-    write_json(run_dir / STATE, {
-        "last_round": event["round"],
-        "num_rounds": event["num_rounds"],
-        "best_round": best_round,
-        "best_val_accuracy": _json_number(event["best_val_accuracy"]),
-    })
+def read_state_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A state file's `{"round", "state"}`, the state as the algorithm returned it (its numpy arrays back)."""
+    saved = weights_only.load(path)
+    return {**saved, "state": from_saved(saved["state"])}
 
 
 def load(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """A stopped run's config, summary and models, checked against its model before any Ray work."""
-    import torch
-
+    """A stopped run's config, summary, models and states, checked before any Ray work."""
     run_dir = Path(run_dir).expanduser().resolve()
     where = f"resume={run_dir}"
-    summary_path, global_path = run_dir / "summary.json", run_dir / "models" / GLOBAL_MODEL
-    if not summary_path.is_file() or not global_path.is_file():
+    summary_path = run_dir / "summary.json"
+    has_manifest = (run_dir / MANIFEST).is_file() or (run_dir / manifests.PREVIOUS_MANIFEST).is_file()
+    if not summary_path.is_file() or not (has_manifest or (run_dir / GLOBAL).is_file()):
         raise ResumeError(f"{where}: no finished round to resume (needs summary.json and models/{GLOBAL_MODEL})")
     try:
         summary = json.loads(summary_path.read_text())
-        state = json.loads((run_dir / STATE).read_text()) if (run_dir / STATE).is_file() else {}
-        saved_global = torch.load(global_path, map_location="cpu")
+        config = summary["config"]
+        model = instantiate(OmegaConf.create(config["model"]))  # its _target_ is code the config names: trusted
     except Exception as err:
-        raise ResumeError(f"{where}: cannot read its checkpoint ({type(err).__name__}: {err})".splitlines()[0]) from None
-    # summary.json is rewritten at most every few seconds; rounds.jsonl has every finished round.
-    rounds_log = run_dir / ROUNDS_LOG
-    if rounds_log.is_file():
-        rounds = [json.loads(line) for line in rounds_log.read_text().splitlines() if line.strip()]
-        summary["rounds"] = [entry for entry in rounds if entry["round"] <= int(saved_global["round"])]
+        raise ResumeError(f"{where}: cannot read {summary_path} ({type(err).__name__}: {err})".splitlines()[0]) from None
+    saved = _from_manifest(run_dir, where, model, config) if has_manifest else _from_old_folder(run_dir, where, model, config)
+    last_round = saved["next_round"] - 1
+    rounds = _rounds_log(run_dir, where)
+    if rounds is not None:  # summary.json is rewritten at most every few seconds; rounds.jsonl has every round
+        summary["rounds"] = rounds
+    summary["rounds"] = [entry for entry in summary["rounds"] if entry["round"] <= last_round]
+    if "best_round" in saved:  # the manifest's, of the round resume goes on from
+        summary["best_round"] = saved.pop("best_round")
+    elif rounds is not None:
         summary["best_round"] = _best_round(summary["rounds"], summary.get("best_round"))
-    config = summary["config"]
-    model = instantiate(OmegaConf.create(config["model"]))
-    global_params = _checked(model, saved_global, global_path, config)
-    best_path = run_dir / "models" / BEST_GLOBAL_MODEL
-    best_params = _checked(model, torch.load(best_path, map_location="cpu"), best_path, config) if best_path.is_file() else global_params
-    local_models = {}
-    for path in sorted((run_dir / LOCAL_MODELS).glob("*.pt")):
-        saved = torch.load(path, map_location="cpu")
-        local_models[path.stem] = (float(saved.get("local_val_accuracy", math.nan)), _checked(model, saved, path, config))
-    best_val = state.get("best_val_accuracy")
-    last_round = int(saved_global["round"])
-    try:
-        found, algorithm_state = _load_versioned(run_dir / ALGORITHM_STATE, last_round)
-        site_states = {}
-        for path in sorted((run_dir / SITE_STATES).glob("*.pt")):
-            if path.name.endswith(".prev.pt"):
-                continue
-            site_found, site_state = _load_versioned(path, last_round)
-            if site_found:
-                site_states[path.stem] = site_state
-    except Exception as err:
-        raise ResumeError(f"{where}: cannot read its algorithm state ({type(err).__name__}: {err})".splitlines()[0]) from None
-    if not found and (run_dir / ALGORITHM_STATE).is_file():
-        raise ResumeError(f"{where}: {ALGORITHM_STATE} has no state for round {last_round + 1}")
+    return {"run_dir": run_dir, "config": config, "summary": summary, **saved}
+
+
+def _from_manifest(run_dir: Path, where: str, model: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The newest manifest whose files all match (or the one before it, with a warning)."""
+    problems: list[str] = []
+    for name in (MANIFEST, manifests.PREVIOUS_MANIFEST):
+        try:
+            files = manifests.read(run_dir, name)
+        except ValueError as err:
+            problems.append(str(err))
+            continue
+        if files is None:
+            continue
+        paths, problem = manifests.locate(files)
+        if problem is None:
+            break
+        problems.append(problem)
+    else:
+        raise ResumeError(f"{where}: {problems[0]}, and no earlier round's checkpoint is whole; restore the "
+                          "file or start a new run")
+    if GLOBAL not in paths:
+        raise ResumeError(f"{where}: {run_dir / name} lists no models/{GLOBAL_MODEL}")
+    last_round = files.round
+    saved_global = _read(paths[GLOBAL], where)
+    if int(saved_global.get("round", -1)) != files.files[GLOBAL]["round"]:
+        raise ResumeError(f"{where}: {paths[GLOBAL]} is of round {saved_global.get('round')}, not the manifest's")
+    global_params = _checked(model, saved_global, paths[GLOBAL], config)
+    best_params = _checked(model, _read(paths[BEST], where), paths[BEST], config) if BEST in paths else global_params
+    local_models, site_states, algorithm_state = {}, {}, None
+    for name, path in paths.items():
+        if name.startswith(LOCAL_MODELS + "/"):
+            saved = _read(path, where)
+            local_models[Path(name).stem] = (float(saved.get("local_val_accuracy", math.nan)),
+                                             _checked(model, saved, path, config))
+        elif name.startswith(SITE_STATES + "/") or name == ALGORITHM_STATE:
+            saved = _read(path, where)
+            if not isinstance(saved, dict) or saved.get("round") != files.files[name]["round"]:
+                raise ResumeError(f"{where}: {path} is not the state the manifest lists for its round")
+            if name == ALGORITHM_STATE:
+                algorithm_state = from_saved(saved["state"])
+            else:
+                site_states[Path(name).stem] = from_saved(saved["state"])
+    best_val = files.facts.get("best_val_accuracy")
     return {
-        "run_dir": run_dir,
-        "config": config,
-        "summary": summary,
-        # The model file is the truth: state.json is written after it, so it may lag by a round.
-        "next_round": int(saved_global["round"]) + 1,
+        "next_round": last_round + 1,
         "global": global_params,
         "best_global": best_params,
         "best_val_accuracy": -math.inf if best_val is None else best_val,
         "best_local": local_models,
-        "algorithm_state": algorithm_state,  # None: the algorithm starts from its init (a run before algorithms)
+        "algorithm_state": algorithm_state,  # None: the algorithm starts from its init (FedAvg's empty state)
         "site_states": site_states,
+        "best_round": files.facts.get("best_round"),
+        "files": files,  # restore() moves each file's found version to its own name
+        "found": paths,
+        # The newest manifest's files were damaged: this round is the last whole one.
+        "warning": (f"{where}: {problems[0]}; going on from the round before it, the last whole one"
+                    if problems else None),
     }
 
 
-def _checked(model: Any, saved: Mapping[str, Any], path: Path, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _from_old_folder(run_dir: Path, where: str, model: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+    """A run folder written before the manifest: the global model file's round is the truth (state.json is
+    written after it, so it may lag by a round); states pickled numpy arrays, so numpy's arrays are read."""
+    state_path = run_dir / STATE
+    try:
+        state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise ResumeError(f"{where}: cannot read {state_path} ({type(err).__name__}: {err})".splitlines()[0]) from None
+    saved_global = _read(run_dir / GLOBAL, where, numpy_arrays=True)
+    global_params = _checked(model, saved_global, run_dir / GLOBAL, config)
+    last_round = int(saved_global["round"])
+    found, rounds = {GLOBAL: run_dir / GLOBAL}, {GLOBAL: last_round}
+    best_path, best_params = run_dir / BEST, global_params
+    if best_path.is_file():
+        saved_best = _read(best_path, where, numpy_arrays=True)
+        best_params = _checked(model, saved_best, best_path, config)
+        found[BEST], rounds[BEST] = best_path, int(saved_best.get("round", last_round))
+    local_models = {}
+    for path in _current_files(run_dir / LOCAL_MODELS):
+        saved = _read(path, where, numpy_arrays=True)
+        local_models[path.stem] = (float(saved.get("local_val_accuracy", math.nan)), _checked(model, saved, path, config))
+        name = f"{LOCAL_MODELS}/{path.name}"
+        found[name], rounds[name] = path, last_round  # (an old local model file has no round)
+    algorithm_state = None
+    site_states = {}
+    for path in [run_dir / ALGORITHM_STATE, *_current_files(run_dir / SITE_STATES)]:
+        name = manifests.relative(run_dir, path)
+        version = _old_version(path, last_round, where)
+        if version is None:
+            if name == ALGORITHM_STATE and path.is_file():
+                raise ResumeError(f"{where}: {ALGORITHM_STATE} has no state for round {last_round + 1}")
+            continue
+        found[name], saved = version
+        rounds[name] = int(saved["round"])
+        if name == ALGORITHM_STATE:
+            algorithm_state = saved["state"]
+        else:
+            site_states[path.stem] = saved["state"]
+    best_val = state.get("best_val_accuracy")
+    return {
+        "next_round": last_round + 1,
+        "global": global_params,
+        "best_global": best_params,
+        "best_val_accuracy": -math.inf if best_val is None else best_val,
+        "best_local": local_models,
+        "algorithm_state": algorithm_state,
+        "site_states": site_states,
+        "files": None,  # restore() writes the folder's first manifest
+        "found": found,
+        "old_rounds": rounds,
+        "warning": None,
+    }
+
+
+def _old_version(path: Path, last_round: int, where: str) -> Optional[tuple[Path, dict[str, Any]]]:
+    """The newest version of an old folder's state file written for a round <= `last_round`."""
+    for candidate in (path, previous(path)):
+        if candidate.is_file():
+            saved = _read(candidate, where, numpy_arrays=True)
+            if not isinstance(saved, dict) or "round" not in saved:
+                raise ResumeError(f"{where}: {candidate} is not a fedray state file")
+            if saved["round"] <= last_round:
+                return candidate, saved
+    return None
+
+
+def restore(saved: Mapping[str, Any]) -> Manifest:
+    """Make the run folder what `load` read, before the run goes on writing it: each file's version that
+    was read moved back to its own name (a file newer than the manifest, or damaged, is dropped),
+    rounds.jsonl cut to the rounds kept, and a manifest for that round (an old folder's first: its states
+    rewritten as weights_only reads them). Returns the manifest the run continues."""
+    run_dir, last_round = saved["run_dir"], saved["next_round"] - 1
+    for name, path in saved["found"].items():
+        if path != run_dir / name:
+            os.replace(path, run_dir / name)
+            fsync_folder(path.parent)
+    files = saved["files"]
+    if files is None:
+        files = Manifest(run_dir)
+        for name in saved["found"]:
+            if name == ALGORITHM_STATE:
+                files.save(name, _state_bytes(saved["old_rounds"][name], saved["algorithm_state"], "state"),
+                           saved["old_rounds"][name])
+            elif name.startswith(SITE_STATES + "/"):
+                state = saved["site_states"][Path(name).stem]
+                files.save(name, _state_bytes(saved["old_rounds"][name], state, "state"), saved["old_rounds"][name])
+            else:
+                files.adopt(name, saved["old_rounds"][name])
+    for folder in (run_dir / SITE_STATES, run_dir / LOCAL_MODELS, run_dir / "models"):
+        for path in _current_files(folder):  # newer than the round resume goes on from: never to be read
+            if manifests.relative(run_dir, path) not in files.files:
+                path.unlink()
+    summary = saved["summary"]
+    write_atomic(run_dir / ROUNDS_LOG, "".join(json.dumps(entry) + "\n" for entry in summary["rounds"]).encode())
+    best_val = saved["best_val_accuracy"]
+    files.commit(last_round, best_round=summary["best_round"], best_val_accuracy=_json_number(best_val))
+    return files
+
+
+def _current_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.glob("*.pt") if not path.name.endswith(".prev.pt"))
+
+
+def _rounds_log(run_dir: Path, where: str) -> Optional[list[dict[str, Any]]]:
+    """rounds.jsonl's rounds; a torn last line (a stop in the middle of an append) is dropped."""
+    path = run_dir / ROUNDS_LOG
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    rounds = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rounds.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):
+                break
+            raise ResumeError(f"{where}: {path} line {number} is not JSON (damaged); restore the file or "
+                              "remove that line") from None
+    return rounds
+
+
+def _read(path: Path, where: str, numpy_arrays: bool = False) -> Any:
+    """A .pt file as data: `torch.load(weights_only=True)`; what it refuses is refused here, in one line."""
+    try:
+        return weights_only.load(path, numpy_arrays=numpy_arrays)
+    except pickle.UnpicklingError as err:
+        raise ResumeError(f"{where}: {path} holds more than data ({_refusal(err)}): fedray reads run folders with "
+                          "torch.load(weights_only=True) and runs no code from them; restore the file from a copy "
+                          "you trust or start a new run") from None
+    except Exception as err:
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise ResumeError(f"{where}: cannot read {path} ({type(err).__name__}: {reason}); "
+                          "restore the file or start a new run") from None
+
+
+def _refusal(err: BaseException) -> str:
+    """The line of torch's long weights_only message that says what the file asked for (a GLOBAL it
+    blocks, a type it cannot build)."""
+    lines = [line.strip().removeprefix("WeightsUnpickler error: ") for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "nsupported" in line or "Can only build" in line:
+            return line.split(" was not an allowed global")[0].split(". Please")[0][:200]
+    return type(err).__name__
+
+
+def _checked(model: Any, saved: Any, path: Path, config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     try:
         model.load_state_dict(saved["model"], strict=True)
-    except (RuntimeError, KeyError) as err:
+    except (RuntimeError, KeyError, TypeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ResumeError(
             f"resume: {path} does not match model._target_={config['model']['_target_']} ({reason})"

@@ -2,9 +2,11 @@
 
 The driver calls it as each round's event arrives, so whatever a finished
 round produced is on disk before the next one ends, and as the sites' streamed
-points arrive, so TensorBoard shows training live. Every file but TensorBoard's
-(append-only event files) is written to a temporary name and renamed: a crash
-never leaves a torn file. The plots are drawn at the end, from the summary.
+points arrive, so TensorBoard shows training live. Every file but the append-only
+ones (TensorBoard's event files, rounds.jsonl) is written by `atomic.write_atomic`: a
+crash never leaves a torn file. The model files go through the checkpoint's manifest
+(`manifest.py`: digest, previous version kept). The plots are drawn at the end, from
+the summary.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from fedray.fl_model import Point
+from fedray.records.atomic import append_line, write_atomic
+from fedray.records.manifest import Manifest
 from fedray.records.tensorboard import TensorBoardWriter
 
 # One drawing thread for the process: matplotlib caches open font files per thread, so a thread
@@ -33,9 +37,12 @@ BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
 
 
 class RunRecorder:
-    def __init__(self, run_dir: str | os.PathLike, resumed: dict[str, Any] | None = None, per_site: bool = True) -> None:
-        """`per_site`: TensorBoard folders for the sites too (`config.per_site_curves`)."""
+    def __init__(self, run_dir: str | os.PathLike, resumed: dict[str, Any] | None = None, per_site: bool = True,
+                 files: Manifest | None = None) -> None:
+        """`per_site`: TensorBoard folders for the sites too (`config.per_site_curves`); `files`: a resumed
+        run's checkpoint manifest (`checkpoint.load`), else a new one."""
         self.run_dir = Path(run_dir)
+        self.files = files if files is not None else Manifest(self.run_dir)
         self.summary: dict[str, Any] = {
             "status": "running",  # then completed or failed, with a one-line error
             "error": None,
@@ -54,10 +61,10 @@ class RunRecorder:
         self.tensorboard.add_points(points)
 
     def record_round(self, event: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> None:
-        models = self.run_dir / "models"
-        save_model(models / GLOBAL_MODEL, params, round=event["round"])
+        data = model_bytes(params, round=event["round"])
+        self.files.save(f"models/{GLOBAL_MODEL}", data, event["round"])
         if event["is_best"]:
-            save_model(models / BEST_GLOBAL_MODEL, params, round=event["round"])
+            self.files.save(f"models/{BEST_GLOBAL_MODEL}", data, event["round"])
             self.summary["best_round"] = event["round"]
         keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds")
         entry = {key: event[key] for key in keep}
@@ -65,8 +72,7 @@ class RunRecorder:
         # Every round lands in rounds.jsonl at once (an appended line); summary.json, which holds every
         # round and grows with them, is rewritten at most every SUMMARY_SECONDS: rewriting it after each
         # of a cross-device run's fast rounds cost the driver seconds (its total is quadratic in rounds).
-        with open(self.run_dir / ROUNDS_LOG, "a") as log:
-            log.write(json.dumps(entry, default=_plain) + "\n")
+        append_line(self.run_dir / ROUNDS_LOG, json.dumps(entry, default=_plain))
         if time.monotonic() - self.written_at >= SUMMARY_SECONDS:
             self._write_summary(indent=None)
         self.tensorboard.add_round(event)
@@ -113,23 +119,21 @@ def _draw_run(summary: Mapping[str, Any], folder: Path) -> Any:
 
 
 def save_model(path: str | os.PathLike, params: Mapping[str, np.ndarray], **extra: Any) -> None:
+    """A model file outside the checkpoint's manifest (`model_bytes`)."""
+    write_atomic(path, model_bytes(params, **extra))
+
+
+def model_bytes(params: Mapping[str, np.ndarray], **extra: Any) -> bytes:
     """`torch.load(path)["model"]` is the state_dict, as FLARE's PT persistor writes it."""
     import torch  # here: the driver imports torch while its Ray starts (fedray/driver/job.py), not at import
 
-    state = {name: torch.from_numpy(np.array(value)) for name, value in params.items()}
-    _atomic(Path(path), lambda f: torch.save({"model": state, **extra}, f))
+    from fedray.records.weights_only import dumps
+
+    return dumps({"model": {name: torch.from_numpy(np.array(value)) for name, value in params.items()}, **extra})
 
 
 def write_json(path: str | os.PathLike, data: Any, indent: int | None = 2) -> None:
-    _atomic(Path(path), lambda f: f.write(json.dumps(data, indent=indent, default=_plain).encode()))
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=indent, default=_plain).encode())
 
 
 def _plain(value: Any) -> Any:

@@ -20,6 +20,8 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from fedray.records.atomic import write_atomic
+
 log = logging.getLogger("fedray")
 
 RESULT_COLUMNS = (
@@ -77,8 +79,8 @@ def write_sweep_summary(sweep_dir: Path, fixed_overrides: Iterable[str] = ()) ->
     swept = list(dict.fromkeys(key for row in rows for key in row["swept"]))
     table = [{"job": row["job"], **{key: row["swept"].get(key, "") for key in swept}, **row["results"]} for row in rows]
     columns = ["job", *swept, *RESULT_COLUMNS]
-    (sweep_dir / "sweep_summary.csv").write_text(_csv(table, columns))
-    (sweep_dir / "sweep_summary.md").write_text(_markdown(table, columns))
+    write_atomic(sweep_dir / "sweep_summary.csv", _csv(table, columns).encode())
+    write_atomic(sweep_dir / "sweep_summary.md", _markdown(table, columns).encode())
     return table
 
 

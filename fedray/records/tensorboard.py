@@ -18,6 +18,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from fedray.fl_model import Point
+from fedray.records.atomic import no_space_as_disk_full
 
 SERVER = ""  # the run folder of the global metrics: tb/ itself
 # Per-round tags; their step is the round, counted from 0 as in summary.json.
@@ -77,11 +78,12 @@ class TensorBoardWriter:
         path = self.files.get(run)
         if path is None:
             folder = self.folder / run
-            folder.mkdir(parents=True, exist_ok=True)
+            with no_space_as_disk_full(folder):
+                folder.mkdir(parents=True, exist_ok=True)
             # TensorBoard's own naming: events.out.tfevents.<time>.<host>, with the pid to keep runs apart.
             path = self.files[run] = folder / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}.fedray"
             events.insert(0, Event(wall_time=now, file_version="brain.Event:2"))
-        with open(path, "ab") as file:
+        with no_space_as_disk_full(path), open(path, "ab") as file:
             records = RecordWriter(file)
             for event in events:
                 records.write(event.SerializeToString())
