@@ -20,6 +20,7 @@ import numpy as np
 import ray
 from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedray.config import ConfigError, per_site_curves, runs_own_code, site_names, validate, with_new_keys
 from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
@@ -221,6 +222,10 @@ def _run_sites(
         plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
         sites = site_names(cfg.num_clients)
         namespace = job["job_id"]
+        # The controller (and a FLARE job's server code) on the driver's node, beside the objects the run
+        # cannot lose (the dataset, the global model, site states, best local models: put by the driver or
+        # the controller, stored on this node): a worker node's loss then takes sites only, which retry.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         one_per_site = plan.num_actors == len(sites)
         names = sites if one_per_site else [f"site-worker-{k}" for k in range(1, plan.num_actors + 1)]
         workers = [
@@ -248,10 +253,10 @@ def _run_sites(
         val_index = np.concatenate([shard.val for shard in shards])
         if job["flare"]["server_components"] or job["flare"]["model_locator"]:
             # A FLARE server app's own components act on START_RUN (a data splitter) before any site trains.
-            server_components = FlareServerComponentsActor.options(namespace=namespace).remote(job)
+            server_components = FlareServerComponentsActor.options(namespace=namespace, scheduling_strategy=here).remote(job)
             actors.append(server_components)
             _await_workers({server_components.ready.remote(): "the FLARE server components"}, cfg.site.start_timeout)
-        controller = ControllerActor.options(name="controller", namespace=namespace).remote(
+        controller = ControllerActor.options(name="controller", namespace=namespace, scheduling_strategy=here).remote(
             job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved),
             server_components if job["flare"]["model_locator"] else None,
         )

@@ -80,7 +80,7 @@ class Progress:
             self._log(logging.WARNING, "cross-site: %s failed to %s (%s: %s)", failure["site"], failure["task"],
                       failure["kind"], failure["message"])
         if event["results"]:
-            self._log(logging.INFO, "cross-site validation (val_accuracy; rows: data of, columns: model)\n%s",
+            self._log(logging.INFO, "cross-site validation (accuracy; rows: data of, columns: model)\n%s",
                       cross_site_table(event["results"]))
 
     def _log(self, level: int, message: str, *args: Any, then: Optional[str] = None) -> None:

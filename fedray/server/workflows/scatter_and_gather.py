@@ -29,7 +29,7 @@ class RoundFailed(RuntimeError):
 
 
 class LocalModel(NamedTuple):
-    """A site's best local model so far: the train result it came from, left in the object store."""
+    """A site's best local model so far: the train result it came from, in the object store."""
 
     accuracy: float
     result: ray.ObjectRef
@@ -147,7 +147,10 @@ def scatter_and_gather(
                 best = best_local_models.get(outcome.site)
                 # Written so that NaN (no validation split, or a script site) keeps the latest model.
                 if best is None or not local_accuracy <= best.accuracy:
-                    best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, outcome.ref)
+                    # A copy owned and stored here, on the driver's node: the task's own result lives on
+                    # the site's node, and a lost node must not take a site's best model with it.
+                    kept = ray.put(result)
+                    best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, kept)
             weight = factors.get(outcome.site, 1.0) * steps
             for key, total in extra_sums.items():
                 # each site once, in an order-independent sum

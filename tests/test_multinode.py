@@ -1,0 +1,147 @@
+"""fedray on a real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster: a head and worker
+raylets of their own), joined by address as a user's cluster is: node loss, two jobs sharing it.
+
+Each job is the CLI in a process of its own (a user's driver), so this test process never joins the
+cluster and the session's own Ray is untouched. The head has no CPU: every site actor runs on a worker
+node, one per node (one CPU each), and the driver's node, where the controller and the objects a run
+cannot lose stay, is the head.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+# Ray's health checks at 0.5 s x 3: a node that is gone is noticed in ~2 s, not Ray's default ~30 s.
+FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+                      "health_check_initial_delay_ms": 0}
+NODE = {"num_cpus": 1, "object_store_memory": 100 << 20}
+JOB = ["num_clients=4", "rounds=4", "local_epochs=6", "lr=0.05", "eval_batch_size=500"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": 100 << 20, "include_dashboard": False,
+        "_system_config": FAST_HEALTH_CHECKS})
+    workers = [cluster.add_node(**NODE) for _ in range(2)]
+    cluster.wait_for_nodes(timeout=60)
+    cluster.worker_nodes_in_use = workers
+    yield cluster
+    cluster.shutdown()
+
+
+def _start(cluster, tiny_cifar: str, run_dir: Path, *overrides: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedray.run", f"data.root={tiny_cifar}", "data.download=false",
+         "data.check_integrity=false", *JOB, f"ray.address={cluster.address}", f"hydra.run.dir={run_dir}", *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=run_dir.parent)
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, (out + err)[-3000:]
+    return out + err
+
+
+def _rounds(run_dir: Path) -> list[dict]:
+    path = run_dir / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _wait_for_round(run_dir: Path, process: subprocess.Popen, count: int, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_rounds(run_dir)) < count:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"round {count} not finished within {timeout} s"
+        time.sleep(0.05)
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "models" / "FL_global_model.pt", weights_only=True)["model"]
+
+
+def _same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+@pytest.fixture(scope="module")
+def undisturbed(cluster, tiny_cifar, tmp_path_factory) -> dict[str, torch.Tensor]:
+    run_dir = tmp_path_factory.mktemp("undisturbed") / "run"
+    _finish(_start(cluster, tiny_cifar, run_dir))
+    assert [len(r["sites"]) for r in _rounds(run_dir)] == [4] * 4
+    return _final_weights(run_dir)
+
+
+def _alive_actors(cluster) -> list[list[str]]:
+    """[class, node id] of the cluster's live actors, from the GCS's actor table (Ray's state API needs the
+    dashboard), asked from a process of its own (this one never joins the cluster)."""
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); from ray._private.state import actors;"
+            "print(json.dumps([[a['ActorClassName'], a['Address']['NodeID']] for a in actors().values() "
+            "if a['State'] == 'ALIVE']))")
+    done = subprocess.run([sys.executable, "-c", code % cluster.address], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_worker_node_lost_mid_run_costs_time_not_bits(cluster, tiny_cifar, tmp_path, undisturbed):
+    run_dir = tmp_path / "run"
+    process = _start(cluster, tiny_cifar, run_dir)
+    _wait_for_round(run_dir, process, 1)
+    lost = cluster.worker_nodes_in_use[0]
+    cluster.remove_node(lost, allow_graceful=False)  # its raylet and every worker process on it: gone
+    assert process.poll() is None and len(_rounds(run_dir)) < 4, "the node should go mid-run"
+    # A node that joins mid-run gets the lost site actor, which Ray restarts there.
+    cluster.worker_nodes_in_use = [cluster.worker_nodes_in_use[1], cluster.add_node(**NODE)]
+    _finish(process)
+
+    rounds = _rounds(run_dir)
+    # Every site answered every round: the tasks lost with the node ran again on a live worker.
+    assert [sorted(r["sites"]) for r in rounds] == [[f"site-{k}" for k in range(1, 5)]] * 4
+    assert all(not r["failures"] for r in rounds)
+    assert _same_bits(_final_weights(run_dir), undisturbed)
+    print("round seconds with a node lost after round 1:", [round(r["seconds"], 2) for r in rounds])
+
+
+def test_two_jobs_share_a_cluster_and_a_killed_driver_takes_only_its_own_actors(cluster, tiny_cifar, tmp_path,
+                                                                                undisturbed):
+    # One site actor each (one CPU): each job on a node of its own, at once.
+    one_actor = ("site.num_actors=1", "site.num_cpus=1")
+    kept, killed = tmp_path / "kept" / "run", tmp_path / "killed" / "run"
+    kept.parent.mkdir(), killed.parent.mkdir()
+    doomed = _start(cluster, tiny_cifar, killed, *one_actor, "rounds=40")
+    survivor = _start(cluster, tiny_cifar, kept, *one_actor)
+    _wait_for_round(killed, doomed, 1)
+    # The controllers are on their drivers' node (the head here), never on a worker node that may go;
+    # the site actors on the worker nodes.
+    placed = _alive_actors(cluster)
+    assert {node for name, node in placed if name == "Controller"} == {cluster.head_node.node_id}
+    assert {node for name, node in placed if name == "SiteWorker"} <= {n.node_id for n in cluster.worker_nodes_in_use}
+    _wait_for_round(kept, survivor, 1)
+    doomed.send_signal(signal.SIGKILL)  # its driver dies outright: no cleanup of its own
+    doomed.communicate(timeout=30)
+    _finish(survivor)
+    # The survivor got the weights it gets alone (and as with two actors: fedray's bits do not depend on that).
+    assert _same_bits(_final_weights(kept), undisturbed)
+    # Its run folder is its own: the killed job wrote only into its own.
+    assert len(_rounds(kept)) == 4 and 1 <= len(_rounds(killed)) < 40
+    # Ray ends a dead driver's job: its actors (controller, site worker) go within 30 s.
+    deadline = time.monotonic() + 30
+    while (alive := _alive_actors(cluster)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert alive == []
