@@ -38,7 +38,8 @@ class FaultyNet(Net):
     and whenever it evaluates in `fail_eval_sites`; trains to NaN weights in `nan_sites`."""
 
     def __init__(self, slow_sites=(), delay: float = 0.0, fail_sites=(), fail_after_steps: int = 0,
-                 fail_eval_sites=(), crash_sites=(), crash_once_file: str = "", nan_sites=()) -> None:
+                 fail_eval_sites=(), crash_sites=(), crash_once_file: str = "", nan_sites=(), hog_sites=(),
+                 hog_gib: float = 0.0) -> None:
         super().__init__()
         self.site = _site_name()
         self.nan = self.site in nan_sites
@@ -50,6 +51,9 @@ class FaultyNet(Net):
         self.fails_eval = self.site in fail_eval_sites
         # The process dies (as from out-of-memory) the first time it trains; the file remembers it did.
         self.crash_file = f"{crash_once_file}.{self.site}" if self.site in crash_sites else ""
+        # Takes (and touches) `hog_gib` GiB more at each training step, kept: Ray's memory monitor's prey.
+        self.hog_bytes = int(hog_gib * 2**30) if self.site in hog_sites else 0
+        self.hogged: list[bytearray] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -57,6 +61,9 @@ class FaultyNet(Net):
             if self.crash_file and not os.path.exists(self.crash_file):
                 open(self.crash_file, "w").close()
                 os._exit(1)
+            if self.hog_bytes and len(self.hogged) < 6:  # bounded, should the monitor not act
+                self.hogged.append(bytearray(b"\x01") * self.hog_bytes)
+                time.sleep(1.0)  # the monitor looks every few hundred ms
             if self.slow:
                 time.sleep(self.delay)
             if self.fails and self.steps > self.fail_after_steps:

@@ -90,9 +90,27 @@ def undisturbed(cluster, tiny_cifar, tmp_path_factory) -> dict[str, torch.Tensor
 def _alive_actors(cluster) -> list[list[str]]:
     """[class, node id] of the cluster's live actors, from the GCS's actor table (Ray's state API needs the
     dashboard), asked from a process of its own (this one never joins the cluster)."""
+    return [entry[:2] for entry in _ask_cluster(cluster, "[[a['ActorClassName'], a['Address']['NodeID'], a['Pid']] "
+                                                         "for a in actors().values() if a['State'] == 'ALIVE']")]
+
+
+def _site_worker_pids(cluster) -> list[int]:
+    """The site actors' processes: the worker nodes' raylets' children titled ray::SiteWorker (found in
+    milliseconds, while a job's rounds take less than one)."""
+    import psutil
+
+    pids = []
+    for node in cluster.worker_nodes_in_use:
+        raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+        pids += [child.pid for child in raylet.children(recursive=True)
+                 if " ".join(child.cmdline()).startswith("ray::SiteWorker")]
+    return sorted(pids)
+
+
+def _ask_cluster(cluster, expression: str):
+    """`expression` (JSON-able; `actors` and `ray` in scope) evaluated by a driver of its own on the cluster."""
     code = ("import json, ray; ray.init(address=%r, logging_level='ERROR'); from ray._private.state import actors;"
-            "print(json.dumps([[a['ActorClassName'], a['Address']['NodeID']] for a in actors().values() "
-            "if a['State'] == 'ALIVE']))")
+            "print(json.dumps(" + expression + "))")
     done = subprocess.run([sys.executable, "-c", code % cluster.address], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "RAY_ADDRESS": ""})
     assert done.returncode == 0, done.stderr[-2000:]
@@ -145,3 +163,131 @@ def test_two_jobs_share_a_cluster_and_a_killed_driver_takes_only_its_own_actors(
     while (alive := _alive_actors(cluster)) and time.monotonic() < deadline:
         time.sleep(1)
     assert alive == []
+
+
+def test_a_lost_head_ends_the_run_within_seconds_and_resume_gives_the_undisturbed_bits(job_config, ray_session,
+                                                                                       tiny_cifar, tmp_path):
+    """The head, here also the driver's node, goes without grace mid-run: Ray ends the driver process
+    itself within seconds (its core worker exits once its raylet is gone, before any Python handler runs:
+    the reason is in Ray's driver log only); every finished round is on disk, whole, and resume= (on
+    another Ray) ends with the bits of a run that never stopped."""
+    from ray.cluster_utils import Cluster
+
+    from fedray import run_job
+    from fedray.records.checkpoint import load
+
+    rounds = ("rounds=8",)
+    straight = run_job(job_config(*JOB, *rounds), tmp_path / "straight")  # the session's Ray
+    assert straight["status"] == "completed"
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": 100 << 20, "include_dashboard": False,
+        "_system_config": FAST_HEALTH_CHECKS})
+    try:
+        cluster.add_node(num_cpus=2, object_store_memory=100 << 20)
+        cluster.wait_for_nodes(timeout=60)
+        run_dir = tmp_path / "run"
+        process = _start(cluster, tiny_cifar, run_dir, *rounds)
+        _wait_for_round(run_dir, process, 2)
+        lost_at = time.monotonic()
+        cluster.remove_node(cluster.head_node, allow_graceful=False)
+        out, err = process.communicate(timeout=120)
+        ended_after = time.monotonic() - lost_at
+    finally:
+        cluster.shutdown()
+    assert process.returncode != 0 and ended_after < 30, (ended_after, (out + err)[-2000:])
+    kept = len(_rounds(run_dir))
+    assert 2 <= kept < 8
+    # The checkpoint is whole: at the last round in rounds.jsonl, or the one before when the head went
+    # between that round's log line and its commit (the manifest, written last); resume redoes that round.
+    assert load(run_dir)["next_round"] in (kept - 1, kept)
+    assert not list(run_dir.rglob("*.tmp"))
+    print(f"head lost after round {kept}: the driver ended {ended_after:.1f} s later")
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
+    done = subprocess.run([sys.executable, "-m", "fedray.run", f"resume={run_dir}"], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert len(_rounds(run_dir)) == 8
+    assert _same_bits(_final_weights(run_dir), _final_weights(tmp_path / "straight"))
+
+
+# A token cluster from a process of its own: Ray reads RAY_AUTH_MODE once, at import, and this process's
+# Ray runs without authentication (tests/conftest.py). It prints the address, and stops when stdin closes.
+TOKEN_CLUSTER = """
+import sys
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 100 << 20,
+                                                        "include_dashboard": False})
+print(cluster.address, flush=True)
+sys.stdin.read()
+cluster.shutdown()
+"""
+
+
+def test_a_cluster_with_token_authentication_is_joined_with_the_users_token_and_a_wrong_one_is_one_line(
+        tiny_cifar, tmp_path, monkeypatch):
+    token = "fedray-test-token-0123456789abcdef0123456789abcdef"
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    host = subprocess.Popen([sys.executable, "-c", TOKEN_CLUSTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "RAY_ADDRESS": ""})
+    try:
+        address = host.stdout.readline().strip()
+        assert address, "the token cluster did not start"
+        cluster = type("Joined", (), {"address": address})
+        run_dir = tmp_path / "run"
+        _finish(_start(cluster, tiny_cifar, run_dir, "rounds=1"))  # the user's token, from the environment
+        assert len(_rounds(run_dir)) == 1
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "a-wrong-token-0000000000000000000000000000")
+        wrong = _start(cluster, tiny_cifar, tmp_path / "wrong", "rounds=1")
+        out, err = wrong.communicate(timeout=180)
+    finally:
+        host.communicate(input="", timeout=120)  # its Cluster shuts down the processes it started
+    lines = [line for line in err.splitlines() if line.startswith("fedray:")]
+    assert wrong.returncode == 2 and len(lines) == 1 and "Traceback" not in out + err, (out + err)[-3000:]
+    assert "refused this driver's token" in lines[0] and "RAY_AUTH_TOKEN" in lines[0]
+
+
+
+def test_a_seeded_chaos_soak_ends_every_job_with_its_undisturbed_bits_and_frees_the_cluster(cluster, tiny_cifar,
+                                                                                           tmp_path, undisturbed):
+    """Jobs one after another on the 3-node cluster, each hit by a fault drawn from a seeded generator after
+    its first round: a site worker process killed, two killed, a worker node removed (and a new one added),
+    or none. Every job ends completed with the undisturbed bits; afterwards every CPU of the cluster is free
+    within 60 s and no actor of the jobs is left."""
+    import random
+
+    faults = ["kill_worker", "kill_two_workers", "remove_node", "kill_worker", "remove_node", "none"]
+    random.Random(2026).shuffle(faults)
+    began = time.monotonic()
+    for index, fault in enumerate(faults):
+        run_dir = tmp_path / f"job-{index}" / "run"
+        run_dir.parent.mkdir()
+        process = _start(cluster, tiny_cifar, run_dir)
+        _wait_for_round(run_dir, process, 1)
+        workers = _site_worker_pids(cluster)
+        assert workers, "no site worker process found on the worker nodes"
+        if fault.startswith("kill"):
+            for pid in workers[: 2 if fault == "kill_two_workers" else 1]:
+                os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+        elif fault == "remove_node":
+            lost = cluster.worker_nodes_in_use[0]
+            cluster.remove_node(lost, allow_graceful=False)
+            cluster.worker_nodes_in_use = [cluster.worker_nodes_in_use[1], cluster.add_node(**NODE)]
+        if fault != "none":
+            assert process.poll() is None and len(_rounds(run_dir)) < 4, f"{fault} came after the job's end"
+        _finish(process)
+        rounds = _rounds(run_dir)
+        assert [len(r["sites"]) for r in rounds] == [4] * 4 and all(not r["failures"] for r in rounds), fault
+        assert _same_bits(_final_weights(run_dir), undisturbed), fault
+    soak_seconds = time.monotonic() - began
+    deadline = time.monotonic() + 60
+    while True:
+        free, total, alive = _ask_cluster(
+            cluster, "[ray.available_resources().get('CPU', 0), ray.cluster_resources().get('CPU', 0), "
+                     "[a['ActorClassName'] for a in actors().values() if a['State'] == 'ALIVE']]")
+        if (free == total and not alive) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert free == total == 2 and alive == [], (free, total, alive)
+    print(f"soak: {len(faults)} jobs, faults {faults}, {soak_seconds:.0f} s; cluster free after it")

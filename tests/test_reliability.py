@@ -98,6 +98,7 @@ def test_a_run_stopped_midway_and_resumed_ends_with_the_same_weights(job_config,
     assert len(errors) == 1 and "interrupted" in errors[0] and f"resume={run_dir}" in errors[0]
     kept = _rounds_done(run_dir)
     assert torch.load(run_dir / "models" / "FL_global_model.pt")["round"] == kept - 1
+    assert not list(run_dir.rglob("*.tmp"))  # no file torn or half-written by the stop
 
     resumed = subprocess.run([sys.executable, "-m", "fedray.run", f"resume={run_dir}", f"hydra.run.dir={tmp_path}/log"],
                              cwd=REPO, env=env, capture_output=True, text=True, timeout=400)

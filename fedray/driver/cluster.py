@@ -188,7 +188,15 @@ def _init(settings: Mapping[str, Any]) -> None:
     if settings["address"]:
         # Under `ray job submit`, Ray sets RAY_ADDRESS for the driver: this joins that cluster.
         _check_reachable(settings["address"])
-        ray.init(address=settings["address"], **options)
+        try:
+            ray.init(address=settings["address"], **options)
+        except (ConnectionError, RuntimeError) as err:  # Ray's "failed to connect", its cause chained
+            if _refused_token(err):
+                raise ConfigError(
+                    f"ray.address={settings['address']}: the cluster uses token authentication and refused this "
+                    "driver's token; give the cluster's token in RAY_AUTH_TOKEN (or a file in RAY_AUTH_TOKEN_PATH, "
+                    "or ~/.ray/auth_token), with RAY_AUTH_MODE=token") from None
+            raise
     else:
         # "local": never join a stale cluster someone else left on this machine. Ray turns token
         # auth on for it by default and says so at every start; that notice is noise here.
@@ -199,6 +207,18 @@ def _init(settings: Mapping[str, Any]) -> None:
             ray.init(address="local", num_cpus=settings["num_cpus"], num_gpus=settings["num_gpus"], **options)
         global _watchdog
         _watchdog = reaper.start()  # a driver killed outright leaves no Ray process behind
+
+
+def _refused_token(err: BaseException) -> bool:
+    """Ray's "failed to connect to GCS" whose cause is its AuthenticationError (a wrong or missing token)."""
+    authentication_error = getattr(ray.exceptions, "AuthenticationError", ())
+    while err is not None:
+        if authentication_error and isinstance(err, authentication_error):
+            return True
+        if "InvalidAuthToken" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 @contextmanager

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -81,7 +81,9 @@ def run_job(
     validate(cfg)
     saved = checkpoint.load(cfg.resume) if cfg.resume else None  # before Ray: a bad checkpoint fails fast
     if saved:
-        cfg = with_new_keys({key: value for key, value in saved["config"].items() if key not in PER_RUN_KEYS})
+        # The stopped run's own config, but where it runs is this command's: its cluster may be gone.
+        where = OmegaConf.to_container(cfg.ray)
+        cfg = with_new_keys({key: value for key, value in saved["config"].items() if key not in PER_RUN_KEYS} | {"ray": where})
         run_dir = saved["run_dir"]
         if saved["warning"]:
             log.warning("%s", saved["warning"])
@@ -331,7 +333,10 @@ def _follow(
         finished, _ = ray.wait([run_ref], timeout=EVENT_POLL_SECONDS)
         # Points with the events: sites flush their points before they answer, so a round's
         # training curve is on disk by the time its round line appears.
-        events, points = ray.get(controller.drain.remote(), timeout=60)
+        try:
+            events, points = ray.get(controller.drain.remote(), timeout=60)
+        except RayActorError as err:
+            raise JobFailed(_controller_lost(err, recorder)) from None
         recorder.record_points(points)
         for event in events:
             if event["type"] == "round":
@@ -352,6 +357,13 @@ def _follow(
         ray.get(run_ref, timeout=60)
     except (RayTaskError, RayActorError) as err:
         raise JobFailed(_first_line(err)) from None
+
+
+def _controller_lost(err: RayActorError, recorder: RunRecorder) -> str:
+    """One line for a controller that is gone (its process or its node), with what is kept."""
+    rounds, where = len(recorder.summary["rounds"]), recorder.run_dir
+    return (f"the controller is gone ({_first_line(err)}); {rounds} finished round(s) kept in {where}"
+            + (f", resume={where} continues it" if rounds else ""))
 
 
 def _stop(actors: list[ray.actor.ActorHandle], wait_for_scripts: bool, kill: bool = True, timeout: float = 30.0) -> None:

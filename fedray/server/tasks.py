@@ -79,6 +79,8 @@ class WorkerPool:
         self.busy: dict[ActorHandle, _Busy] = {}
         self.deaths: dict[ActorHandle, int] = {}
         self.gone: set[ActorHandle] = set()  # retired for good
+        # What a restarted worker found about its predecessor's death (out of memory), where Ray says nothing.
+        self.death_causes: dict[ActorHandle, str] = {}
 
     def candidates(self, site: str) -> list[ActorHandle]:
         return [self.home[site]] if site in self.home else self.workers
@@ -102,6 +104,8 @@ class WorkerPool:
                     del self.busy[worker]
                     if failure is not None:  # it went down with its actor: Ray restarts it
                         self.died(worker)
+                    elif busy.restarting:
+                        self._note_death_cause(worker, busy.ref)
                     continue
                 if now >= busy.deadline and worker in self.busy:
                     del self.busy[worker]
@@ -132,6 +136,16 @@ class WorkerPool:
 
     def busy_refs(self) -> list[ray.ObjectRef]:
         return [busy.ref for busy in self.busy.values() if busy.ask_again_at is None]
+
+    def _note_death_cause(self, worker: ActorHandle, ready: ray.ObjectRef) -> None:
+        """A restarted worker's `ready()` says why its predecessor died, when it can tell
+        (fedray/site/memory_watch.py): kept for the failure a site's last retry reports."""
+        try:
+            answer = ray.get(ready, timeout=0)
+        except Exception:
+            return
+        if isinstance(answer, dict) and answer.get("predecessor_died_of"):
+            self.death_causes[worker] = answer["predecessor_died_of"]
 
     def _restart(self, worker: ActorHandle) -> None:
         if self.max_restarts <= 0:  # Ray may not restart it: it stays busy until its task ends
@@ -222,7 +236,8 @@ def gather(
                     if retries < max_retries:  # the infrastructure's fault, not the site's: run it again
                         queue.appendleft((site, call, retries + 1))
                         continue
-                    outcome.message = f"its worker died {retries + 1} time(s) running it: {outcome.message}"
+                    cause = pool.death_causes.get(worker, outcome.message)
+                    outcome.message = f"its worker died {retries + 1} time(s) running it: {cause}"
                 successes += count(outcome)
                 if outcome.ok:
                     if min_results is not None and successes >= min_results and enough_at is None:

@@ -16,6 +16,7 @@ model on given indices, for the server's global metrics).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -34,6 +35,7 @@ from fedray.config import per_site_curves
 from fedray.data.partition import Shard
 from fedray.fl_model import ACCURACY_KEYS, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
 from fedray.python_path import put_on_python_path
+from fedray.site import memory_watch
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
 from fedray.site.batched_training import train_sites_batched
 from fedray.site.executor_runner import ExecutorSite
@@ -74,6 +76,10 @@ class TorchWorker:
         the object store could be gone by then (Ray logs an error line for each such actor)."""
         self.job = job
         namespace = namespace or job["job_id"]
+        # Why this actor's predecessor died, if Ray restarted it after its memory monitor killed it.
+        memory_note = memory_watch.note_path(namespace, ray.get_runtime_context().get_actor_name() or str(os.getpid()))
+        self.predecessor_died_of = memory_watch.death_cause(memory_watch.predecessor(memory_note))
+        memory_watch.start(memory_note)
         # torch and the model first: these seconds overlap the driver's reading of the data.
         use_gpu = torch.cuda.is_available() and len(ray.get_gpu_ids()) > 0
         self.device = torch.device("cuda" if use_gpu else "cpu")
@@ -110,7 +116,8 @@ class TorchWorker:
             self.app.start()
 
     def ready(self) -> dict[str, Any]:
-        return {"device": str(self.device), "threads": torch.get_num_threads()}
+        return {"device": str(self.device), "threads": torch.get_num_threads(),
+                "predecessor_died_of": self.predecessor_died_of}
 
     def get_weights(self, site: str) -> FLModel:
         """The initial weights (pre_train): the site's executor's, if it serves get_weights (FLARE's
