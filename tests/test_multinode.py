@@ -291,3 +291,27 @@ def test_a_seeded_chaos_soak_ends_every_job_with_its_undisturbed_bits_and_frees_
         time.sleep(1)
     assert free == total == 2 and alive == [], (free, total, alive)
     print(f"soak: {len(faults)} jobs, faults {faults}, {soak_seconds:.0f} s; cluster free after it")
+
+
+def test_failed_rpcs_injected_by_ray_cost_a_retry_not_the_run(tiny_cifar, tmp_path, undisturbed, monkeypatch):
+    """Ray's own fault injection (RAY_testing_rpc_failure, in every process of the cluster and the driver):
+    the first actor call each process makes fails ("temporarily unavailable"): the driver's first ready(),
+    each site actor's fetch of the data, the controller's first task to a site. Each is asked again (or,
+    for a site's task, run again); the run ends with the undisturbed bits."""
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_testing_rpc_failure", json.dumps(
+        {"CoreWorkerService.grpc_client.PushTask": {"num_failures": 1, "req_failure_prob": 100, "resp_failure_prob": 0}}))
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": 100 << 20, "include_dashboard": False,
+        "_system_config": FAST_HEALTH_CHECKS})
+    try:
+        for _ in range(2):
+            cluster.add_node(**NODE)
+        cluster.wait_for_nodes(timeout=60)
+        run_dir = tmp_path / "run"
+        _finish(_start(cluster, tiny_cifar, run_dir))
+    finally:
+        cluster.shutdown()
+    assert [len(r["sites"]) for r in _rounds(run_dir)] == [4] * 4
+    assert _same_bits(_final_weights(run_dir), undisturbed)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import ray
 from omegaconf import DictConfig, OmegaConf
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fedray.config import ConfigError, per_site_curves, runs_own_code, site_names, validate, with_new_keys
@@ -43,6 +43,7 @@ from fedray.site.actor import SiteWorkerActor
 log = logging.getLogger("fedray")
 
 EVENT_POLL_SECONDS = 0.5
+AGAIN_SECONDS = 0.2  # before asking a temporarily unavailable actor again
 
 
 class JobFailed(RuntimeError):
@@ -257,13 +258,13 @@ def _run_sites(
             # A FLARE server app's own components act on START_RUN (a data splitter) before any site trains.
             server_components = FlareServerComponentsActor.options(namespace=namespace, scheduling_strategy=here).remote(job)
             actors.append(server_components)
-            _await_workers({server_components.ready.remote(): "the FLARE server components"}, cfg.site.start_timeout)
+            _await_workers({"the FLARE server components": server_components}, cfg.site.start_timeout)
         controller = ControllerActor.options(name="controller", namespace=namespace, scheduling_strategy=here).remote(
             job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved),
             server_components if job["flare"]["model_locator"] else None,
         )
         actors.append(controller)
-        _await_workers({worker.ready.remote(): name for worker, name in zip(workers, names)}, cfg.site.start_timeout)
+        _await_workers(dict(zip(names, workers)), cfg.site.start_timeout)
         timings["site_start"], clock = _lap(clock)
         log.info(
             "%d sites on %d %s actors (%g CPU, %g GPU, %d threads each); run dir %s",
@@ -290,21 +291,27 @@ def _end_run(server_components: Optional[ray.actor.ActorHandle], timeout: float 
 
 
 
-def _await_workers(ready: dict[ray.ObjectRef, str], timeout: float) -> None:
+def _await_workers(actors: dict[str, ray.actor.ActorHandle], timeout: float) -> None:
+    """Every actor answers `ready()` within `timeout`. "Temporarily unavailable" (a failed RPC, a restart
+    under way) is asked again, not taken for a failed start."""
     deadline = time.monotonic() + timeout
-    pending = list(ready)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+    ready = {actor.ready.remote(): name for name, actor in actors.items()}
+    while ready:
+        done, _ = ray.wait(list(ready), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not done:
-            waiting = ", ".join(sorted(ready[ref] for ref in pending))
+            waiting = ", ".join(sorted(ready.values()))
             raise JobFailed(
                 f"site actors not up within site.start_timeout={timeout:g} s ({waiting}); "
                 "the cluster may lack the CPUs/GPUs they ask for (see site.num_cpus, site.num_gpus)"
             )
+        name = ready.pop(done[0])
         try:
             ray.get(done[0], timeout=60)
+        except ActorUnavailableError:
+            time.sleep(AGAIN_SECONDS)
+            ready[actors[name].ready.remote()] = name
         except (RayTaskError, RayActorError) as err:
-            raise JobFailed(f"{ready[done[0]]} failed to start: {_creation_failure(err)}") from None
+            raise JobFailed(f"{name} failed to start: {_creation_failure(err)}") from None
 
 
 def _creation_failure(err: BaseException) -> str:

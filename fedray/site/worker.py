@@ -27,6 +27,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from ray.actor import ActorHandle
+from ray.exceptions import ActorUnavailableError
 
 from fedray import algorithms
 from fedray.aggregation import NON_FINITE, CompensatedSum, finite, pool_metrics
@@ -95,7 +96,7 @@ class TorchWorker:
         # The driver starts the controller once the data is read, which may be after this actor is up.
         holder = _named_actor(data_holder, namespace, timeout=DATA_TIMEOUT)
         shards, train_images, train_labels, test_images, test_labels = ray.get(
-            ray.get(holder.shared_data.remote(), timeout=DATA_TIMEOUT), timeout=DATA_TIMEOUT)
+            _asked_again(holder.shared_data, DATA_TIMEOUT), timeout=DATA_TIMEOUT)
         self.shards: dict[str, Shard] = shards
         self.train_images, self.train_labels = to_device(train_images, train_labels, self.device)
         self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
@@ -377,6 +378,19 @@ def _validation_metrics(metrics: Mapping[str, Any], app: ScriptSite | ExecutorSi
     if accuracy_of(metrics) is None:
         raise ScriptError(f"{app.site}: {app.name} sent no accuracy metric for 'validate' (one of {', '.join(ACCURACY_KEYS)})")
     return {name: float(value) for name, value in metrics.items() if np.isscalar(value)}
+
+
+def _asked_again(method: Any, timeout: float) -> Any:
+    """An actor's answer, asked again while the actor is "temporarily unavailable" (a failed RPC: Ray's
+    own fault injection, or a network blip), until `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(method.remote(), timeout=max(1.0, deadline - time.monotonic()))
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _named_actor(name: str, namespace: str, timeout: float = LOOKUP_TIMEOUT) -> ActorHandle:
