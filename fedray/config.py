@@ -215,6 +215,12 @@ def with_new_keys(saved: Any) -> DictConfig:
     return OmegaConf.merge(OmegaConf.create(defaults), saved)
 
 
+def server_code_ids(flare: Any) -> list[str]:
+    """The ids of a FLARE server app's own components fedray runs (`flare.server_components`, then its
+    ModelLocator): none, or the server components' actor's (fedray/server/flare_components.py)."""
+    return [*flare["server_components"], *([flare["model_locator"]] if flare["model_locator"] else [])]
+
+
 def site_names(num_clients: int) -> list[str]:
     return [f"site-{k}" for k in range(1, num_clients + 1)]
 
@@ -306,7 +312,7 @@ def validate(cfg: DictConfig) -> None:
         app = Path(cfg.site.flare_app)
         require(any((app / "config" / f"config_fed_client.{ext}").is_file() for ext in ("json", "conf")),
                 "site.flare_app", "no config/config_fed_client.json (or .conf) there; give a FLARE client app folder")
-    if cfg.flare.server_components or cfg.flare.model_locator:
+    if server_code_ids(cfg.flare):
         require(cfg.flare.server_app is not None and Path(cfg.flare.server_app).is_dir(), "flare.server_app",
                 "must be the FLARE server app folder whose components flare.server_components and "
                 "flare.model_locator name")

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from fedray.config import ConfigError, per_site_curves, runs_own_code, site_names, validate, with_new_keys
+from fedray.config import (ConfigError, per_site_curves, runs_own_code, server_code_ids, site_names, validate,
+                           with_new_keys)
 from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
 from fedray.data.partition import Shard, partition
 from fedray.data.synthetic import Dataset
@@ -120,9 +121,7 @@ def run_job(
         raise failure from None
     except KeyboardInterrupt:
         failed = True
-        rounds, where = len(recorder.summary["rounds"]), recorder.run_dir
-        err = JobInterrupted(f"interrupted; {rounds} finished round(s) kept in {where}"
-                             + (f", resume={where} continues it" if rounds else ""))
+        err = JobInterrupted(f"interrupted; {_kept(recorder)}")
         recorder.summary.update(status="failed", error=str(err))
         raise err from None
     except BaseException as err:
@@ -254,7 +253,7 @@ def _run_sites(
         # restarts, and is the sites' mailbox for their streamed points (fedray/site/metric_stream.py); it sends
         # no task before they are ready.
         val_index = np.concatenate([shard.val for shard in shards])
-        if job["flare"]["server_components"] or job["flare"]["model_locator"]:
+        if server_code_ids(job["flare"]):
             # A FLARE server app's own components act on START_RUN (a data splitter) before any site trains.
             server_components = FlareServerComponentsActor.options(namespace=namespace, scheduling_strategy=here).remote(job)
             actors.append(server_components)
@@ -368,9 +367,13 @@ def _follow(
 
 def _controller_lost(err: RayActorError, recorder: RunRecorder) -> str:
     """One line for a controller that is gone (its process or its node), with what is kept."""
+    return f"the controller is gone ({_first_line(err)}); {_kept(recorder)}"
+
+
+def _kept(recorder: RunRecorder) -> str:
+    """What a stopped run keeps, and how to go on."""
     rounds, where = len(recorder.summary["rounds"]), recorder.run_dir
-    return (f"the controller is gone ({_first_line(err)}); {rounds} finished round(s) kept in {where}"
-            + (f", resume={where} continues it" if rounds else ""))
+    return f"{rounds} finished round(s) kept in {where}" + (f", resume={where} continues it" if rounds else "")
 
 
 def _stop(actors: list[ray.actor.ActorHandle], wait_for_scripts: bool, kill: bool = True, timeout: float = 30.0) -> None:

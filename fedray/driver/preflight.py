@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from fedray.config import ConfigError, compose
+from fedray.config import ConfigError, compose, server_code_ids
 
 # torch, and the site code that needs it, are imported in the functions: `python -m fedray.run` imports
 # this module at start, and torch's import (1.2 s) must overlap Ray's start, not come before it.
@@ -40,9 +40,8 @@ def check_code(cfg: DictConfig) -> None:
     model = check_model(cfg.model)
     if cfg.site.flare_app:
         check_flare_app(cfg.site.flare_app)
-    if cfg.flare.server_components or cfg.flare.model_locator:
-        wanted = set(cfg.flare.server_components) | ({cfg.flare.model_locator} if cfg.flare.model_locator else set())
-        check_flare_app(cfg.flare.server_app, "config_fed_server", wanted)
+    if server_code_ids(cfg.flare):
+        check_flare_app(cfg.flare.server_app, "config_fed_server", set(server_code_ids(cfg.flare)))
     if cfg.site.batched_training:
         _check_batched_training(cfg, model)
 

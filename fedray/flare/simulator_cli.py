@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from fedray.config import ConfigError
 
@@ -32,7 +32,24 @@ def is_job_folder(arg: str) -> bool:
     return (folder / "meta.json").is_file() or (folder / "meta.conf").is_file()
 
 
-FLAGS = ("-w", "--workspace", "-n", "--n_clients", "-c", "--clients", "-t", "--threads", "-gpu", "--gpu", "--max_clients")
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+# FLARE's simulator options: the parser is built from this one table, and a command is simulator-shaped
+# when it names any of these flags.
+OPTIONS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("-w", "--workspace"), {}),
+    (("-n", "--n_clients"), {"type": _positive}),
+    (("-c", "--clients"), {}),
+    (("-t", "--threads"), {"type": _positive}),
+    (("-gpu", "--gpu"), {}),
+    (("--max_clients",), {"type": int}),
+)
+FLAGS = tuple(flag for flags, _ in OPTIONS for flag in flags)
 
 
 def simulator_shape(args: list[str]) -> bool:
@@ -45,12 +62,8 @@ def simulator_shape(args: list[str]) -> bool:
 def to_fedray_args(args: list[str]) -> tuple[list[str], Optional[str]]:
     """(fedray's arguments, the CUDA_VISIBLE_DEVICES to set or None) for a simulator-shaped command line."""
     parser = _Parser(prog="fedray JOB_FOLDER", add_help=False, allow_abbrev=False)
-    parser.add_argument("-w", "--workspace")
-    parser.add_argument("-n", "--n_clients", type=_positive)
-    parser.add_argument("-c", "--clients")
-    parser.add_argument("-t", "--threads", type=_positive)
-    parser.add_argument("-gpu", "--gpu")
-    parser.add_argument("--max_clients", type=int)
+    for flags, options in OPTIONS:
+        parser.add_argument(*flags, **options)
     folders = [arg for arg in args if is_job_folder(arg)]
     folders += [arg[len("flare_job="):] for arg in args if arg.startswith("flare_job=")]
     if len(folders) != 1:
@@ -87,9 +100,3 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{message}; FLARE's simulator options: JOB_FOLDER [-w WORKSPACE] [-n N] [-c site-1,...] "
                           "[-t T] [-gpu 0,1], then key=value overrides")
 
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value

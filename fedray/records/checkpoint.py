@@ -144,22 +144,12 @@ def _from_manifest(run_dir: Path, where: str, model: Any, config: Mapping[str, A
                 algorithm_state = from_saved(saved["state"])
             else:
                 site_states[Path(name).stem] = from_saved(saved["state"])
-    best_val = files.facts.get("best_val_accuracy")
-    return {
-        "next_round": last_round + 1,
-        "global": global_params,
-        "best_global": best_params,
-        "best_val_accuracy": -math.inf if best_val is None else best_val,
-        "best_local": local_models,
-        "algorithm_state": algorithm_state,  # None: the algorithm starts from its init (FedAvg's empty state)
-        "site_states": site_states,
-        "best_round": files.facts.get("best_round"),
-        "files": files,  # restore() moves each file's found version to its own name
-        "found": paths,
-        # The newest manifest's files were damaged: this round is the last whole one.
-        "warning": (f"{where}: {problems[0]}; going on from the round before it, the last whole one"
-                    if problems else None),
-    }
+    return _resumed(last_round, global_params, best_params, files.facts.get("best_val_accuracy"), local_models,
+                    algorithm_state, site_states, files, paths,
+                    best_round=files.facts.get("best_round"),
+                    # The newest manifest's files were damaged: this round is the last whole one.
+                    warning=(f"{where}: {problems[0]}; going on from the round before it, the last whole one"
+                             if problems else None))
 
 
 def _from_old_folder(run_dir: Path, where: str, model: Any, config: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,19 +190,26 @@ def _from_old_folder(run_dir: Path, where: str, model: Any, config: Mapping[str,
             algorithm_state = saved["state"]
         else:
             site_states[path.stem] = saved["state"]
-    best_val = state.get("best_val_accuracy")
+    # files=None: restore() writes the folder's first manifest
+    return _resumed(last_round, global_params, best_params, state.get("best_val_accuracy"), local_models,
+                    algorithm_state, site_states, None, found, old_rounds=rounds, warning=None)
+
+
+def _resumed(last_round: int, global_params: dict[str, np.ndarray], best_params: dict[str, np.ndarray],
+             best_val: Optional[float], local_models: dict[str, Any], algorithm_state: Any,
+             site_states: dict[str, Any], files: Optional[Manifest], found: dict[str, Path], **extra: Any) -> dict[str, Any]:
+    """What `load` returns beside the config and summary, from a manifest's folder or an older one."""
     return {
         "next_round": last_round + 1,
         "global": global_params,
         "best_global": best_params,
         "best_val_accuracy": -math.inf if best_val is None else best_val,
         "best_local": local_models,
-        "algorithm_state": algorithm_state,
+        "algorithm_state": algorithm_state,  # None: the algorithm starts from its init (FedAvg's empty state)
         "site_states": site_states,
-        "files": None,  # restore() writes the folder's first manifest
+        "files": files,  # restore() moves each file's found version to its own name
         "found": found,
-        "old_rounds": rounds,
-        "warning": None,
+        **extra,
     }
 
 
@@ -242,14 +239,12 @@ def restore(saved: Mapping[str, Any]) -> Manifest:
     if files is None:
         files = Manifest(run_dir)
         for name in saved["found"]:
-            if name == ALGORITHM_STATE:
-                files.save(name, _state_bytes(saved["old_rounds"][name], saved["algorithm_state"], "state"),
-                           saved["old_rounds"][name])
-            elif name.startswith(SITE_STATES + "/"):
-                state = saved["site_states"][Path(name).stem]
-                files.save(name, _state_bytes(saved["old_rounds"][name], state, "state"), saved["old_rounds"][name])
+            written_in = saved["old_rounds"][name]
+            if name == ALGORITHM_STATE or name.startswith(SITE_STATES + "/"):
+                state = saved["algorithm_state"] if name == ALGORITHM_STATE else saved["site_states"][Path(name).stem]
+                files.save(name, _state_bytes(written_in, state, "state"), written_in)
             else:
-                files.adopt(name, saved["old_rounds"][name])
+                files.adopt(name, written_in)
     for folder in (run_dir / SITE_STATES, run_dir / LOCAL_MODELS, run_dir / "models"):
         for path in _current_files(folder):  # newer than the round resume goes on from: never to be read
             if manifests.relative(run_dir, path) not in files.files:

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 import ray
 
+from fedray.config import server_code_ids
 from fedray.flare import nvflare_alias
 from fedray.flare.components import base_context, build_component, fire, workspace_root
 from fedray.flare.executor_api import Engine, EventType, FLContext, FLContextKey, Workspace
@@ -37,9 +38,8 @@ class FlareServerComponents:
         self.where = f"{SERVER}: {os.path.basename(flare['server_app'])}/config/config_fed_server"
         config = read_app_config(flare["server_app"], "config_fed_server")
         entries = {entry.get("id"): entry for entry in config.get("components", [])}
-        wanted = [*flare["server_components"], *([flare["model_locator"]] if flare["model_locator"] else [])]
         self.components = {component_id: build_component(entries[component_id], f"{self.where} component '{component_id}'")
-                           for component_id in wanted}
+                           for component_id in server_code_ids(flare)}
         self.locator_id = flare["model_locator"]
         self.workspace = Workspace(workspace_root(job, SERVER), SERVER)
         self.engine = Engine(self.workspace, self.components, fire_event=self._fire)

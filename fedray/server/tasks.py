@@ -79,8 +79,9 @@ class WorkerPool:
         self.busy: dict[ActorHandle, _Busy] = {}
         self.deaths: dict[ActorHandle, int] = {}
         self.gone: set[ActorHandle] = set()  # retired for good
-        # What a restarted worker found about its predecessor's death (out of memory), where Ray says nothing.
-        self.death_causes: dict[ActorHandle, str] = {}
+        # Why each worker's last restart was needed, when the restarted worker could tell (out of memory)
+        # and Ray says nothing; None: it could not tell.
+        self.death_causes: dict[ActorHandle, Optional[str]] = {}
 
     def candidates(self, site: str) -> list[ActorHandle]:
         return [self.home[site]] if site in self.home else self.workers
@@ -144,8 +145,8 @@ class WorkerPool:
             answer = ray.get(ready, timeout=0)
         except Exception:
             return
-        if isinstance(answer, dict) and answer.get("predecessor_died_of"):
-            self.death_causes[worker] = answer["predecessor_died_of"]
+        if isinstance(answer, dict):  # the latest restart's cause replaces an earlier death's
+            self.death_causes[worker] = answer.get("predecessor_died_of")
 
     def _restart(self, worker: ActorHandle) -> None:
         if self.max_restarts <= 0:  # Ray may not restart it: it stays busy until its task ends
@@ -236,7 +237,7 @@ def gather(
                     if retries < max_retries:  # the infrastructure's fault, not the site's: run it again
                         queue.appendleft((site, call, retries + 1))
                         continue
-                    cause = pool.death_causes.get(worker, outcome.message)
+                    cause = pool.death_causes.get(worker) or outcome.message
                     outcome.message = f"its worker died {retries + 1} time(s) running it: {cause}"
                 successes += count(outcome)
                 if outcome.ok:
