@@ -102,3 +102,18 @@ def test_a_small_object_store_spills_to_disk_and_changes_no_bits(job_config, ray
     a = torch.load(tmp_path / "with-room" / "models" / "FL_global_model.pt", weights_only=True)["model"]
     b = torch.load(run_dir / "models" / "FL_global_model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_site_actor_starting_removes_the_memory_notes_of_jobs_that_ended(tmp_path):
+    """Site actors are killed, never cleaned up after: the next one to start on a node removes the note
+    folders nothing has rewritten for an hour, and leaves a live job's (rewritten 4 times a second)."""
+    from fedray.site import memory_watch
+
+    ended, live = tmp_path / "job-ended", tmp_path / "job-live"
+    for folder in (ended, live):
+        folder.mkdir()
+        (folder / "site-worker-1.memory.json").write_text("{}")
+    hour_ago = time.time() - memory_watch.STALE_SECONDS - 60
+    os.utime(ended / "site-worker-1.memory.json", (hour_ago, hour_ago))
+    memory_watch._remove_ended_jobs(str(tmp_path))
+    assert not ended.exists() and (live / "site-worker-1.memory.json").exists()

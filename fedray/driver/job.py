@@ -45,6 +45,10 @@ log = logging.getLogger("fedray")
 
 EVENT_POLL_SECONDS = 0.5
 AGAIN_SECONDS = 0.2  # before asking a temporarily unavailable actor again
+# The controller's calls return at once (drain: within EVENT_POLL_SECONDS); how long one that Ray's RPC keeps
+# failing is asked again before the run ends in one line (its node's raylet would have said it is dead by then).
+CONTROLLER_CALL_TIMEOUT = 60.0
+CONTROLLER_PATIENCE = 60.0
 
 
 class JobFailed(RuntimeError):
@@ -263,14 +267,15 @@ def _run_sites(
             server_components if job["flare"]["model_locator"] else None,
         )
         actors.append(controller)
-        _await_workers(dict(zip(names, workers)), cfg.site.start_timeout)
+        answers = _await_workers(dict(zip(names, workers)), cfg.site.start_timeout)
         timings["site_start"], clock = _lap(clock)
         log.info(
             "%d sites on %d %s actors (%g CPU, %g GPU, %d threads each); run dir %s",
             len(sites), plan.num_actors, "GPU" if plan.num_gpus else "CPU", plan.num_cpus, plan.num_gpus,
             plan.num_threads, recorder.run_dir,
         )
-        _follow(controller.run.remote(workers, one_per_site), controller, recorder, report, deadline)
+        _ask_controller(recorder, controller.start, workers, one_per_site, [answers[name]["process"] for name in names])
+        _follow(controller, recorder, report, deadline)
         timings["workflows"], clock = _lap(clock)
         recorder.start_drawing()
         return clock
@@ -290,11 +295,12 @@ def _end_run(server_components: Optional[ray.actor.ActorHandle], timeout: float 
 
 
 
-def _await_workers(actors: dict[str, ray.actor.ActorHandle], timeout: float) -> None:
-    """Every actor answers `ready()` within `timeout`. "Temporarily unavailable" (a failed RPC, a restart
-    under way) is asked again, not taken for a failed start."""
+def _await_workers(actors: dict[str, ray.actor.ActorHandle], timeout: float) -> dict[str, Any]:
+    """Every actor answers `ready()` within `timeout`: their answers. "Temporarily unavailable" (a failed
+    RPC, a restart under way) is asked again, not taken for a failed start."""
     deadline = time.monotonic() + timeout
     ready = {actor.ready.remote(): name for name, actor in actors.items()}
+    answers: dict[str, Any] = {}
     while ready:
         done, _ = ray.wait(list(ready), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
         if not done:
@@ -305,12 +311,13 @@ def _await_workers(actors: dict[str, ray.actor.ActorHandle], timeout: float) -> 
             )
         name = ready.pop(done[0])
         try:
-            ray.get(done[0], timeout=60)
+            answers[name] = ray.get(done[0], timeout=60)
         except ActorUnavailableError:
             time.sleep(AGAIN_SECONDS)
             ready[actors[name].ready.remote()] = name
         except (RayTaskError, RayActorError) as err:
             raise JobFailed(f"{name} failed to start: {_creation_failure(err)}") from None
+    return answers
 
 
 def _creation_failure(err: BaseException) -> str:
@@ -323,27 +330,24 @@ def _creation_failure(err: BaseException) -> str:
 
 
 def _follow(
-    run_ref: ray.ObjectRef,
     controller: ray.actor.ActorHandle,
     recorder: RunRecorder,
     report: Callable[[dict[str, Any]], None],
     deadline: float | None,
 ) -> None:
-    """Wait for the controller's `run`, writing the sites' streamed points and each finished round,
-    and relaying progress, as they come; past `deadline` (job_timeout), stop."""
+    """Follow the controller's workflows (started), writing the sites' streamed points and each finished
+    round, and relaying progress, as they come, until its "end" event; past `deadline` (job_timeout), stop."""
+    events_taken = points_taken = 0
     while True:
         if deadline is not None and time.perf_counter() > deadline:
             rounds = len(recorder.summary["rounds"])
             raise JobFailed(f"job_timeout={recorder.summary['config']['job_timeout']:g} s passed; "
                             f"{rounds} finished round(s) kept in {recorder.run_dir}")
-        finished, _ = ray.wait([run_ref], timeout=EVENT_POLL_SECONDS)
         # Points with the events: sites flush their points before they answer, so a round's
         # training curve is on disk by the time its round line appears.
-        try:
-            events, points = ray.get(controller.drain.remote(), timeout=60)
-        except RayActorError as err:
-            raise JobFailed(_controller_lost(err, recorder)) from None
+        events, points = _ask_controller(recorder, controller.drain, events_taken, points_taken, EVENT_POLL_SECONDS)
         recorder.record_points(points)
+        points_taken += len(points)
         for event in events:
             if event["type"] == "round":
                 site_states = {site: ray.get(ref, timeout=60) for site, ref in event.pop("site_states").items()}
@@ -356,13 +360,28 @@ def _follow(
                 checkpoint.save_state(recorder.files, event, recorder.summary["best_round"])  # the round's commit
             elif event["type"] == "cross_site":
                 recorder.record_cross_site(event)
+            elif event["type"] == "end":
+                if event["error"]:
+                    raise JobFailed(event["error"])
+                return
+            events_taken += 1  # taken once written: a round is never lost between the controller and the files
             report(event)
-        if finished:
-            break
-    try:
-        ray.get(run_ref, timeout=60)
-    except (RayTaskError, RayActorError) as err:
-        raise JobFailed(_first_line(err)) from None
+
+
+def _ask_controller(recorder: RunRecorder, method: Any, *args: Any) -> Any:
+    """The controller's answer to one call, asked again while Ray says it is "temporarily unavailable" (a
+    failed RPC; `start` and `drain` are safe to ask twice), for at most CONTROLLER_PATIENCE seconds; a
+    controller that is gone is one line."""
+    patience = time.monotonic() + CONTROLLER_PATIENCE
+    while True:
+        try:
+            return ray.get(method.remote(*args), timeout=CONTROLLER_CALL_TIMEOUT)
+        except ActorUnavailableError as err:
+            if time.monotonic() > patience:
+                raise JobFailed(_controller_lost(err, recorder)) from None
+            time.sleep(AGAIN_SECONDS)
+        except RayActorError as err:
+            raise JobFailed(_controller_lost(err, recorder)) from None
 
 
 def _controller_lost(err: RayActorError, recorder: RunRecorder) -> str:

@@ -80,19 +80,44 @@ class Controller:
             self.best_local_models = {site: LocalModel(*model) for site, model in resume["best_local"].items()}
             self.algorithm_state = resume["algorithm_state"]
             self.site_states = dict(resume["site_states"])
+        # What the driver has not taken yet, and how much it took before (drain's counts): the events and the
+        # sites' streamed training curves (fedray/site/metric_stream.py).
         self.events: list[dict[str, Any]] = []
-        self.points: list[Point] = []  # the sites' streamed training curves (fedray/site/metric_stream.py)
+        self.points: list[Point] = []
+        self.events_taken = self.points_taken = 0
         self.lock = threading.Lock()
+        self.news = threading.Condition(self.lock)  # an event came
+        self.workflows: threading.Thread | None = None
 
     def shared_data(self) -> list[ray.ObjectRef]:
         return self.data
 
-    def run(self, workers: list[ActorHandle], one_actor_per_site: bool) -> None:
-        """Run the enabled workflows in config order on these site actors."""
+    def start(self, workers: list[ActorHandle], one_actor_per_site: bool, processes: list[str]) -> None:
+        """Start the workflows on a thread of the controller's own and return. Asked again (the driver's call
+        failed in Ray's RPC, and Ray cannot tell whether it ran), it starts nothing twice; how the workflows
+        ended is the last event ("end"), which the driver takes with the others (`drain`)."""
+        with self.lock:
+            if self.workflows is None:
+                self.workflows = threading.Thread(target=self._run_to_end, name="workflows", daemon=True,
+                                                  args=(workers, one_actor_per_site, processes))
+                self.workflows.start()
+
+    def _run_to_end(self, workers: list[ActorHandle], one_actor_per_site: bool, processes: list[str]) -> None:
+        error = None
+        try:
+            self.run(workers, one_actor_per_site, processes)
+        except Exception as err:  # the job's failure, said in one line by the driver
+            lines = str(err).strip().splitlines()
+            error = f"{type(err).__name__}: {lines[0] if lines else ''}"
+        self._emit({"type": "end", "error": error})
+
+    def run(self, workers: list[ActorHandle], one_actor_per_site: bool, processes: list[str]) -> None:
+        """Run the enabled workflows in config order on these site actors (`processes`: their worker process
+        ids, as their first `ready()` said: a later answer from another process means a restart)."""
         site = self.job["site"]
         self.pool = WorkerPool(workers, dict(zip(self.sites, workers)) if one_actor_per_site else None,
                                max_restarts=site["max_restarts"], stop_timeout=site["stop_timeout"],
-                               restart_timeout=site["start_timeout"])
+                               restart_timeout=site["start_timeout"], processes=processes)
         workflows = {
             "pre_train": self._pre_train,
             "scatter_and_gather": self._scatter_and_gather,
@@ -112,12 +137,18 @@ class Controller:
         with self.lock:
             self.points.extend(points)
 
-    def drain(self) -> tuple[list[dict[str, Any]], list[Point]]:
-        """The events and streamed points since the last call, taken together: a site sends its
-        points before it answers, so a round's curves come with (or before) its round event."""
-        with self.lock:
-            events, points, self.events, self.points = self.events, self.points, [], []
-        return events, points
+    def drain(self, events_taken: int, points_taken: int, wait: float = 0.0) -> tuple[list[dict[str, Any]], list[Point]]:
+        """The events and streamed points the driver has not taken yet, together: a site sends its points
+        before it answers, so a round's curves come with (or before) its round event. The driver says how
+        many of each it has taken so far, and only those are dropped here: a call whose answer Ray's RPC lost
+        is asked again and answers the same again, never losing a round or writing it twice. With `wait`,
+        the call returns once there is an event, or after `wait` seconds."""
+        with self.news:
+            del self.events[: events_taken - self.events_taken], self.points[: points_taken - self.points_taken]
+            self.events_taken, self.points_taken = events_taken, points_taken
+            if not self.events and wait > 0:
+                self.news.wait(timeout=wait)
+            return list(self.events), list(self.points)
 
     def _pre_train(self, params: Params | None, args: dict[str, Any]) -> Params:
         return initialize_global_weights(
@@ -268,13 +299,15 @@ class Controller:
                 for split, _ in splits]
 
     def _emit(self, event: dict[str, Any]) -> None:
-        with self.lock:
+        with self.news:
             self.events.append(event)
+            self.news.notify_all()
 
 
 def _evaluate_part(params_ref: ray.ObjectRef, split: str, part: np.ndarray, worker: ActorHandle) -> ray.ObjectRef:
     return worker.evaluate_part.remote(params_ref, split, part)
 
 
-# run() holds one thread for the whole job; the others answer the driver's polls and starting sites.
+# The workflows run on a thread of their own (start); these answer the driver's polls, the sites' points and
+# starting sites' calls.
 ControllerActor = ray.remote(num_cpus=0, max_concurrency=4)(Controller)

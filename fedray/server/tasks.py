@@ -30,6 +30,7 @@ from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 POLL_SECONDS = 1.0
 RESTART_POLL_SECONDS = 0.25
+MAX_LOST_CALLS = 10  # a task's calls Ray's RPC may lose before it counts as its worker's death
 
 Call = Callable[[ActorHandle], ray.ObjectRef]
 
@@ -44,6 +45,9 @@ class Outcome:
     seconds: float = 0.0
     ref: Optional[ray.ObjectRef] = None  # the result in the object store, to pass on without a copy
     retries: int = 0  # times the task ran again because its worker died
+    # Ray could not reach the worker ("temporarily unavailable"): a failed RPC, or a process that died and is
+    # being restarted; which of the two, the worker's next `ready()` tells (WorkerPool.unreachable).
+    unreachable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -58,6 +62,7 @@ class _Busy:
     deadline: float  # monotonic: past it, a given-up task's worker is restarted, a restart is given up
     restarting: bool
     ask_again_at: Optional[float] = None  # a restarting actor said "not yet": ask `ready` again then
+    unreachable: bool = False  # asked after a call Ray could not deliver: did the worker's process change?
 
 
 class WorkerPool:
@@ -67,10 +72,15 @@ class WorkerPool:
     *restarted* when a given-up task does not stop within `stop_timeout` (Ray starts it
     afresh, with its data); *retired* once it died more often than Ray may restart it, or
     did not come back within `restart_timeout`.
+
+    Ray says "temporarily unavailable" both for a call its RPC lost and for a process that died and is being
+    restarted; the worker's `ready()` answer names its process (`processes`, the first from the driver's
+    start), so only a new process counts as a death (`verdicts`: "died" or "rpc", for `gather`).
     """
 
     def __init__(self, workers: Sequence[ActorHandle], home: Mapping[str, ActorHandle] | None = None,
-                 max_restarts: int = 0, stop_timeout: float = 10.0, restart_timeout: float = 180.0) -> None:
+                 max_restarts: int = 0, stop_timeout: float = 10.0, restart_timeout: float = 180.0,
+                 processes: Sequence[str] | None = None) -> None:
         self.workers = list(workers)
         self.home = dict(home or {})  # site -> its own actor, when each site has one
         self.max_restarts = max_restarts
@@ -82,6 +92,8 @@ class WorkerPool:
         # Why each worker's last restart was needed, when the restarted worker could tell (out of memory)
         # and Ray says nothing; None: it could not tell.
         self.death_causes: dict[ActorHandle, Optional[str]] = {}
+        self.processes: dict[ActorHandle, str] = dict(zip(self.workers, processes or []))
+        self.verdicts: dict[ActorHandle, str] = {}
 
     def candidates(self, site: str) -> list[ActorHandle]:
         return [self.home[site]] if site in self.home else self.workers
@@ -104,13 +116,17 @@ class WorkerPool:
                         continue
                     del self.busy[worker]
                     if failure is not None:  # it went down with its actor: Ray restarts it
+                        if busy.unreachable:
+                            self.verdicts[worker] = "died"
                         self.died(worker)
                     elif busy.restarting:
-                        self._note_death_cause(worker, busy.ref)
+                        self._answered(worker, busy)
                     continue
                 if now >= busy.deadline and worker in self.busy:
                     del self.busy[worker]
                     if busy.restarting:  # it never came back
+                        if busy.unreachable:
+                            self.verdicts[worker] = "died"
                         self._retire(worker)
                     else:
                         self._restart(worker)
@@ -127,6 +143,13 @@ class WorkerPool:
         ray.cancel(ref)
         self.busy[worker] = _Busy(ref, time.monotonic() + self.stop_timeout, restarting=False)
 
+    def unreachable(self, worker: ActorHandle) -> None:
+        """A call to `worker` failed as "temporarily unavailable": busy until its `ready()` answers, which
+        says whether its process is the one before (a failed RPC) or a new one (it died, Ray restarted it)."""
+        self.verdicts.pop(worker, None)  # an earlier gather's, never read
+        self.busy[worker] = _Busy(worker.ready.remote(), time.monotonic() + self.restart_timeout, restarting=True,
+                                  unreachable=True)
+
     def died(self, worker: ActorHandle) -> None:
         """Ray restarts a dead actor; until it answers again, it is busy (calls would fail at once)."""
         self.deaths[worker] = self.deaths.get(worker, 0) + 1
@@ -138,14 +161,25 @@ class WorkerPool:
     def busy_refs(self) -> list[ray.ObjectRef]:
         return [busy.ref for busy in self.busy.values() if busy.ask_again_at is None]
 
-    def _note_death_cause(self, worker: ActorHandle, ready: ray.ObjectRef) -> None:
-        """A restarted worker's `ready()` says why its predecessor died, when it can tell
-        (fedray/site/memory_watch.py): kept for the failure a site's last retry reports."""
+    def _answered(self, worker: ActorHandle, busy: _Busy) -> None:
+        """A restarted (or unreachable) worker's `ready()` answer: its process, and why its predecessor died
+        when it can tell (fedray/site/memory_watch.py), kept for the failure a site's last retry reports."""
         try:
-            answer = ray.get(ready, timeout=0)
+            answer = ray.get(busy.ref, timeout=0)
         except Exception:
-            return
-        if isinstance(answer, dict):  # the latest restart's cause replaces an earlier death's
+            answer = None
+        answer = answer if isinstance(answer, dict) else {}
+        before, process = self.processes.get(worker), answer.get("process")
+        if process is not None:
+            self.processes[worker] = process
+        restarted = not busy.unreachable or before is None or process is None or process != before
+        if busy.unreachable:  # a new process is a death, counted now; the same one, a failed RPC
+            self.verdicts[worker] = "died" if restarted else "rpc"
+            if restarted:
+                self.deaths[worker] = self.deaths.get(worker, 0) + 1
+                if self.retired(worker):
+                    self._retire(worker)
+        if restarted and answer:  # the latest restart's cause replaces an earlier death's
             self.death_causes[worker] = answer.get("predecessor_died_of")
 
     def _restart(self, worker: ActorHandle) -> None:
@@ -180,20 +214,35 @@ def gather(
     "abandoned"; sites whose workers stayed busy longer than `timeout` are "timeout";
     with `unavailable_after`, sites whose every worker is still busy (or retired) that many
     seconds in are "unavailable" instead of waited for. A task whose worker died runs
-    again up to `max_retries` times, then is "died". `count(outcome)`: the results an outcome
-    brings towards `min_results` (a batch of sites brings several).
+    again up to `max_retries` times, then is "died"; one whose call Ray's RPC lost (the worker
+    answers from the same process) runs again, up to MAX_LOST_CALLS times, without counting
+    as a retry. `count(outcome)`: the results an outcome brings towards `min_results` (a
+    batch of sites brings several).
     """
     queue: deque[tuple[str, Call, int]] = deque((site, call, 0) for site, call in calls)
     in_flight: dict[ray.ObjectRef, tuple[str, Call, int, ActorHandle, float]] = {}
+    # Tasks Ray could not deliver, until their worker's `ready()` says why (WorkerPool.unreachable).
+    parked: dict[ActorHandle, tuple[str, Call, int, Outcome]] = {}
+    lost_calls: dict[str, int] = {}
     successes = 0
     began = time.monotonic()
     enough_at: Optional[float] = None
 
     try:
-        while queue or in_flight:
+        while queue or in_flight or parked:
             now = time.monotonic()
             if enough_at is not None and now >= enough_at + wait_after_min:
                 break
+            for worker in [w for w in parked if w in pool.verdicts]:
+                site, call, retries, outcome = parked.pop(worker)
+                if pool.verdicts.pop(worker) == "rpc" and lost_calls.get(site, 0) < MAX_LOST_CALLS:
+                    lost_calls[site] = lost_calls.get(site, 0) + 1
+                    queue.appendleft((site, call, retries))  # the same bits on any worker: run it again
+                elif retries < max_retries:
+                    queue.appendleft((site, call, retries + 1))
+                else:
+                    successes += count(_given_up(outcome, pool, worker))
+                    yield outcome
             busy = {entry[3] for entry in in_flight.values()}
             _dispatch(queue, pool, [w for w in pool.free() if w not in busy], in_flight)
 
@@ -214,7 +263,7 @@ def gather(
                     for site, _, _ in queue:
                         yield Outcome(site, failure="timeout", message=f"no free worker in {timeout:g} s", seconds=waited)
                     return
-                if queue:
+                if queue or parked:
                     refs = pool.busy_refs()
                     if refs:
                         ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)
@@ -226,19 +275,24 @@ def gather(
             if enough_at is not None:
                 deadlines.append(enough_at + wait_after_min)
             wait = min([POLL_SECONDS, *(d - now for d in deadlines)])
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(wait, 0.0))
+            # A parked task's worker answering is news too: its task runs again at once, not a poll later.
+            probes = [pool.busy[w].ref for w in parked if w in pool.busy and pool.busy[w].ask_again_at is None]
+            ready, _ = ray.wait(list(in_flight) + probes, num_returns=1, timeout=max(wait, 0.0))
 
-            for ref in ready:
+            for ref in (ref for ref in ready if ref in in_flight):
                 site, call, retries, worker, started = in_flight.pop(ref)
                 outcome = _collect(ref, site, started)
                 outcome.retries = retries
+                if outcome.unreachable:  # a lost call or a death: its worker's next answer tells which
+                    pool.unreachable(worker)
+                    parked[worker] = (site, call, retries, outcome)
+                    continue
                 if outcome.failure == "died":
                     pool.died(worker)
                     if retries < max_retries:  # the infrastructure's fault, not the site's: run it again
                         queue.appendleft((site, call, retries + 1))
                         continue
-                    cause = pool.death_causes.get(worker) or outcome.message
-                    outcome.message = f"its worker died {retries + 1} time(s) running it: {cause}"
+                    _given_up(outcome, pool, worker)
                 successes += count(outcome)
                 if outcome.ok:
                     if min_results is not None and successes >= min_results and enough_at is None:
@@ -260,12 +314,21 @@ def gather(
             pool.give_up(worker, ref)
             yield Outcome(site, failure="abandoned", message="still running when the round closed",
                           seconds=now - started, retries=retries)
-        for site, _, retries in queue:  # their workers were busy: never started
+        for site, _, retries in [*queue, *((entry[0], None, entry[2]) for entry in parked.values())]:
+            # their workers were busy, or said nothing yet after a lost call: never (re)started
             yield Outcome(site, failure="abandoned", message="not started when the round closed", retries=retries)
     finally:
         # A caller that stops reading early (first answer wins) leaves tasks behind.
         for ref, entry in in_flight.items():
             pool.give_up(entry[3], ref)
+
+
+def _given_up(outcome: Outcome, pool: WorkerPool, worker: ActorHandle) -> Outcome:
+    """A task whose worker died once more than it may run again: the site's failure, with why it died."""
+    cause = pool.death_causes.get(worker) or outcome.message
+    outcome.message = f"its worker died {outcome.retries + 1} time(s) running it: {cause}"
+    outcome.unreachable = False
+    return outcome
 
 
 def _dispatch(queue: deque, pool: WorkerPool, idle: list[ActorHandle], in_flight: dict) -> None:
@@ -299,7 +362,8 @@ def _collect(ref: ray.ObjectRef, site: str, started: float) -> Outcome:
     try:
         value = ray.get(ref, timeout=60)  # ready already; the bound only guards a lost object
     except RayActorError as err:
-        return Outcome(site, failure="died", message=str(err).strip().splitlines()[0], seconds=seconds)
+        return Outcome(site, failure="died", message=str(err).strip().splitlines()[0], seconds=seconds,
+                       unreachable=isinstance(err, ActorUnavailableError))
     except TaskCancelledError:
         return Outcome(site, failure="abandoned", message="cancelled", seconds=seconds)
     except RayTaskError as err:

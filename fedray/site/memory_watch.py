@@ -19,6 +19,9 @@ from typing import Any, Optional
 import psutil
 
 INTERVAL_SECONDS = 0.25
+# A job's notes untouched this long belong to a job that ended (a live one's are rewritten 4 times a second):
+# the next site actor to start on the node removes them (actors are killed, so none cleans up after itself).
+STALE_SECONDS = 3600.0
 # Within this much of Ray's memory monitor's threshold just before a worker died: the likely cause.
 MARGIN = 0.05
 
@@ -39,6 +42,7 @@ def note_path(job_id: str, actor_name: str) -> str:
 def start(path: str) -> None:
     """Note this node's memory use in `path` every INTERVAL_SECONDS, in a daemon thread."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    _remove_ended_jobs(os.path.dirname(os.path.dirname(path)))
     process = psutil.Process()
 
     def loop() -> None:
@@ -53,6 +57,20 @@ def start(path: str) -> None:
             time.sleep(INTERVAL_SECONDS)
 
     threading.Thread(target=loop, name="fedray-memory-watch", daemon=True).start()
+
+
+def _remove_ended_jobs(root: str) -> None:
+    """Remove the note folders of jobs that ended (nothing in them rewritten for STALE_SECONDS)."""
+    now = time.time()
+    for entry in os.scandir(root):
+        try:
+            notes = [note.stat().st_mtime for note in os.scandir(entry.path)] if entry.is_dir() else []
+            if entry.is_dir() and max(notes, default=entry.stat().st_mtime) < now - STALE_SECONDS:
+                for note in os.scandir(entry.path):
+                    os.remove(note.path)
+                os.rmdir(entry.path)
+        except OSError:  # another site actor removing it at the same time, or a note just written
+            continue
 
 
 def predecessor(path: str) -> Optional[dict[str, Any]]:

@@ -101,6 +101,7 @@ class TorchWorker:
         self.train_images, self.train_labels = to_device(train_images, train_labels, self.device)
         self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         self.algorithm = algorithms.build(job.get("algorithm"))
+        self.process = ray.get_runtime_context().get_worker_id()
         # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
         self.streams = bool(metric_stream) and per_site_curves(job)
         tracking.connect(_named_actor(metric_stream, namespace) if self.streams else None)
@@ -117,7 +118,8 @@ class TorchWorker:
             self.app.start()
 
     def ready(self) -> dict[str, Any]:
-        return {"device": str(self.device), "threads": torch.get_num_threads(),
+        # "process": which incarnation answers (a new one after a restart; the same after a lost call).
+        return {"device": str(self.device), "threads": torch.get_num_threads(), "process": self.process,
                 "predecessor_died_of": self.predecessor_died_of}
 
     def get_weights(self, site: str) -> FLModel:
