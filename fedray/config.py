@@ -23,6 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedray.privacy import flare_filters
 from fedray.python_path import put_on_python_path
 
 # `${fedray.mul:${rounds},${local_epochs}}`: a product in a config (the cosine schedule's length).
@@ -98,6 +99,10 @@ class FlareConfig:
     server_app: Optional[str] = None  # the server app folder (config/config_fed_server.json, custom/)
     server_components: List[str] = field(default_factory=list)  # ids of its components run on START_RUN/END_RUN
     model_locator: Optional[str] = None  # id of its own ModelLocator: cross-site evaluation validates the models it finds
+    # A FLARE client's task_result_filters: [{tasks: [train], filters: [{path: ...PercentilePrivacy, args: {...}}]}],
+    # run on each site's train result before it leaves the site (fedray/privacy/flare_filters.py).
+    task_result_filters: List[Any] = field(default_factory=list)
+    params_transfer_type: str = "FULL"  # a Client API executor's: DIFF sends a script's FULL answer as a difference
 
 
 @dataclass
@@ -180,6 +185,7 @@ _CHOICES = {
     "data.name": ("cifar10", "synthetic"),
     "partition.name": ("iid", "dirichlet"),
     "workflows.pre_train.weight_method": ("first", "client"),
+    "flare.params_transfer_type": ("FULL", "DIFF"),
 }
 
 
@@ -316,6 +322,9 @@ def validate(cfg: DictConfig) -> None:
         require(cfg.flare.server_app is not None and Path(cfg.flare.server_app).is_dir(), "flare.server_app",
                 "must be the FLARE server app folder whose components flare.server_components and "
                 "flare.model_locator name")
+    filters = OmegaConf.to_container(cfg.flare.task_result_filters)
+    for problem in flare_filters.problems(filters)[:1]:
+        raise ConfigError(f"flare.task_result_filters{'' if problem.startswith('[') else ': '}{problem}")
     if runs_own_code(cfg.site):
         require(
             cfg.site.num_actors in (None, cfg.num_clients),

@@ -34,7 +34,8 @@ from fedray.aggregation import NON_FINITE, CompensatedSum, finite, pool_metrics
 from fedray.algorithms import SITE_STATE
 from fedray.config import per_site_curves
 from fedray.data.partition import Shard
-from fedray.fl_model import ACCURACY_KEYS, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
+from fedray.fl_model import ACCURACY_KEYS, LOCAL_MODEL, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
+from fedray.privacy.flare_filters import WEIGHT_DIFF, WEIGHTS, sent_weights, train_filters
 from fedray.python_path import put_on_python_path
 from fedray.site import memory_watch
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
@@ -58,6 +59,7 @@ from fedray.site.training import (
 LOSS_POINTS_PER_ROUND = 20
 DATA_TIMEOUT = 600.0  # seconds to fetch the dataset from the object store (another node's, on a cluster)
 LOOKUP_TIMEOUT = 60.0  # seconds for the job's named actors to be registered
+FILTER_STREAM = 1  # the result filters' random stream beside the batch order's (seed, round, site)
 
 
 class TorchWorker:
@@ -101,6 +103,8 @@ class TorchWorker:
         self.train_images, self.train_labels = to_device(train_images, train_labels, self.device)
         self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         self.algorithm = algorithms.build(job.get("algorithm"))
+        # FLARE's result filters of a train result (flare.task_result_filters; flare_job= sets them).
+        self.result_filters = train_filters((job.get("flare") or {}).get("task_result_filters") or [])
         # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
         self.streams = bool(metric_stream) and per_site_curves(job)
         tracking.connect(_named_actor(metric_stream, namespace) if self.streams else None)
@@ -181,8 +185,13 @@ class TorchWorker:
             extra[SITE_STATE] = new_site_state
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
         local = self._score(site)
+        params = get_params(self.model, copy=copy)
+        sent = self._filtered(site, params, global_params, steps, current_round)
+        if sent is not params and self.job["workflows"]["cross_site_validate"]["enabled"]:
+            # What FLARE's learner submits for cross-site evaluation is its own model, not what it sent.
+            extra[LOCAL_MODEL] = params
         return FLModel(
-            params=get_params(self.model, copy=copy),
+            params=sent,
             metrics={
                 "train_loss": train_loss,
                 "val_accuracy": received["accuracy"],  # of the global model this round started from
@@ -246,7 +255,8 @@ class TorchWorker:
         total = CompensatedSum()
         results: dict[str, Any] = {}
         for site, factor, outcome in zip(sites, factors, trained):
-            failure = _summed(total, outcome.params, factor * outcome.steps)
+            sent = self._filtered(site, outcome.params, global_params, outcome.steps, current_round)
+            failure = _summed(total, sent, factor * outcome.steps)
             if failure:
                 results[site] = failure
                 continue
@@ -259,6 +269,18 @@ class TorchWorker:
                          "local_val_loss": local["loss"], "seconds": seconds},
                 meta={NUM_STEPS_CURRENT_ROUND: outcome.steps}, current_round=current_round, total_rounds=total_rounds)
         return {"sum": total, "results": results}
+
+    def _filtered(self, site: str, params: Mapping[str, np.ndarray], global_params: Mapping[str, np.ndarray],
+                  steps: int, current_round: int) -> Mapping[str, np.ndarray]:
+        """A built-in site's trained weights as the server receives them through FLARE's result filters:
+        `params` itself without filters (or for diverged weights, which the server refuses anyway; SVT
+        would never finish on NaN). The filters see a WEIGHT_DIFF, local minus global in float32, as the
+        learners of FLARE's examples send (cifar10's CIFAR10ModelLearner, BraTS's)."""
+        if not self.result_filters or not finite(params):
+            return params
+        diff = {name: np.subtract(value, global_params[name], dtype=np.float32) for name, value in params.items()}
+        return sent_weights(self.result_filters, diff, WEIGHT_DIFF, global_params, steps,
+                            _filter_seed(self.job["seed"], current_round, site))
 
     def _shuffle(self, site: str, current_round: int) -> Any:
         """The generator of `site`'s batch order in `current_round`: the same on any worker, in any batch."""
@@ -324,13 +346,21 @@ class TorchWorker:
         answer = self.app.ask("train", asked)
         tracking.flush()  # the script's SummaryWriter points reach the driver before its result
         params = self._checked_params(answer)
-        if answer.params_type == ParamsType.DIFF:
-            params = {name: (global_params[name] + diff).astype(global_params[name].dtype) for name, diff in params.items()}
         steps = answer.meta.get(NUM_STEPS_CURRENT_ROUND)
         if steps is None:
             print(f"[{self.app.site}] result has no meta['{NUM_STEPS_CURRENT_ROUND}']: aggregated with weight 1",
                   file=sys.stderr)
             steps = 1
+        kind = WEIGHT_DIFF if answer.params_type == ParamsType.DIFF else WEIGHTS
+        if (kind == WEIGHTS and isinstance(self.app, ScriptSite)
+                and self.job["flare"]["params_transfer_type"] == ParamsType.DIFF):
+            # FLARE's Client API sends a FULL answer as its difference when the executor says DIFF.
+            params, kind = {name: value - global_params[name] for name, value in params.items()}, WEIGHT_DIFF
+        if self.result_filters and finite(params):
+            params = sent_weights(self.result_filters, params, kind, global_params, steps,
+                                  _filter_seed(self.job["seed"], current_round, self.app.site))
+        elif kind == WEIGHT_DIFF:
+            params = {name: (global_params[name] + diff).astype(global_params[name].dtype) for name, diff in params.items()}
         metrics = {name: float(value) for name, value in answer.metrics.items() if np.isscalar(value)}
         extra = {}
         for key in self.algorithm.result_keys:
@@ -411,6 +441,11 @@ def _summed(total: CompensatedSum, params: Mapping[str, np.ndarray], weight: flo
         return "non_finite", NON_FINITE
     total.add(params, weight)
     return None
+
+
+def _filter_seed(seed: int, current_round: int, site: str) -> tuple[int, ...]:
+    """The seed of a site's result filters in a round (SVT's noise): what it computes, never when or where."""
+    return (seed, current_round, _site_number(site), FILTER_STREAM)
 
 
 def _site_number(site: str) -> int:

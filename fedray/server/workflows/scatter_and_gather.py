@@ -15,7 +15,7 @@ from ray.actor import ActorHandle
 
 from fedray.aggregation import NON_FINITE, CompensatedSum, Params, finite
 from fedray.algorithms import COUNT, SITE_STATE, Algorithm
-from fedray.fl_model import NUM_STEPS_CURRENT_ROUND
+from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, local_model
 from fedray.server.tasks import Outcome, WorkerPool, gather
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def scatter_and_gather(
                 if best is None or not local_accuracy <= best.accuracy:
                     # A copy owned and stored here, on the driver's node: the task's own result lives on
                     # the site's node, and a lost node must not take a site's best model with it.
-                    kept = ray.put(result)
+                    kept = ray.put(local_model(result))
                     best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, kept)
             weight = factors.get(outcome.site, 1.0) * steps
             for key, total in extra_sums.items():
