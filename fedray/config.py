@@ -111,6 +111,26 @@ class TensorBoardConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy (conf/privacy/, README "Privacy"): none, central DP-FedAvg, local DP, or DP-SGD
+    inside sites. One schema for every mode, so a key means the same in each."""
+
+    mode: str = "none"  # none | central | local | dp_sgd
+    # L2 bound: of a site's update (central, local) or of a sample's gradient (dp_sgd); central: or "adaptive"
+    clip: Any = 1.0
+    noise_multiplier: Optional[float] = 1.0  # noise std / clip; null with target_epsilon: calibrated before Ray starts
+    delta: Optional[float] = None  # the delta epsilon is reported at; null: 1/num_clients
+    target_epsilon: Optional[float] = None  # calibrates a null noise_multiplier; the run stops at the last round within it
+    accountant: str = "rdp"  # rdp | pld (dp-accounting's)
+    # clip=adaptive (Andrew et al. 2021; Flower's defaults): the clip norm follows the target quantile of the update norms
+    initial_clip: float = 0.1
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_noise: Optional[float] = None  # std of the noise on the count of unclipped updates; null: expected cohort / 20
+    epsilon: Optional[float] = None  # local: the epsilon of each site's release (at delta)
+
+
+@dataclass
 class PreTrainConfig:
     enabled: bool = True
     task_name: str = "get_weights"
@@ -124,6 +144,7 @@ class ScatterAndGatherConfig:
     enabled: bool = True
     min_clients: Optional[int] = None  # null: all sites sent the task
     clients_per_round: Optional[int] = None  # sites sampled (seeded) each round; null: all
+    sampling: str = "fixed"  # fixed: clients_per_round sites without replacement | poisson: each site with p = clients_per_round/num_clients
     num_rounds: int = 5
     start_round: int = 0
     wait_time_after_min_received: float = 0.0
@@ -155,6 +176,7 @@ class JobConfig:
     rounds: int = 5
     min_clients: Optional[int] = None
     clients_per_round: Optional[int] = None
+    sampling: str = "fixed"  # fixed | poisson (workflows.scatter_and_gather.sampling)
     seed: int = 0
     local_epochs: int = 1
     batch_size: int = 32
@@ -175,6 +197,7 @@ class JobConfig:
     site: SiteConfig = field(default_factory=SiteConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # conf/privacy/: none, central, local (dp_sgd)
     flare: FlareConfig = field(default_factory=FlareConfig)
     workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
 
@@ -185,8 +208,14 @@ _CHOICES = {
     "data.name": ("cifar10", "synthetic"),
     "partition.name": ("iid", "dirichlet"),
     "workflows.pre_train.weight_method": ("first", "client"),
+    "workflows.scatter_and_gather.sampling": ("fixed", "poisson"),
+    "privacy.mode": ("none", "central", "local", "dp_sgd"),
+    "privacy.accountant": ("rdp", "pld"),
     "flare.params_transfer_type": ("FULL", "DIFF"),
 }
+
+# What a DP config needs installed, and the line that says how to get it.
+PRIVACY_EXTRA = "pip install fedray[privacy]"
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -396,6 +425,7 @@ def validate(cfg: DictConfig) -> None:
         require(Path(folder).is_dir(), "python_path", f"{folder}: no such folder")
     put_on_python_path(OmegaConf.to_container(cfg), cfg.site.script)  # a model beside the script, in custom/
     _validate_algorithm(cfg, require)
+    _validate_privacy(cfg, require)
 
 
 def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
@@ -413,6 +443,61 @@ def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], Non
     if algorithm._target_.endswith("Scaffold"):
         require(cfg.workflows.scatter_and_gather.exclude_vars is None, "workflows.scatter_and_gather.exclude_vars",
                 "must be null with algorithm=scaffold (every variable has a control variate)")
+
+
+def _validate_privacy(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """The privacy group's keys (conf/privacy/, README "Privacy"), each wrong value one line naming the fix."""
+    privacy, sag = cfg.privacy, cfg.workflows.scatter_and_gather
+    require(sag.sampling == "fixed" or sag.clients_per_round is not None, "sampling",
+            "poisson needs clients_per_round, the expected number of sites a round (each site joins with "
+            "p = clients_per_round/num_clients)")
+    if privacy.mode == "none":
+        require(privacy.target_epsilon is None, "privacy.target_epsilon", "needs a DP mode: privacy=central or privacy=local")
+        return
+    try:
+        import dp_accounting  # noqa: F401  (the ledger's accountants)
+    except ImportError:
+        raise ConfigError(f"privacy.mode={privacy.mode}: needs dp-accounting, which is not installed; {PRIVACY_EXTRA}") from None
+    adaptive = privacy.clip == "adaptive"
+    require(adaptive and privacy.mode == "central" or _is_number(privacy.clip) and privacy.clip > 0, "privacy.clip",
+            "must be a positive number (an L2 norm; inf: no clipping)" + (", or adaptive" if privacy.mode == "central"
+                                                                          else " (adaptive is central DP's)"))
+    if privacy.noise_multiplier is not None:
+        require(privacy.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0 (the noise's std / clip)")
+    if privacy.delta is not None:
+        require(0 < privacy.delta < 1, "privacy.delta", "must be in (0, 1) (null: 1/num_clients)")
+    if privacy.target_epsilon is not None:
+        require(privacy.target_epsilon > 0, "privacy.target_epsilon", "must be positive (or null: no budget)")
+    if adaptive:
+        require(privacy.initial_clip > 0, "privacy.initial_clip", "must be positive (the first round's clip norm)")
+        require(0 <= privacy.target_quantile <= 1, "privacy.target_quantile", "must be in [0, 1]")
+        require(privacy.clip_lr > 0, "privacy.clip_lr", "must be positive (the clip norm's geometric step)")
+        if privacy.count_noise is not None:
+            require(privacy.count_noise >= 0, "privacy.count_noise", "must be >= 0 (null: expected cohort / 20)")
+    if privacy.mode in ("central", "local"):
+        # The noisy mean needs each site's update as one vector in one sum with the same weight.
+        require(cfg.aggregator._target_ == "fedray.aggregation.fedavg", "aggregator._target_",
+                f"must be fedray.aggregation.fedavg with privacy={privacy.mode}: DP sums each site's clipped update "
+                "with the same weight")
+        require(not sag.aggregation_weights, "workflows.scatter_and_gather.aggregation_weights",
+                f"must be empty with privacy={privacy.mode}: every site's clipped update counts the same under DP")
+        if cfg.algorithm._target_.endswith("Scaffold"):
+            raise ConfigError(f"algorithm=scaffold: its control variates would leave the sites without noise; with "
+                              f"privacy={privacy.mode} use algorithm=fedavg, fedprox or fedopt")
+    if privacy.mode == "local":
+        require(privacy.epsilon is not None and privacy.epsilon > 0, "privacy.epsilon",
+                "must be positive with privacy=local: the epsilon of each site's release")
+        require(math.isfinite(privacy.clip), "privacy.clip", "must be finite with privacy=local: it bounds what "
+                "a site's release can tell (the noise is calibrated to it)")
+        require(privacy.target_epsilon is None, "privacy.target_epsilon",
+                "is central DP's; with privacy=local set privacy.epsilon, each release's")
+        require(not cfg.workflows.cross_site_validate.enabled, "workflows.cross_site_validate.enabled",
+                "must be false with privacy=local: cross-site evaluation sends each site's own model, without noise, "
+                "to the server")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require_compiles(script: str) -> None:
