@@ -484,6 +484,8 @@ def _validate_privacy(cfg: DictConfig, require: Callable[[bool, str, str], None]
         if cfg.algorithm._target_.endswith("Scaffold"):
             raise ConfigError(f"algorithm=scaffold: its control variates would leave the sites without noise; with "
                               f"privacy={privacy.mode} use algorithm=fedavg, fedprox or fedopt")
+    if privacy.mode == "dp_sgd":
+        _validate_dp_sgd(cfg, require)
     if privacy.mode == "local":
         require(privacy.epsilon is not None and privacy.epsilon > 0, "privacy.epsilon",
                 "must be positive with privacy=local: the epsilon of each site's release")
@@ -494,6 +496,36 @@ def _validate_privacy(cfg: DictConfig, require: Callable[[bool, str, str], None]
         require(not cfg.workflows.cross_site_validate.enabled, "workflows.cross_site_validate.enabled",
                 "must be false with privacy=local: cross-site evaluation sends each site's own model, without noise, "
                 "to the server")
+
+
+def _validate_dp_sgd(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """privacy=dp_sgd: Opacus trains fedray's own sites, per-sample clipping at `clip`, each site's epsilon at `delta`."""
+    privacy = cfg.privacy
+    try:
+        import opacus  # noqa: F401  (here only its presence: importing it costs seconds)
+    except ImportError:
+        raise ConfigError(f"privacy.mode=dp_sgd: needs Opacus, which is not installed; {PRIVACY_EXTRA}") from None
+    require(math.isfinite(privacy.clip), "privacy.clip", "must be finite with privacy=dp_sgd: the noise is "
+            "noise_multiplier x clip (Opacus's max_grad_norm, e.g. 1.0)")
+    require(privacy.delta is not None, "privacy.delta", "must be set with privacy=dp_sgd: a record-level delta, "
+            "below 1/(a site's records), e.g. 1e-5 (FLARE's hello-dp)")
+    if privacy.target_epsilon is None:
+        require(privacy.noise_multiplier is not None, "privacy.noise_multiplier",
+                "must be set with privacy=dp_sgd (e.g. 1.0), or set privacy.target_epsilon to calibrate it per site")
+    else:
+        require(privacy.noise_multiplier is None, "privacy.noise_multiplier",
+                "must be null with privacy.target_epsilon under privacy=dp_sgd: each site's is calibrated to it")
+    require(privacy.accountant == "rdp", "privacy.accountant",
+            "must be rdp with privacy=dp_sgd: each site's epsilon is Opacus's RDP accountant's")
+    require(not runs_own_code(cfg.site), "privacy.mode",
+            "dp_sgd trains fedray's own sites; a site.script or site.flare_app trains itself: use Opacus in it, as "
+            "FLARE's hello-dp does, and privacy=none here")
+    # Where Opacus cannot go: vmap trains several sites as one stacked model, while Opacus's per-sample
+    # gradients hook each site's own module (sites_per_task batches, which train sites in turn, are fine).
+    require(not cfg.site.batched_training, "site.batched_training",
+            "must be false with privacy=dp_sgd: torch.func.vmap's stacked sites cannot run Opacus's per-sample gradients")
+    require(not cfg.algorithm.get("mu"), "algorithm.mu", "fedprox's proximal term is no per-sample loss: Opacus would drop its gradient; "
+            "with privacy=dp_sgd use algorithm=fedavg, fedopt or scaffold")
 
 
 def _is_number(value: Any) -> bool:

@@ -30,6 +30,7 @@ SITE_ROUND_TAGS = {
     "local_val_accuracy": "local_val_accuracy",
     "num_steps": "num_steps",
     "seconds": "seconds",
+    "dp_epsilon": "dp_epsilon",  # privacy=dp_sgd: the site's epsilon so far
 }
 
 

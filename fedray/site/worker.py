@@ -60,6 +60,7 @@ LOSS_POINTS_PER_ROUND = 20
 DATA_TIMEOUT = 600.0  # seconds to fetch the dataset from the object store (another node's, on a cluster)
 LOOKUP_TIMEOUT = 60.0  # seconds for the job's named actors to be registered
 FILTER_STREAM = 1  # the result filters' random stream beside the batch order's (seed, round, site)
+DP_NOISE_STREAM = 2  # dp_sgd's noise, likewise
 
 
 class TorchWorker:
@@ -105,6 +106,8 @@ class TorchWorker:
         self.algorithm = algorithms.build(job.get("algorithm"))
         # FLARE's result filters of a train result (flare.task_result_filters; flare_job= sets them).
         self.result_filters = train_filters((job.get("flare") or {}).get("task_result_filters") or [])
+        self.privacy = job.get("privacy") or {}
+        self.noise_multipliers: dict[tuple[int, int], float] = {}  # dp_sgd's, by (records, rounds): calibrated once
         # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
         self.streams = bool(metric_stream) and per_site_curves(job)
         tracking.connect(_named_actor(metric_stream, namespace) if self.streams else None)
@@ -156,31 +159,50 @@ class TorchWorker:
         shard = self.shards[site]
         load()
         received = self._score(site)
+        private = None
+        if self.privacy.get("mode") == "dp_sgd":
+            from fedray.site import dp_sgd  # here: Opacus's import costs seconds, and only dp_sgd needs it
+
+            history, site_state = dp_sgd.split_state(site_state)  # Opacus's accountant's, and the algorithm's
         client = self.algorithm.client(self.model, global_params, message or {}, site_state)
         optimizer, scheduler = local_optimizer(self.model, self.job, current_round)
         generator = self._shuffle(site, current_round)
+        if self.privacy.get("mode") == "dp_sgd":
+            private = self._dp_sgd(site, optimizer, generator, history, current_round, total_rounds)
         # Every round of a site takes the same steps, so its loss curve continues across rounds.
         steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
         first_step = current_round * steps_per_round
-        train_loss, steps = train_epochs(
-            self.model,
-            self.train_images,
-            self.train_labels,
-            shard.train,
-            epochs=self.job["local_epochs"],
-            batch_size=self.job["batch_size"],
-            lr=self.job["lr"],
-            momentum=self.job["momentum"],
-            generator=generator,
-            on_loss=(lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step)) if self.streams else None,
-            loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            client=client,
-            # A task the server gave up on (late at a round's close, or timed out) stops within a batch.
-            should_stop=ray.get_runtime_context().is_canceled,
-        )
+        try:
+            train_loss, steps = train_epochs(
+                self.model,
+                self.train_images,
+                self.train_labels,
+                shard.train,
+                epochs=self.job["local_epochs"],
+                batch_size=self.job["batch_size"],
+                lr=self.job["lr"],
+                momentum=self.job["momentum"],
+                generator=generator,
+                on_loss=(lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step)) if self.streams else None,
+                loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
+                optimizer=private.optimizer if private else optimizer,
+                scheduler=scheduler,
+                client=client,
+                # A task the server gave up on (late at a round's close, or timed out) stops within a batch.
+                should_stop=ray.get_runtime_context().is_canceled,
+                forward=private.module if private else None,
+                batches=private.batches if private else None,
+            )
+        finally:
+            if private:
+                private.close()  # Opacus's hooks off the model, which this worker's other sites share
         extra, new_site_state = client.results(self.model)
+        dp_metrics = {}
+        if private:
+            new_site_state = dp_sgd.joined_state(private.history, new_site_state)
+            dp_metrics = {"dp_epsilon": dp_sgd.epsilon(private.history, self.privacy["delta"]),
+                          "dp_noise_multiplier": private.optimizer.noise_multiplier,
+                          "dp_steps": sum(entry[2] for entry in private.history)}
         if new_site_state is not None:
             extra[SITE_STATE] = new_site_state
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
@@ -199,6 +221,7 @@ class TorchWorker:
                 "local_val_accuracy": local["accuracy"],
                 "local_val_loss": local["loss"],
                 "seconds": time.perf_counter() - started,
+                **dp_metrics,
             },
             meta={NUM_STEPS_CURRENT_ROUND: steps, **extra},
             current_round=current_round,
@@ -269,6 +292,24 @@ class TorchWorker:
                          "local_val_loss": local["loss"], "seconds": seconds},
                 meta={NUM_STEPS_CURRENT_ROUND: outcome.steps}, current_round=current_round, total_rounds=total_rounds)
         return {"sum": total, "results": results}
+
+    def _dp_sgd(self, site: str, optimizer: Any, generator: torch.Generator, history: list, current_round: int,
+                total_rounds: int) -> Any:
+        """This round's DP-SGD for `site` (fedray/site/dp_sgd.py): Poisson batches drawn from the site's own
+        batch-order generator, noise from a generator seeded by (seed, round, site), the accountant going on
+        from `history`, the noise multiplier calibrated once per shard size when target_epsilon sets it."""
+        from fedray.site import dp_sgd
+
+        records = len(self.shards[site].train)
+        key = (records, total_rounds)
+        if key not in self.noise_multipliers:
+            self.noise_multipliers[key] = dp_sgd.noise_multiplier(self.privacy, records, self.job["batch_size"],
+                                                                  self.job["local_epochs"], total_rounds)
+        noise = torch.Generator(device=self.device)
+        noise.manual_seed(_seed(self.job["seed"], current_round, _site_number(site), DP_NOISE_STREAM))
+        return dp_sgd.SiteDPSGD(self.model, optimizer, sigma=self.noise_multipliers[key], clip=float(self.privacy["clip"]),
+                                records=records, batch_size=self.job["batch_size"], batch_generator=generator,
+                                noise_generator=noise, history=history)
 
     def _filtered(self, site: str, params: Mapping[str, np.ndarray], global_params: Mapping[str, np.ndarray],
                   steps: int, current_round: int) -> Mapping[str, np.ndarray]:
