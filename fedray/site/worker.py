@@ -35,6 +35,8 @@ from fedray.algorithms import SITE_STATE
 from fedray.config import per_site_curves
 from fedray.data.partition import Shard
 from fedray.fl_model import ACCURACY_KEYS, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
+from fedray.privacy import update_privacy
+from fedray.privacy.site import release
 from fedray.python_path import put_on_python_path
 from fedray.site import memory_watch
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
@@ -101,6 +103,8 @@ class TorchWorker:
         self.train_images, self.train_labels = to_device(train_images, train_labels, self.device)
         self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         self.algorithm = algorithms.build(job.get("algorithm"))
+        # Central or local DP: each site's update is clipped (and, local, noised) here, before it leaves the site.
+        self.private = update_privacy(job["privacy"])
         # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
         self.streams = bool(metric_stream) and per_site_curves(job)
         tracking.connect(_named_actor(metric_stream, namespace) if self.streams else None)
@@ -135,12 +139,27 @@ class TorchWorker:
         each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
         `site_state` this site's own state from its last round (None at first)."""
         if self.app:
-            return self._train_script(global_params, current_round, total_rounds, message or {})
+            result = self._train_script(global_params, current_round, total_rounds, message or {})
+            return self._released(site, result, global_params, message, current_round)
 
         result = self._local_update(site, global_params, lambda: load_params(self.model, global_params), current_round,
                                     total_rounds, message, site_state)
         tracking.flush()  # the driver's mailbox has this site's streamed points before its result
+        return self._released(site, result, global_params, message, current_round)
+
+    def _released(self, site: str, result: FLModel, global_params: Mapping[str, np.ndarray],
+                  message: Optional[Mapping[str, Any]], current_round: int) -> FLModel:
+        """The result as it may leave the site: under DP its update clipped (local: and noised), and in its
+        meta whether the update was within the clip norm (fedray/privacy/site.py)."""
+        if self.private and result.params is not None:
+            result.params, extra = release(result.params, global_params, self.job, message or {}, current_round,
+                                           _site_number(site))
+            result.meta.update(extra)
         return result
+
+    def _weight(self, factor: float, steps: int) -> float:
+        """A site's weight in a batch's sum: FedAvg's factor x steps; under DP every site's the same, 1."""
+        return 1.0 if self.private else factor * steps
 
     def _local_update(self, site: str, global_params: Mapping[str, np.ndarray], load: Callable[[], None],
                       current_round: int, total_rounds: int, message: Optional[Mapping[str, Any]],
@@ -205,7 +224,7 @@ class TorchWorker:
         for a site that failed}. The sum is exact enough that any batching gives the same bits."""
 
         if self.job["site"].get("batched_training"):
-            return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors)
+            return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors, message)
         total = CompensatedSum()
         results: dict[str, Any] = {}
         states = site_states or [None] * len(sites)
@@ -217,7 +236,8 @@ class TorchWorker:
                 # Folded before the next site trains: its params can be views of the model, not copies.
                 result = self._local_update(site, global_params, reload, current_round, total_rounds, message, state,
                                             copy=False)
-                results[site] = _summed(total, result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND]) or result
+                result = self._released(site, result, global_params, message, current_round)
+                results[site] = _summed(total, result.params, self._weight(factor, result.meta[NUM_STEPS_CURRENT_ROUND])) or result
             except TrainingStopped:
                 raise  # the whole batch was given up on
             except Exception as err:  # this site's own failure; the batch's other sites go on
@@ -228,7 +248,8 @@ class TorchWorker:
         return {"sum": total, "results": results}
 
     def _train_sites_at_once(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
-                             total_rounds: int, factors: Sequence[float]) -> dict[str, Any]:
+                             total_rounds: int, factors: Sequence[float],
+                             message: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """`train_sites` with `site.batched_training`: the sites trained together (fedray/site/batched_training.py),
         each with the shuffle its own `train` would draw; the same weights to float32 rounding, not the
         same bits. FedAvg and plain SGD only (driver.preflight refuses the rest); no streamed curve, and
@@ -246,7 +267,8 @@ class TorchWorker:
         total = CompensatedSum()
         results: dict[str, Any] = {}
         for site, factor, outcome in zip(sites, factors, trained):
-            failure = _summed(total, outcome.params, factor * outcome.steps)
+            released = self._released(site, FLModel(params=outcome.params, meta={}), global_params, message, current_round)
+            failure = _summed(total, released.params, self._weight(factor, outcome.steps))
             if failure:
                 results[site] = failure
                 continue
@@ -257,7 +279,8 @@ class TorchWorker:
                 metrics={"train_loss": outcome.train_loss, "val_accuracy": received[site]["accuracy"],
                          "val_loss": received[site]["loss"], "local_val_accuracy": local["accuracy"],
                          "local_val_loss": local["loss"], "seconds": seconds},
-                meta={NUM_STEPS_CURRENT_ROUND: outcome.steps}, current_round=current_round, total_rounds=total_rounds)
+                meta={NUM_STEPS_CURRENT_ROUND: outcome.steps, **released.meta}, current_round=current_round,
+                total_rounds=total_rounds)
         return {"sum": total, "results": results}
 
     def _shuffle(self, site: str, current_round: int) -> Any:
