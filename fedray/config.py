@@ -496,6 +496,53 @@ def _validate_privacy(cfg: DictConfig, require: Callable[[bool, str, str], None]
         require(not cfg.workflows.cross_site_validate.enabled, "workflows.cross_site_validate.enabled",
                 "must be false with privacy=local: cross-site evaluation sends each site's own model, without noise, "
                 "to the server")
+    if privacy.mode in ("central", "local"):
+        _settle_noise(cfg, require)
+
+
+def _settle_noise(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """Fill in the noise multiplier a DP config leaves to a budget (central's target_epsilon, local's epsilon),
+    and refuse what the ledger cannot count or no round can afford. Cached: a run validates twice."""
+    from fedray.privacy import delta_of
+    from fedray.privacy.ledger import FIXED, Ledger, calibrate, round_event, unsupported
+
+    privacy, sag = cfg.privacy, cfg.workflows.scatter_and_gather
+    delta = delta_of(privacy, cfg.num_clients)
+    if privacy.mode == "local":
+        try:  # each release is one Gaussian mechanism on all of the site's data
+            privacy.noise_multiplier = calibrate(privacy.epsilon, delta, 1, privacy.accountant, 1, None, "all")
+        except ValueError as err:
+            raise ConfigError(f"privacy.epsilon={privacy.epsilon:g}: {err}; choose a larger epsilon") from None
+        return
+    event = round_event(cfg.num_clients, sag.clients_per_round, sag.sampling, privacy.noise_multiplier or 0.0)
+    reason = unsupported(privacy.accountant, event)
+    require(reason is None, "privacy.accountant", f"{reason} (clients_per_round={sag.clients_per_round} of "
+            f"num_clients={cfg.num_clients} are drawn without replacement)" if event.sampling == FIXED else str(reason))
+    adaptive = privacy.clip == "adaptive"
+    require(adaptive or math.isfinite(privacy.clip) or privacy.noise_multiplier == 0, "privacy.clip",
+            "inf (no clipping) leaves the noise unbounded: give a finite clip, or noise_multiplier=0 (no privacy: a "
+            "baseline that matches FedAvg with uniform weights)")
+    if privacy.target_epsilon is not None and privacy.noise_multiplier is None:
+        try:
+            privacy.noise_multiplier = calibrate(privacy.target_epsilon, delta, sag.num_rounds, privacy.accountant,
+                                                 cfg.num_clients, sag.clients_per_round, sag.sampling)
+        except ValueError as err:
+            raise ConfigError(f"privacy.target_epsilon={privacy.target_epsilon:g}: {err} (delta={delta:g}); raise "
+                              "target_epsilon or lower rounds") from None
+    require(privacy.noise_multiplier is not None, "privacy.noise_multiplier",
+            "must be set, or calibrated from privacy.target_epsilon (give one)")
+    if adaptive and privacy.noise_multiplier > 0:
+        expected = sag.clients_per_round or cfg.num_clients
+        count_noise = privacy.count_noise if privacy.count_noise is not None else expected / 20
+        require(privacy.noise_multiplier < 2 * count_noise, "privacy.count_noise",
+                f"must be more than noise_multiplier/2 = {privacy.noise_multiplier / 2:g} (its default is the expected "
+                f"cohort / 20 = {expected / 20:g}): the count's noise is part of noise_multiplier's budget")
+    if privacy.target_epsilon is not None:
+        first = Ledger(privacy.accountant, delta).epsilon_after(
+            round_event(cfg.num_clients, sag.clients_per_round, sag.sampling, privacy.noise_multiplier))
+        require(first <= privacy.target_epsilon, "privacy.target_epsilon",
+                f"one round with noise_multiplier={privacy.noise_multiplier:g} already spends epsilon {first:.4g} "
+                f"(delta={delta:g}); raise noise_multiplier or target_epsilon")
 
 
 def _validate_dp_sgd(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

@@ -359,6 +359,8 @@ def _follow(
                 checkpoint.save_state(recorder.files, event, recorder.summary["best_round"])  # the round's commit
             elif event["type"] == "cross_site":
                 recorder.record_cross_site(event)
+            elif event["type"] == "privacy_budget":
+                recorder.record_budget_stop(event["message"])
             report(event)
         if finished:
             break

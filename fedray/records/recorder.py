@@ -68,9 +68,11 @@ class RunRecorder:
         if event["is_best"]:
             self.files.save(f"models/{BEST_GLOBAL_MODEL}", data, event["round"])
             self.summary["best_round"] = event["round"]
-        keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds")
-        entry = {key: event[key] for key in keep}
+        keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds", "privacy")
+        entry = {key: event[key] for key in keep if key in event}  # privacy: DP runs' epsilon so far, clip norm
         self.summary["rounds"].append(entry)
+        if "privacy_totals" in event:  # the ledger so far (local DP: each site's); a budget stop keeps its line
+            self.summary["privacy"] = {**event["privacy_totals"], "stopped": (self.summary.get("privacy") or {}).get("stopped")}
         _note_site_privacy(self.summary, entry["sites"])
         # Every round lands in rounds.jsonl at once (an appended line); summary.json, which holds every
         # round and grows with them, is rewritten at most every SUMMARY_SECONDS: rewriting it after each
@@ -79,6 +81,10 @@ class RunRecorder:
         if time.monotonic() - self.written_at >= SUMMARY_SECONDS:
             self._write_summary(indent=None)
         self.tensorboard.add_round(event)
+
+    def record_budget_stop(self, message: str) -> None:
+        """The run stopped before a round that would pass privacy.target_epsilon (a completed run)."""
+        self.summary["privacy"] = {**(self.summary.get("privacy") or {}), "stopped": message}
 
     def record_cross_site(self, event: Mapping[str, Any]) -> None:
         """FLARE's cross_val_results.json (scripts written for FLARE read it unchanged) and a heatmap."""

@@ -36,6 +36,8 @@ from fedray.config import per_site_curves
 from fedray.data.partition import Shard
 from fedray.fl_model import ACCURACY_KEYS, LOCAL_MODEL, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
 from fedray.privacy.flare_filters import WEIGHT_DIFF, WEIGHTS, sent_weights, train_filters
+from fedray.privacy import update_privacy
+from fedray.privacy.site import release
 from fedray.python_path import put_on_python_path
 from fedray.site import memory_watch
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
@@ -104,6 +106,8 @@ class TorchWorker:
         self.train_images, self.train_labels = to_device(train_images, train_labels, self.device)
         self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         self.algorithm = algorithms.build(job.get("algorithm"))
+        # Central or local DP: each site's update is clipped (and, local, noised) here, before it leaves the site.
+        self.private = update_privacy(job["privacy"])
         # FLARE's result filters of a train result (flare.task_result_filters; flare_job= sets them).
         self.result_filters = train_filters((job.get("flare") or {}).get("task_result_filters") or [])
         self.privacy = job.get("privacy") or {}
@@ -142,12 +146,27 @@ class TorchWorker:
         each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
         `site_state` this site's own state from its last round (None at first)."""
         if self.app:
-            return self._train_script(global_params, current_round, total_rounds, message or {})
+            result = self._train_script(global_params, current_round, total_rounds, message or {})
+            return self._released(site, result, global_params, message, current_round)
 
         result = self._local_update(site, global_params, lambda: load_params(self.model, global_params), current_round,
                                     total_rounds, message, site_state)
         tracking.flush()  # the driver's mailbox has this site's streamed points before its result
+        return self._released(site, result, global_params, message, current_round)
+
+    def _released(self, site: str, result: FLModel, global_params: Mapping[str, np.ndarray],
+                  message: Optional[Mapping[str, Any]], current_round: int) -> FLModel:
+        """The result as it may leave the site: under DP its update clipped (local: and noised), and in its
+        meta whether the update was within the clip norm (fedray/privacy/site.py)."""
+        if self.private and result.params is not None:
+            result.params, extra = release(result.params, global_params, self.job, message or {}, current_round,
+                                           _site_number(site))
+            result.meta.update(extra)
         return result
+
+    def _weight(self, factor: float, steps: int) -> float:
+        """A site's weight in a batch's sum: FedAvg's factor x steps; under DP every site's the same, 1."""
+        return 1.0 if self.private else factor * steps
 
     def _local_update(self, site: str, global_params: Mapping[str, np.ndarray], load: Callable[[], None],
                       current_round: int, total_rounds: int, message: Optional[Mapping[str, Any]],
@@ -159,7 +178,7 @@ class TorchWorker:
         shard = self.shards[site]
         load()
         received = self._score(site)
-        private = None
+        dp_round = None
         if self.privacy.get("mode") == "dp_sgd":
             from fedray.site import dp_sgd  # here: Opacus's import costs seconds, and only dp_sgd needs it
 
@@ -168,7 +187,7 @@ class TorchWorker:
         optimizer, scheduler = local_optimizer(self.model, self.job, current_round)
         generator = self._shuffle(site, current_round)
         if self.privacy.get("mode") == "dp_sgd":
-            private = self._dp_sgd(site, optimizer, generator, history, current_round, total_rounds)
+            dp_round = self._dp_sgd(site, optimizer, generator, history, current_round, total_rounds)
         # Every round of a site takes the same steps, so its loss curve continues across rounds.
         steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
         first_step = current_round * steps_per_round
@@ -185,24 +204,24 @@ class TorchWorker:
                 generator=generator,
                 on_loss=(lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step)) if self.streams else None,
                 loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
-                optimizer=private.optimizer if private else optimizer,
+                optimizer=dp_round.optimizer if dp_round else optimizer,
                 scheduler=scheduler,
                 client=client,
                 # A task the server gave up on (late at a round's close, or timed out) stops within a batch.
                 should_stop=ray.get_runtime_context().is_canceled,
-                forward=private.module if private else None,
-                batches=private.batches if private else None,
+                forward=dp_round.module if dp_round else None,
+                batches=dp_round.batches if dp_round else None,
             )
         finally:
-            if private:
-                private.close()  # Opacus's hooks off the model, which this worker's other sites share
+            if dp_round:
+                dp_round.close()  # Opacus's hooks off the model, which this worker's other sites share
         extra, new_site_state = client.results(self.model)
         dp_metrics = {}
-        if private:
-            new_site_state = dp_sgd.joined_state(private.history, new_site_state)
-            dp_metrics = {"dp_epsilon": dp_sgd.epsilon(private.history, self.privacy["delta"]),
-                          "dp_noise_multiplier": private.optimizer.noise_multiplier,
-                          "dp_steps": sum(entry[2] for entry in private.history)}
+        if dp_round:
+            new_site_state = dp_sgd.joined_state(dp_round.history, new_site_state)
+            dp_metrics = {"dp_epsilon": dp_sgd.epsilon(dp_round.history, self.privacy["delta"]),
+                          "dp_noise_multiplier": dp_round.optimizer.noise_multiplier,
+                          "dp_steps": sum(entry[2] for entry in dp_round.history)}
         if new_site_state is not None:
             extra[SITE_STATE] = new_site_state
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
@@ -237,7 +256,7 @@ class TorchWorker:
         for a site that failed}. The sum is exact enough that any batching gives the same bits."""
 
         if self.job["site"].get("batched_training"):
-            return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors)
+            return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors, message)
         total = CompensatedSum()
         results: dict[str, Any] = {}
         states = site_states or [None] * len(sites)
@@ -249,7 +268,8 @@ class TorchWorker:
                 # Folded before the next site trains: its params can be views of the model, not copies.
                 result = self._local_update(site, global_params, reload, current_round, total_rounds, message, state,
                                             copy=False)
-                results[site] = _summed(total, result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND]) or result
+                result = self._released(site, result, global_params, message, current_round)
+                results[site] = _summed(total, result.params, self._weight(factor, result.meta[NUM_STEPS_CURRENT_ROUND])) or result
             except TrainingStopped:
                 raise  # the whole batch was given up on
             except Exception as err:  # this site's own failure; the batch's other sites go on
@@ -260,7 +280,8 @@ class TorchWorker:
         return {"sum": total, "results": results}
 
     def _train_sites_at_once(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
-                             total_rounds: int, factors: Sequence[float]) -> dict[str, Any]:
+                             total_rounds: int, factors: Sequence[float],
+                             message: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """`train_sites` with `site.batched_training`: the sites trained together (fedray/site/batched_training.py),
         each with the shuffle its own `train` would draw; the same weights to float32 rounding, not the
         same bits. FedAvg and plain SGD only (driver.preflight refuses the rest); no streamed curve, and
@@ -279,7 +300,8 @@ class TorchWorker:
         results: dict[str, Any] = {}
         for site, factor, outcome in zip(sites, factors, trained):
             sent = self._filtered(site, outcome.params, global_params, outcome.steps, current_round)
-            failure = _summed(total, sent, factor * outcome.steps)
+            released = self._released(site, FLModel(params=sent, meta={}), global_params, message, current_round)
+            failure = _summed(total, released.params, self._weight(factor, outcome.steps))
             if failure:
                 results[site] = failure
                 continue
@@ -290,7 +312,8 @@ class TorchWorker:
                 metrics={"train_loss": outcome.train_loss, "val_accuracy": received[site]["accuracy"],
                          "val_loss": received[site]["loss"], "local_val_accuracy": local["accuracy"],
                          "local_val_loss": local["loss"], "seconds": seconds},
-                meta={NUM_STEPS_CURRENT_ROUND: outcome.steps}, current_round=current_round, total_rounds=total_rounds)
+                meta={NUM_STEPS_CURRENT_ROUND: outcome.steps, **released.meta}, current_round=current_round,
+                total_rounds=total_rounds)
         return {"sum": total, "results": results}
 
     def _dp_sgd(self, site: str, optimizer: Any, generator: torch.Generator, history: list, current_round: int,
