@@ -22,17 +22,23 @@ def fedavg(updates: Iterable[tuple[Mapping[str, np.ndarray], float] | "Compensat
     are averaged and rounded back to their dtype. An update may also be a
     `CompensatedSum` of several sites (a worker's batch), merged as exactly.
     """
+    total = fold(updates)
+    if not total.sums:
+        raise ValueError("no updates to aggregate")
+    if total.total_weight <= 0:
+        raise ValueError("the updates' weights sum to zero")
+    return total.result(total.total_weight)
+
+
+def fold(updates: Iterable[tuple[Mapping[str, np.ndarray], float] | "CompensatedSum"]) -> "CompensatedSum":
+    """The compensated sum of `(params, weight)` pairs and of other sums (a worker's batch), as they arrive."""
     total = CompensatedSum()
     for update in updates:
         if isinstance(update, CompensatedSum):
             total.merge(update)
         else:
             total.add(*update)
-    if not total.sums:
-        raise ValueError("no updates to aggregate")
-    if total.total_weight <= 0:
-        raise ValueError("the updates' weights sum to zero")
-    return total.result(total.total_weight)
+    return total
 
 
 class CompensatedSum:

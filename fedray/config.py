@@ -23,6 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedray.privacy import flare_filters
 from fedray.python_path import put_on_python_path
 
 # `${fedray.mul:${rounds},${local_epochs}}`: a product in a config (the cosine schedule's length).
@@ -98,11 +99,35 @@ class FlareConfig:
     server_app: Optional[str] = None  # the server app folder (config/config_fed_server.json, custom/)
     server_components: List[str] = field(default_factory=list)  # ids of its components run on START_RUN/END_RUN
     model_locator: Optional[str] = None  # id of its own ModelLocator: cross-site evaluation validates the models it finds
+    # A FLARE client's task_result_filters: [{tasks: [train], filters: [{path: ...PercentilePrivacy, args: {...}}]}],
+    # run on each site's train result before it leaves the site (fedray/privacy/flare_filters.py).
+    task_result_filters: List[Any] = field(default_factory=list)
+    params_transfer_type: str = "FULL"  # a Client API executor's: DIFF sends a script's FULL answer as a difference
 
 
 @dataclass
 class TensorBoardConfig:
     per_site: Optional[bool] = None  # tb/site-k/ curves (streamed train loss, round metrics); null: up to PER_SITE_LIMIT sites
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy (conf/privacy/, README "Privacy"): none, central DP-FedAvg, local DP, or DP-SGD
+    inside sites. One schema for every mode, so a key means the same in each."""
+
+    mode: str = "none"  # none | central | local | dp_sgd
+    # L2 bound: of a site's update (central, local) or of a sample's gradient (dp_sgd); central: or "adaptive"
+    clip: Any = 1.0
+    noise_multiplier: Optional[float] = 1.0  # noise std / clip; null with target_epsilon: calibrated before Ray starts
+    delta: Optional[float] = None  # the delta epsilon is reported at; null: 1/num_clients
+    target_epsilon: Optional[float] = None  # calibrates a null noise_multiplier; the run stops at the last round within it
+    accountant: str = "rdp"  # rdp | pld (dp-accounting's)
+    # clip=adaptive (Andrew et al. 2021; Flower's defaults): the clip norm follows the target quantile of the update norms
+    initial_clip: float = 0.1
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    count_noise: Optional[float] = None  # std of the noise on the count of unclipped updates; null: expected cohort / 20
+    epsilon: Optional[float] = None  # local: the epsilon of each site's release (at delta)
 
 
 @dataclass
@@ -119,6 +144,7 @@ class ScatterAndGatherConfig:
     enabled: bool = True
     min_clients: Optional[int] = None  # null: all sites sent the task
     clients_per_round: Optional[int] = None  # sites sampled (seeded) each round; null: all
+    sampling: str = "fixed"  # fixed: clients_per_round sites without replacement | poisson: each site with p = clients_per_round/num_clients
     num_rounds: int = 5
     start_round: int = 0
     wait_time_after_min_received: float = 0.0
@@ -150,6 +176,7 @@ class JobConfig:
     rounds: int = 5
     min_clients: Optional[int] = None
     clients_per_round: Optional[int] = None
+    sampling: str = "fixed"  # fixed | poisson (workflows.scatter_and_gather.sampling)
     seed: int = 0
     local_epochs: int = 1
     batch_size: int = 32
@@ -170,6 +197,7 @@ class JobConfig:
     site: SiteConfig = field(default_factory=SiteConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # conf/privacy/: none, central, local (dp_sgd)
     flare: FlareConfig = field(default_factory=FlareConfig)
     workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
 
@@ -180,7 +208,14 @@ _CHOICES = {
     "data.name": ("cifar10", "synthetic"),
     "partition.name": ("iid", "dirichlet"),
     "workflows.pre_train.weight_method": ("first", "client"),
+    "workflows.scatter_and_gather.sampling": ("fixed", "poisson"),
+    "privacy.mode": ("none", "central", "local", "dp_sgd"),
+    "privacy.accountant": ("rdp", "pld"),
+    "flare.params_transfer_type": ("FULL", "DIFF"),
 }
+
+# What a DP config needs installed, and the line that says how to get it.
+PRIVACY_EXTRA = "pip install fedray[privacy]"
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dirs: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -316,6 +351,9 @@ def validate(cfg: DictConfig) -> None:
         require(cfg.flare.server_app is not None and Path(cfg.flare.server_app).is_dir(), "flare.server_app",
                 "must be the FLARE server app folder whose components flare.server_components and "
                 "flare.model_locator name")
+    filters = OmegaConf.to_container(cfg.flare.task_result_filters)
+    for problem in flare_filters.problems(filters)[:1]:
+        raise ConfigError(f"flare.task_result_filters{'' if problem.startswith('[') else ': '}{problem}")
     if runs_own_code(cfg.site):
         require(
             cfg.site.num_actors in (None, cfg.num_clients),
@@ -387,6 +425,7 @@ def validate(cfg: DictConfig) -> None:
         require(Path(folder).is_dir(), "python_path", f"{folder}: no such folder")
     put_on_python_path(OmegaConf.to_container(cfg), cfg.site.script)  # a model beside the script, in custom/
     _validate_algorithm(cfg, require)
+    _validate_privacy(cfg, require)
 
 
 def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
@@ -404,6 +443,140 @@ def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], Non
     if algorithm._target_.endswith("Scaffold"):
         require(cfg.workflows.scatter_and_gather.exclude_vars is None, "workflows.scatter_and_gather.exclude_vars",
                 "must be null with algorithm=scaffold (every variable has a control variate)")
+
+
+def _validate_privacy(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """The privacy group's keys (conf/privacy/, README "Privacy"), each wrong value one line naming the fix."""
+    privacy, sag = cfg.privacy, cfg.workflows.scatter_and_gather
+    require(sag.sampling == "fixed" or sag.clients_per_round is not None, "sampling",
+            "poisson needs clients_per_round, the expected number of sites a round (each site joins with "
+            "p = clients_per_round/num_clients)")
+    if privacy.mode == "none":
+        require(privacy.target_epsilon is None, "privacy.target_epsilon", "needs a DP mode: privacy=central or privacy=local")
+        return
+    try:
+        import dp_accounting  # noqa: F401  (the ledger's accountants)
+    except ImportError:
+        raise ConfigError(f"privacy.mode={privacy.mode}: needs dp-accounting, which is not installed; {PRIVACY_EXTRA}") from None
+    adaptive = privacy.clip == "adaptive"
+    require(adaptive and privacy.mode == "central" or _is_number(privacy.clip) and privacy.clip > 0, "privacy.clip",
+            "must be a positive number (an L2 norm; inf: no clipping)" + (", or adaptive" if privacy.mode == "central"
+                                                                          else " (adaptive is central DP's)"))
+    if privacy.noise_multiplier is not None:
+        require(privacy.noise_multiplier >= 0, "privacy.noise_multiplier", "must be >= 0 (the noise's std / clip)")
+    if privacy.delta is not None:
+        require(0 < privacy.delta < 1, "privacy.delta", "must be in (0, 1) (null: 1/num_clients)")
+    if privacy.target_epsilon is not None:
+        require(privacy.target_epsilon > 0, "privacy.target_epsilon", "must be positive (or null: no budget)")
+    if adaptive:
+        require(privacy.initial_clip > 0, "privacy.initial_clip", "must be positive (the first round's clip norm)")
+        require(0 <= privacy.target_quantile <= 1, "privacy.target_quantile", "must be in [0, 1]")
+        require(privacy.clip_lr > 0, "privacy.clip_lr", "must be positive (the clip norm's geometric step)")
+        if privacy.count_noise is not None:
+            require(privacy.count_noise >= 0, "privacy.count_noise", "must be >= 0 (null: expected cohort / 20)")
+    if privacy.mode in ("central", "local"):
+        # The noisy mean needs each site's update as one vector in one sum with the same weight.
+        require(cfg.aggregator._target_ == "fedray.aggregation.fedavg", "aggregator._target_",
+                f"must be fedray.aggregation.fedavg with privacy={privacy.mode}: DP sums each site's clipped update "
+                "with the same weight")
+        require(not sag.aggregation_weights, "workflows.scatter_and_gather.aggregation_weights",
+                f"must be empty with privacy={privacy.mode}: every site's clipped update counts the same under DP")
+        if cfg.algorithm._target_.endswith("Scaffold"):
+            raise ConfigError(f"algorithm=scaffold: its control variates would leave the sites without noise; with "
+                              f"privacy={privacy.mode} use algorithm=fedavg, fedprox or fedopt")
+    if privacy.mode == "dp_sgd":
+        _validate_dp_sgd(cfg, require)
+    if privacy.mode == "local":
+        require(privacy.epsilon is not None and privacy.epsilon > 0, "privacy.epsilon",
+                "must be positive with privacy=local: the epsilon of each site's release")
+        require(math.isfinite(privacy.clip), "privacy.clip", "must be finite with privacy=local: it bounds what "
+                "a site's release can tell (the noise is calibrated to it)")
+        require(privacy.target_epsilon is None, "privacy.target_epsilon",
+                "is central DP's; with privacy=local set privacy.epsilon, each release's")
+        require(not cfg.workflows.cross_site_validate.enabled, "workflows.cross_site_validate.enabled",
+                "must be false with privacy=local: cross-site evaluation sends each site's own model, without noise, "
+                "to the server")
+    if privacy.mode in ("central", "local"):
+        _settle_noise(cfg, require)
+
+
+def _settle_noise(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """Fill in the noise multiplier a DP config leaves to a budget (central's target_epsilon, local's epsilon),
+    and refuse what the ledger cannot count or no round can afford. Cached: a run validates twice."""
+    from fedray.privacy import delta_of
+    from fedray.privacy.ledger import FIXED, Ledger, calibrate, round_event, unsupported
+
+    privacy, sag = cfg.privacy, cfg.workflows.scatter_and_gather
+    delta = delta_of(privacy, cfg.num_clients)
+    if privacy.mode == "local":
+        try:  # each release is one Gaussian mechanism on all of the site's data
+            privacy.noise_multiplier = calibrate(privacy.epsilon, delta, 1, privacy.accountant, 1, None, "all")
+        except ValueError as err:
+            raise ConfigError(f"privacy.epsilon={privacy.epsilon:g}: {err}; choose a larger epsilon") from None
+        return
+    event = round_event(cfg.num_clients, sag.clients_per_round, sag.sampling, privacy.noise_multiplier or 0.0)
+    reason = unsupported(privacy.accountant, event)
+    require(reason is None, "privacy.accountant", f"{reason} (clients_per_round={sag.clients_per_round} of "
+            f"num_clients={cfg.num_clients} are drawn without replacement)" if event.sampling == FIXED else str(reason))
+    adaptive = privacy.clip == "adaptive"
+    require(adaptive or math.isfinite(privacy.clip) or privacy.noise_multiplier == 0, "privacy.clip",
+            "inf (no clipping) leaves the noise unbounded: give a finite clip, or noise_multiplier=0 (no privacy: a "
+            "baseline that matches FedAvg with uniform weights)")
+    if privacy.target_epsilon is not None and privacy.noise_multiplier is None:
+        try:
+            privacy.noise_multiplier = calibrate(privacy.target_epsilon, delta, sag.num_rounds, privacy.accountant,
+                                                 cfg.num_clients, sag.clients_per_round, sag.sampling)
+        except ValueError as err:
+            raise ConfigError(f"privacy.target_epsilon={privacy.target_epsilon:g}: {err} (delta={delta:g}); raise "
+                              "target_epsilon or lower rounds") from None
+    require(privacy.noise_multiplier is not None, "privacy.noise_multiplier",
+            "must be set, or calibrated from privacy.target_epsilon (give one)")
+    if adaptive and privacy.noise_multiplier > 0:
+        expected = sag.clients_per_round or cfg.num_clients
+        count_noise = privacy.count_noise if privacy.count_noise is not None else expected / 20
+        require(privacy.noise_multiplier < 2 * count_noise, "privacy.count_noise",
+                f"must be more than noise_multiplier/2 = {privacy.noise_multiplier / 2:g} (its default is the expected "
+                f"cohort / 20 = {expected / 20:g}): the count's noise is part of noise_multiplier's budget")
+    if privacy.target_epsilon is not None:
+        first = Ledger(privacy.accountant, delta).epsilon_after(
+            round_event(cfg.num_clients, sag.clients_per_round, sag.sampling, privacy.noise_multiplier))
+        require(first <= privacy.target_epsilon, "privacy.target_epsilon",
+                f"one round with noise_multiplier={privacy.noise_multiplier:g} already spends epsilon {first:.4g} "
+                f"(delta={delta:g}); raise noise_multiplier or target_epsilon")
+
+
+def _validate_dp_sgd(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """privacy=dp_sgd: Opacus trains fedray's own sites, per-sample clipping at `clip`, each site's epsilon at `delta`."""
+    privacy = cfg.privacy
+    try:
+        import opacus  # noqa: F401  (here only its presence: importing it costs seconds)
+    except ImportError:
+        raise ConfigError(f"privacy.mode=dp_sgd: needs Opacus, which is not installed; {PRIVACY_EXTRA}") from None
+    require(math.isfinite(privacy.clip), "privacy.clip", "must be finite with privacy=dp_sgd: the noise is "
+            "noise_multiplier x clip (Opacus's max_grad_norm, e.g. 1.0)")
+    require(privacy.delta is not None, "privacy.delta", "must be set with privacy=dp_sgd: a record-level delta, "
+            "below 1/(a site's records), e.g. 1e-5 (FLARE's hello-dp)")
+    if privacy.target_epsilon is None:
+        require(privacy.noise_multiplier is not None, "privacy.noise_multiplier",
+                "must be set with privacy=dp_sgd (e.g. 1.0), or set privacy.target_epsilon to calibrate it per site")
+    else:
+        require(privacy.noise_multiplier is None, "privacy.noise_multiplier",
+                "must be null with privacy.target_epsilon under privacy=dp_sgd: each site's is calibrated to it")
+    require(privacy.accountant == "rdp", "privacy.accountant",
+            "must be rdp with privacy=dp_sgd: each site's epsilon is Opacus's RDP accountant's")
+    require(not runs_own_code(cfg.site), "privacy.mode",
+            "dp_sgd trains fedray's own sites; a site.script or site.flare_app trains itself: use Opacus in it, as "
+            "FLARE's hello-dp does, and privacy=none here")
+    # Where Opacus cannot go: vmap trains several sites as one stacked model, while Opacus's per-sample
+    # gradients hook each site's own module (sites_per_task batches, which train sites in turn, are fine).
+    require(not cfg.site.batched_training, "site.batched_training",
+            "must be false with privacy=dp_sgd: torch.func.vmap's stacked sites cannot run Opacus's per-sample gradients")
+    require(not cfg.algorithm.get("mu"), "algorithm.mu", "fedprox's proximal term is no per-sample loss: Opacus would drop its gradient; "
+            "with privacy=dp_sgd use algorithm=fedavg, fedopt or scaffold")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require_compiles(script: str) -> None:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional
 
 
@@ -25,6 +25,17 @@ class FLModel:
 
 
 NUM_STEPS_CURRENT_ROUND = "NUM_STEPS_CURRENT_ROUND"
+# A train result's meta key for the site's own trained weights when its params are what FLARE's result
+# filters let through: the server folds params, and keeps this one for cross-site evaluation.
+LOCAL_MODEL = "local_model"
+
+
+def local_model(result: FLModel) -> FLModel:
+    """A train result as the site's own model (cross-site evaluation's): its LOCAL_MODEL if it sent one."""
+    if LOCAL_MODEL not in result.meta:
+        return result
+    meta = {key: value for key, value in result.meta.items() if key != LOCAL_MODEL}
+    return replace(result, params=result.meta[LOCAL_MODEL], meta=meta)
 
 # A cross-site cell is the validator's own metrics, as FLARE's ValidationJsonGenerator keeps them:
 # fedray's sites send val_accuracy, Client API scripts usually accuracy, hello-pt's validator val_acc.

@@ -38,8 +38,8 @@ class FaultyNet(Net):
     and whenever it evaluates in `fail_eval_sites`; trains to NaN weights in `nan_sites`."""
 
     def __init__(self, slow_sites=(), delay: float = 0.0, fail_sites=(), fail_after_steps: int = 0,
-                 fail_eval_sites=(), crash_sites=(), crash_once_file: str = "", nan_sites=(), hog_sites=(),
-                 hog_gib: float = 0.0) -> None:
+                 fail_eval_sites=(), crash_sites=(), crash_once_file: str = "", crash_after_steps: int = 0, nan_sites=(),
+                 hog_sites=(), hog_gib: float = 0.0) -> None:
         super().__init__()
         self.site = _site_name()
         self.nan = self.site in nan_sites
@@ -49,8 +49,10 @@ class FaultyNet(Net):
         self.fail_after_steps = fail_after_steps
         self.steps = 0
         self.fails_eval = self.site in fail_eval_sites
-        # The process dies (as from out-of-memory) the first time it trains; the file remembers it did.
+        # The process dies (as from out-of-memory) the first time it trains (past `crash_after_steps` of its
+        # training steps); the file remembers it did.
         self.crash_file = f"{crash_once_file}.{self.site}" if self.site in crash_sites else ""
+        self.crash_after_steps = crash_after_steps
         # Takes (and touches) `hog_gib` GiB more at each training step, kept: Ray's memory monitor's prey.
         self.hog_bytes = int(hog_gib * 2**30) if self.site in hog_sites else 0
         self.hogged: list[bytearray] = []
@@ -58,7 +60,7 @@ class FaultyNet(Net):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             self.steps += 1
-            if self.crash_file and not os.path.exists(self.crash_file):
+            if self.crash_file and self.steps > self.crash_after_steps and not os.path.exists(self.crash_file):
                 open(self.crash_file, "w").close()
                 os._exit(1)
             if self.hog_bytes and len(self.hogged) < 6:  # bounded, should the monitor not act

@@ -28,7 +28,7 @@ from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
 from fedray.data.partition import Shard, partition
 from fedray.data.synthetic import Dataset
 from fedray.driver.cluster import ray_for
-from fedray.driver.preflight import check_code
+from fedray.driver.preflight import check_code, check_dp_sgd_budget
 from fedray.driver.progress import Progress
 from fedray.driver.resources import ResourceError, plan_sites
 from fedray.fl_model import FLModel
@@ -198,6 +198,9 @@ def _load_and_partition(cfg: DictConfig, timings: dict[str, float]) -> tuple[Dat
         )
     except ValueError as err:  # a split the data cannot give (it names the key): one line, no actor started
         raise ConfigError(str(err)) from None
+    if cfg.privacy.mode == "dp_sgd" and cfg.privacy.target_epsilon is not None:
+        smallest = min(range(len(shards)), key=lambda k: len(shards[k].train))
+        check_dp_sgd_budget(cfg, len(shards[smallest].train), site_names(cfg.num_clients)[smallest])
     timings["data"] = round(time.perf_counter() - started, 3)
     return dataset, shards
 
@@ -360,6 +363,8 @@ def _follow(
                 checkpoint.save_state(recorder.files, event, recorder.summary["best_round"])  # the round's commit
             elif event["type"] == "cross_site":
                 recorder.record_cross_site(event)
+            elif event["type"] == "privacy_budget":
+                recorder.record_budget_stop(event["message"])
             elif event["type"] == "end":
                 if event["error"]:
                     raise JobFailed(event["error"])

@@ -44,6 +44,32 @@ def check_code(cfg: DictConfig) -> None:
         check_flare_app(cfg.flare.server_app, "config_fed_server", set(server_code_ids(cfg.flare)))
     if cfg.site.batched_training:
         _check_batched_training(cfg, model)
+    if cfg.privacy.mode == "dp_sgd":
+        _check_dp_sgd(cfg, model)
+
+
+def _check_dp_sgd(cfg: DictConfig, model: Any) -> None:
+    """privacy=dp_sgd: Opacus can compute the model's per-sample gradients (no BatchNorm)."""
+    from fedray.site.dp_sgd import model_problem
+
+    problem = model_problem(model)
+    if problem:
+        raise ConfigError(f"model._target_={cfg.model._target_}: {problem}")
+
+
+def check_dp_sgd_budget(cfg: DictConfig, records: int, site: str) -> None:
+    """privacy.target_epsilon under dp_sgd: a noise multiplier reaches it for the site with the fewest
+    records (it samples the largest share of its data per step, so it needs the most noise); once the data
+    is split, before any round: one line when none does."""
+    from fedray.site.dp_sgd import noise_multiplier
+
+    try:
+        noise_multiplier(cfg.privacy, records, cfg.batch_size, cfg.local_epochs, cfg.workflows.scatter_and_gather.num_rounds)
+    except ValueError as err:
+        raise ConfigError(f"privacy.target_epsilon={cfg.privacy.target_epsilon}: no noise reaches it at "
+                          f"delta={cfg.privacy.delta} for {site} ({records} records, batch_size={cfg.batch_size}, "
+                          f"{cfg.local_epochs} local epochs x {cfg.workflows.scatter_and_gather.num_rounds} rounds) "
+                          f"(Opacus: {err}); raise it, or train fewer epochs") from None
 
 
 def _check_batched_training(cfg: DictConfig, model: Any) -> None:

@@ -40,6 +40,8 @@ class Progress:
             self._round(event)
         elif kind == "cross_site":
             self._cross_site(event)
+        elif kind == "privacy_budget":
+            self._log(logging.WARNING, "%s", event["message"])
 
     def close(self) -> None:
         self._show("")
@@ -60,11 +62,13 @@ class Progress:
             then = self._round_status(event)
         scores = ("val_acc %.4f  test_acc %.4f  test_loss %.4f" % (
             metrics["val_accuracy"], metrics["test_accuracy"], metrics["test_loss"]) if metrics else "not evaluated (eval_every)")
+        privacy = event.get("privacy")
+        spent = f"  epsilon {privacy['epsilon']:.3g} (delta {privacy['delta']:.2g})" if privacy else ""
         self._log(
             logging.INFO,
-            "round %d/%d  %s  sites %d/%d  %.1f s",
+            "round %d/%d  %s  sites %d/%d  %.1f s%s",
             event["round"] + 1, event["num_rounds"], scores, len(event["sites"]), event["num_sites"], event["seconds"],
-            then=then,
+            spent, then=then,
         )
 
     def _round_status(self, event: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fedray.config import ConfigError
+from fedray.privacy import flare_filters
 
 SERVER = "server"
 ALL_SITES = "@ALL"
@@ -43,6 +44,8 @@ class _Job:
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     used: set[str] = field(default_factory=set)  # component ids a workflow refers to
+    result_filters: dict[str, list] = field(default_factory=dict)  # client app -> its task_result_filters
+    transfer_types: set[str] = field(default_factory=set)  # its Client API executors' params_transfer_type
 
     def set(self, key: str, value: Any) -> None:
         self.overrides[key] = value
@@ -307,6 +310,14 @@ def _plumbing(job: _Job, args: dict[str, Any]) -> None:
     """FLARE's machinery that fedray replaces one for one: nothing to say."""
 
 
+def _result_filter(name: str) -> Callable[[_Job, dict[str, Any]], None]:
+    """ExcludeVars, PercentilePrivacy, SVTPrivacy: in a client's task_result_filters they run in each site
+    (_client_filters passes the chain on as it is); as a component anywhere else they are refused."""
+    def refuse(job: _Job, args: dict[str, Any]) -> None:
+        job.errors.append(f"{name}: a task result filter; fedray runs it in a client app's task_result_filters only")
+    return refuse
+
+
 # FLARE class name (the last part of its path) -> what fedray does with it. Add mappings here.
 COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
     "ScatterAndGather": _scatter_and_gather,
@@ -332,6 +343,9 @@ COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
     "Scaffold": _scaffold_controller,
     "PTFedOptModelShareableGenerator": _fedopt_generator,
     "FedOpt": _fedopt_controller,
+    # FLARE's privacy filters, in a client's task_result_filters (anywhere else they are refused): run in
+    # each site on its train result (fedray/privacy/flare_filters.py).
+    **{name: _result_filter(name) for name in flare_filters.ARGS},  # ExcludeVars, PercentilePrivacy, SVTPrivacy
 }
 
 # The client's executors that run a Client API script, and the client components that carry its
@@ -374,7 +388,7 @@ def _client_script(job: _Job, folder: Path, client_apps: list[str], path: str) -
     executor_apps: list[str] = []
     for app in client_apps:
         client = _vars_substituted(_read_app_config(folder / app, "config_fed_client", path))
-        _filters(job, client, f"{app}'s config_fed_client")
+        _client_filters(job, client, app)
         if _runs_executors(client):
             executor_apps.append(app)
             _executor_app(job, client, app)
@@ -393,6 +407,7 @@ def _client_script(job: _Job, folder: Path, client_apps: list[str], path: str) -
                                   + (hint if mu not in (None, 0, 0.0) else ""))
         if script:
             found.setdefault(script, app)
+    _result_filters(job)
     if executor_apps and (found or len(executor_apps) > 1):
         job.errors.append(f"the client apps {', '.join(executor_apps + list(found.values()))} differ: fedray runs "
                           "one client app (one script, or one app's executors) for every site")
@@ -441,6 +456,7 @@ def _script_of(client: dict[str, Any], custom: Path, app: str, job: _Job) -> Opt
         if name not in SCRIPT_EXECUTORS:
             job.errors.append(f"{app}: executor {name}: fedray runs Client API scripts (ClientAPIExecutor) only")
             continue
+        job.transfer_types.add(str(args.get("params_transfer_type", "FULL")).upper())
         if args.get("task_script_path"):
             script, line = args["task_script_path"], args.get("task_script_args", "")
         else:
@@ -544,11 +560,39 @@ def _translate(job: _Job, entry: dict[str, Any], where: str) -> None:
 
 
 def _filters(job: _Job, config: dict[str, Any], where: str) -> None:
-    """Filters rewrite what sites and server exchange (privacy, compression): fedray has none yet."""
+    """The server's filters rewrite what it sends and receives: fedray has none of them."""
     for key in ("task_data_filters", "task_result_filters"):
         for entry in config.get(key) or []:
             names = [_class_name(f) for f in entry.get("filters", [])] or [_class_name(entry)]
             job.errors.append(f"{where} {key}: {', '.join(names)}: filters are not in fedray yet")
+
+
+def _client_filters(job: _Job, client: dict[str, Any], app: str) -> None:
+    """A client app's filters: its task_result_filters of FLARE's privacy filters run in each site
+    (flare.task_result_filters, fedray/privacy/flare_filters.py); any other filter, and every
+    task_data_filter, is refused."""
+    where = f"{app}'s config_fed_client"
+    for entry in client.get("task_data_filters") or []:
+        names = [_class_name(f) for f in entry.get("filters", [])] or [_class_name(entry)]
+        job.errors.append(f"{where} task_data_filters: {', '.join(names)}: filters are not in fedray yet")
+    chains = client.get("task_result_filters") or []
+    job.errors += [f"{where} task_result_filters{'' if line.startswith('[') else ': '}{line}"
+                   for line in flare_filters.problems(chains)]
+    job.result_filters[app] = chains
+
+
+def _result_filters(job: _Job) -> None:
+    """The client apps' result filters as one chain for every site (fedray runs one client app's code in
+    every site), and the executors' params_transfer_type, which decides what a script's answer is when
+    the filters see it (FLARE's Client API sends DIFF as local minus global)."""
+    chains = list(job.result_filters.values())
+    if any(chain != chains[0] for chain in chains):
+        job.errors.append(f"the client apps {', '.join(job.result_filters)} have different task_result_filters: "
+                          "fedray runs one chain in every site")
+    elif chains and chains[0]:
+        job.set("flare.task_result_filters", chains[0])
+        if "DIFF" in job.transfer_types:
+            job.set("flare.params_transfer_type", "DIFF")
 
 
 def _class_name(entry: dict[str, Any]) -> str:

@@ -35,6 +35,8 @@ def draw_run(summary: Mapping[str, Any], folder: str | os.PathLike) -> list[Path
             draw_safely(global_metrics, rounds, path=folder / "global_metrics.png"),
             draw_safely(site_train_loss, rounds, sites, path=folder / "site_train_loss.png"),
         ]
+        if any("privacy" in r for r in rounds):
+            drawn.append(draw_safely(privacy_spent, rounds, path=folder / "privacy.png"))
     if cross_site:
         drawn.append(draw_safely(cross_site_heatmap, cross_site, path=folder / "cross_site_val.png"))
     return [path for path in drawn if path is not None]
@@ -65,6 +67,27 @@ def global_metrics(rounds: list[Mapping[str, Any]], path: str | os.PathLike) -> 
     accuracy.legend()
     loss.plot(x, [r["global"]["test_loss"] for r in scored], marker="o", color="tab:red")
     loss.set(title="Global model test loss", xlabel="round", ylabel="cross-entropy")
+    _by_round(figure)
+    _save(figure, path)
+
+
+def privacy_spent(rounds: list[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """A DP run's epsilon after each round (local DP: the most any site has spent), beside the test accuracy
+    where the round was scored: what the accuracy cost in privacy; and the clip norm each round used."""
+    private = [r for r in rounds if "privacy" in r]
+    x = [r["round"] + 1 for r in private]
+    figure, (spent, clip) = plt.subplots(1, 2, figsize=(10, 4))
+    delta = private[-1]["privacy"]["delta"]
+    spent.plot(x, [r["privacy"]["epsilon"] for r in private], marker="o", color="tab:purple", label="epsilon")
+    spent.set(title=f"Privacy spent (delta {delta:g})", xlabel="round", ylabel="epsilon")
+    scored = [r for r in private if r["global"]]
+    if scored:
+        accuracy = spent.twinx()
+        accuracy.plot([r["round"] + 1 for r in scored], [r["global"]["test_accuracy"] for r in scored], marker=".",
+                      color="tab:green", label="test accuracy")
+        accuracy.set_ylabel("test accuracy")
+    clip.plot(x, [r["privacy"]["clip"] for r in private], marker="o")
+    clip.set(title="Clip norm used", xlabel="round", ylabel="L2 norm")
     _by_round(figure)
     _save(figure, path)
 

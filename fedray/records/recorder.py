@@ -53,6 +53,8 @@ class RunRecorder:
         }
         if resumed:  # a resumed run goes on from the rounds it had finished
             self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
+            for entry in self.summary["rounds"]:
+                _note_site_privacy(self.summary, entry["sites"])
         self.tensorboard = TensorBoardWriter(self.run_dir / "tb", per_site=per_site)
         self.drawing: Future | None = None
         self.written_at = -math.inf  # when summary.json was last written
@@ -66,9 +68,12 @@ class RunRecorder:
         if event["is_best"]:
             self.files.save(f"models/{BEST_GLOBAL_MODEL}", data, event["round"])
             self.summary["best_round"] = event["round"]
-        keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds")
-        entry = {key: event[key] for key in keep}
+        keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds", "privacy")
+        entry = {key: event[key] for key in keep if key in event}  # privacy: DP runs' epsilon so far, clip norm
         self.summary["rounds"].append(entry)
+        if "privacy_totals" in event:  # the ledger so far (local DP: each site's); a budget stop keeps its line
+            self.summary["privacy"] = {**event["privacy_totals"], "stopped": (self.summary.get("privacy") or {}).get("stopped")}
+        _note_site_privacy(self.summary, entry["sites"])
         # Every round lands in rounds.jsonl at once (an appended line); summary.json, which holds every
         # round and grows with them, is rewritten at most every SUMMARY_SECONDS: rewriting it after each
         # of a cross-device run's fast rounds cost the driver seconds (its total is quadratic in rounds).
@@ -76,6 +81,10 @@ class RunRecorder:
         if time.monotonic() - self.written_at >= SUMMARY_SECONDS:
             self._write_summary(indent=None)
         self.tensorboard.add_round(event)
+
+    def record_budget_stop(self, message: str) -> None:
+        """The run stopped before a round that would pass privacy.target_epsilon (a completed run)."""
+        self.summary["privacy"] = {**(self.summary.get("privacy") or {}), "stopped": message}
 
     def record_cross_site(self, event: Mapping[str, Any]) -> None:
         """FLARE's cross_val_results.json (scripts written for FLARE read it unchanged) and a heatmap."""
@@ -110,6 +119,16 @@ class RunRecorder:
         sites' training on a small machine. The last write, as the run ends, is indented."""
         write_json(self.run_dir / "summary.json", self.summary, indent=indent)
         self.written_at = time.monotonic()
+
+
+def _note_site_privacy(summary: dict[str, Any], sites: Mapping[str, Mapping[str, Any]]) -> None:
+    """privacy=dp_sgd: each site's epsilon so far (Opacus's accountant, over all its steps), from its last round,
+    in summary["privacy"]["sites"]; a site not sampled in a round keeps its last."""
+    for site, metrics in sites.items():
+        if "dp_epsilon" in metrics:
+            summary.setdefault("privacy", {}).setdefault("sites", {})[site] = {
+                "epsilon": metrics["dp_epsilon"], "steps": metrics["dp_steps"],
+                "noise_multiplier": metrics["dp_noise_multiplier"]}
 
 
 def _draw_run(summary: Mapping[str, Any], folder: Path) -> Any:

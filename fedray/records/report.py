@@ -55,11 +55,12 @@ def run_report(summary: Mapping[str, Any]) -> str:
     if not rounds:
         lines.append("no round finished")
     else:
+        private = any("privacy" in r for r in rounds)  # a DP run: epsilon spent after each round
         lines += ["", _table(
-            ["round", "val_acc", "test_acc", "test_loss", "sites", "train_loss", "seconds"],
+            ["round", "val_acc", "test_acc", "test_loss", "sites", "train_loss", "seconds", *(["epsilon"] if private else [])],
             [[r["round"] + 1, r["global"].get("val_accuracy"), r["global"].get("test_accuracy"), r["global"].get("test_loss"),
               f"{len(r['sites'])}/{config['num_clients']}", _mean(m["train_loss"] for m in r["sites"].values()),
-              f"{r['seconds']:.1f}"] for r in rounds],
+              f"{r['seconds']:.1f}", *([(r.get("privacy") or {}).get("epsilon")] if private else [])] for r in rounds],
         )]
         for r in rounds:
             for site, failure in r["failures"].items():
@@ -68,6 +69,8 @@ def run_report(summary: Mapping[str, Any]) -> str:
         if best is not None:
             lines += ["", f"best round {best['round'] + 1}: val_acc {best['global']['val_accuracy']:.4f}  "
                           f"test_acc {best['global']['test_accuracy']:.4f}"]
+    if summary.get("privacy"):
+        lines += ["", privacy_line(summary["privacy"])]
     cross_site = summary.get("cross_site") or {}
     if cross_site.get("results"):
         lines += ["", "cross-site validation (accuracy; rows: data of, columns: model)",
@@ -75,6 +78,18 @@ def run_report(summary: Mapping[str, Any]) -> str:
     for failure in cross_site.get("failures", []):
         lines.append(f"cross-site: {failure['site']} failed to {failure['task']} ({failure['kind']}: {failure['message']})")
     return "\n".join(lines)
+
+
+def privacy_line(privacy: Mapping[str, Any]) -> str:
+    """What a DP run spent: epsilon at delta, by which accountant; local DP: the sites' range."""
+    line = (f"privacy ({privacy['mode']} DP, {privacy['accountant']}): epsilon {privacy['epsilon']:.4g} at delta "
+            f"{privacy['delta']:g}, noise_multiplier {privacy['noise_multiplier']:.4g}")
+    if privacy.get("sites"):
+        spent = [site["epsilon"] for site in privacy["sites"].values()]
+        line += f"; per site from {min(spent):.4g} to {max(spent):.4g} over {len(spent)} sites"
+    elif "rounds_spent" in privacy:
+        line += f" over {privacy['rounds_spent']} round(s)"
+    return line + (f"\n{privacy['stopped']}" if privacy.get("stopped") else "")
 
 
 def sweep_runs(path: Path) -> dict[str, Path]:

@@ -23,6 +23,8 @@ from fedray.records.atomic import no_space_as_disk_full
 SERVER = ""  # the run folder of the global metrics: tb/ itself
 # Per-round tags; their step is the round, counted from 0 as in summary.json.
 GLOBAL_TAGS = ("val_accuracy", "test_accuracy", "test_loss")
+# A DP round's record (summary.json's rounds[].privacy) -> tb/'s privacy/<key>.
+PRIVACY_TAGS = ("epsilon", "clip", "unclipped_fraction")
 # A site's summary.json metric -> its tag. A site's `val_accuracy` scores the model it received, the
 # global one of the round before: renamed, so no chart lines it up with the global `val_accuracy`.
 SITE_ROUND_TAGS = {
@@ -30,6 +32,7 @@ SITE_ROUND_TAGS = {
     "local_val_accuracy": "local_val_accuracy",
     "num_steps": "num_steps",
     "seconds": "seconds",
+    "dp_epsilon": "dp_epsilon",  # privacy=dp_sgd: the site's epsilon so far
 }
 
 
@@ -65,6 +68,8 @@ class TensorBoardWriter:
         if sites:
             steps = sum(metrics["num_steps"] for metrics in sites)
             server.append(("sites_train_loss", sum(m["train_loss"] * m["num_steps"] for m in sites) / steps, step))
+        privacy = event.get("privacy") or {}  # DP: epsilon spent so far (local: the most any site spent), clip norm
+        server += [(f"privacy/{key}", privacy[key], step) for key in PRIVACY_TAGS if key in privacy]
         self._append(SERVER, [*server, ("round_seconds", event["seconds"], step), ("sites_answered", len(event["sites"]), step)])
         if not self.per_site:
             return

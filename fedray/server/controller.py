@@ -24,6 +24,8 @@ from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
 from fedray.config import runs_own_code
 from fedray.fl_model import Point
+from fedray.privacy import PRIVACY_STATE, update_privacy
+from fedray.privacy.server import ServerPrivacy
 from fedray.python_path import put_on_python_path
 from fedray.server.tasks import Outcome, WorkerPool, gather
 from fedray.server.workflows import (
@@ -72,6 +74,7 @@ class Controller:
         # The algorithm's server state (None: from its init) and each site's own state, as ObjectRefs.
         self.algorithm_state: Any = None
         self.site_states: dict[str, ray.ObjectRef] = {}
+        self.privacy: ServerPrivacy | None = None  # central or local DP's server side, while rounds run
         self.resume = resume
         self.server_app = server_app
         if resume:  # a stopped run's last finished round: see fedray/records/checkpoint.py
@@ -160,6 +163,10 @@ class Controller:
         if params is None:  # pre_train disabled: a site's seeded init is still the starting point
             params = initialize_global_weights(self.sites, self.pool, "first", None, self.job["workflows"]["pre_train"]["timeout"],
                                                self.max_task_retries)
+        state = None if self.algorithm_state is None else dict(ray.get(self.algorithm_state, timeout=300))
+        # DP's own server state (clip norm, ledgers) rides in the algorithm's, which the checkpoint keeps.
+        privacy_saved = state.pop(PRIVACY_STATE, None) if state is not None else None
+        self.privacy = privacy = ServerPrivacy(self.job, privacy_saved) if update_privacy(self.job["privacy"]) else None
         return scatter_and_gather(
             self.sites,
             self.pool,
@@ -182,8 +189,11 @@ class Controller:
             # Only cross-site evaluation reads the sites' best local models.
             best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
             algorithm=algorithms.build(self.job.get("algorithm")),
-            state=None if self.algorithm_state is None else ray.get(self.algorithm_state, timeout=300),
+            state=state,
             site_states=self.site_states,
+            sampling=args["sampling"],
+            privacy=privacy,
+            on_stop=lambda reason: self._emit({"type": "privacy_budget", "message": reason}),
         )
 
     def _sites_per_task(self) -> int:
@@ -244,7 +254,8 @@ class Controller:
         })
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
-                   improved: dict[str, LocalModel], state_ref: ray.ObjectRef, site_states: dict[str, ray.ObjectRef]) -> None:
+                   improved: dict[str, LocalModel], state_ref: ray.ObjectRef, site_states: dict[str, ray.ObjectRef],
+                   privacy: dict[str, Any] | None = None) -> None:
         started = time.perf_counter()
         num_rounds = self.job["workflows"]["scatter_and_gather"]["num_rounds"]
         metrics: dict[str, float] = {}
@@ -276,6 +287,8 @@ class Controller:
             "improved_local_models": {} if runs_own_code(self.job["site"]) else {site: tuple(m) for site, m in improved.items()},
             "algorithm_state": state_ref,  # the algorithm's server state after this round
             "site_states": site_states,  # the sites whose own state this round changed
+            # DP: this round's record (epsilon so far, the clip norm it used) and the whole run's so far
+            **({"privacy": privacy, "privacy_totals": self.privacy.totals()} if privacy is not None else {}),
         })
 
     def _evaluate(self, params_ref: ray.ObjectRef, splits: list[tuple[str, np.ndarray]]) -> list[dict[str, float]]:

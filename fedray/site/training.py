@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ class PlainSGD:
 
     def __init__(self, params, lr: float, momentum: float = 0.0) -> None:
         self.params = [p for p in params if p.requires_grad]
-        self.param_groups = [{"lr": lr, "momentum": momentum}]  # read by algorithms' client parts
+        # lr, momentum: read by algorithms' client parts; params: by Opacus's DPOptimizer (privacy=dp_sgd)
+        self.param_groups = [{"lr": lr, "momentum": momentum, "params": self.params}]
         self.buffers: list[Optional[torch.Tensor]] = [None] * len(self.params)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -110,6 +111,8 @@ def train_epochs(
     scheduler: Optional[Any] = None,
     client: Optional[ClientPart] = None,
     should_stop: Optional[Callable[[], bool]] = None,
+    forward: Optional[nn.Module] = None,
+    batches: Optional[Callable[[torch.Tensor], Iterable[torch.Tensor]]] = None,
 ) -> tuple[float, int]:
     """Local training over `epochs` shuffled passes of `indices`; returns (mean loss of the last epoch, steps).
 
@@ -118,39 +121,51 @@ def train_epochs(
     correction after each step. `on_loss(steps, loss)` hears, every `loss_every` steps, the mean
     loss of the steps since its last call.
     `should_stop()`, asked before every batch, ends training at once with `TrainingStopped`.
+    `forward` computes the batches' outputs instead of `model` (Opacus's GradSampleModule around it), and
+    `batches(indices)` draws an epoch's batches instead of a shuffle cut in `batch_size` (DP-SGD's Poisson
+    sampling: a batch may then be empty, a step of noise only).
     """
     model.train()
     if optimizer is None:
         optimizer = PlainSGD(model.parameters(), lr=lr, momentum=momentum)
     client = client or ClientPart()
+    forward = forward or model
     index = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(images.device)
     steps = 0
     epoch_loss = torch.zeros((), device=images.device)
     for _ in range(epochs):
         epoch_loss.zero_()
         seen = heard_loss = heard_seen = 0
-        order = index[torch.randperm(len(index), generator=generator).to(images.device)]
-        for start in range(0, len(order), batch_size):
+        for batch in (batches or _shuffled(generator, batch_size))(index):
             if should_stop is not None and should_stop():
                 raise TrainingStopped(f"stopped after {steps} steps: the server gave up on this task")
-            batch = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(normalize(images[batch])), labels[batch])
+            loss = F.cross_entropy(forward(normalize(images[batch])), labels[batch])
             term = client.loss_term(model)
             (loss if term is None else loss + term).backward()
             optimizer.step()
             client.after_step(model, optimizer.param_groups[0]["lr"])
             # Summed on the device: no host sync per step, only one every `loss_every` for `on_loss`.
-            epoch_loss += loss.detach() * len(batch)
+            if len(batch):  # an empty batch's mean loss is NaN
+                epoch_loss += loss.detach() * len(batch)
             seen += len(batch)
             steps += 1
-            if on_loss is not None and steps % loss_every == 0:
+            if on_loss is not None and steps % loss_every == 0 and seen > heard_seen:
                 total = float(epoch_loss)
                 on_loss(steps, (total - heard_loss) / (seen - heard_seen))
                 heard_loss, heard_seen = total, seen
         if scheduler is not None:
             scheduler.step()
-    return float(epoch_loss) / max(len(index), 1), steps
+    return float(epoch_loss) / max(seen, 1), steps
+
+
+def _shuffled(generator: torch.Generator, batch_size: int) -> Callable[[torch.Tensor], Iterator[torch.Tensor]]:
+    """An epoch's batches: a shuffle of the indices (drawn from `generator`), cut every `batch_size`."""
+    def batches(index: torch.Tensor) -> Iterator[torch.Tensor]:
+        order = index[torch.randperm(len(index), generator=generator).to(index.device)]
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+    return batches
 
 
 @torch.no_grad()

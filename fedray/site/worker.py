@@ -34,7 +34,10 @@ from fedray.aggregation import NON_FINITE, CompensatedSum, finite, pool_metrics
 from fedray.algorithms import SITE_STATE
 from fedray.config import per_site_curves
 from fedray.data.partition import Shard
-from fedray.fl_model import ACCURACY_KEYS, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
+from fedray.fl_model import ACCURACY_KEYS, LOCAL_MODEL, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
+from fedray.privacy.flare_filters import WEIGHT_DIFF, WEIGHTS, sent_weights, train_filters
+from fedray.privacy import update_privacy
+from fedray.privacy.site import release
 from fedray.python_path import put_on_python_path
 from fedray.site import memory_watch
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
@@ -58,6 +61,8 @@ from fedray.site.training import (
 LOSS_POINTS_PER_ROUND = 20
 DATA_TIMEOUT = 600.0  # seconds to fetch the dataset from the object store (another node's, on a cluster)
 LOOKUP_TIMEOUT = 60.0  # seconds for the job's named actors to be registered
+FILTER_STREAM = 1  # the result filters' random stream beside the batch order's (seed, round, site)
+DP_NOISE_STREAM = 2  # dp_sgd's noise, likewise
 
 
 class TorchWorker:
@@ -102,6 +107,12 @@ class TorchWorker:
         self.test_images, self.test_labels = to_device(test_images, test_labels, self.device)
         self.algorithm = algorithms.build(job.get("algorithm"))
         self.process = ray.get_runtime_context().get_worker_id()
+        # Central or local DP: each site's update is clipped (and, local, noised) here, before it leaves the site.
+        self.private = update_privacy(job["privacy"])
+        # FLARE's result filters of a train result (flare.task_result_filters; flare_job= sets them).
+        self.result_filters = train_filters((job.get("flare") or {}).get("task_result_filters") or [])
+        self.privacy = job.get("privacy") or {}
+        self.noise_multipliers: dict[tuple[int, int], float] = {}  # dp_sgd's, by (records, rounds): calibrated once
         # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
         self.streams = bool(metric_stream) and per_site_curves(job)
         tracking.connect(_named_actor(metric_stream, namespace) if self.streams else None)
@@ -137,12 +148,27 @@ class TorchWorker:
         each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
         `site_state` this site's own state from its last round (None at first)."""
         if self.app:
-            return self._train_script(global_params, current_round, total_rounds, message or {})
+            result = self._train_script(global_params, current_round, total_rounds, message or {})
+            return self._released(site, result, global_params, message, current_round)
 
         result = self._local_update(site, global_params, lambda: load_params(self.model, global_params), current_round,
                                     total_rounds, message, site_state)
         tracking.flush()  # the driver's mailbox has this site's streamed points before its result
+        return self._released(site, result, global_params, message, current_round)
+
+    def _released(self, site: str, result: FLModel, global_params: Mapping[str, np.ndarray],
+                  message: Optional[Mapping[str, Any]], current_round: int) -> FLModel:
+        """The result as it may leave the site: under DP its update clipped (local: and noised), and in its
+        meta whether the update was within the clip norm (fedray/privacy/site.py)."""
+        if self.private and result.params is not None:
+            result.params, extra = release(result.params, global_params, self.job, message or {}, current_round,
+                                           _site_number(site))
+            result.meta.update(extra)
         return result
+
+    def _weight(self, factor: float, steps: int) -> float:
+        """A site's weight in a batch's sum: FedAvg's factor x steps; under DP every site's the same, 1."""
+        return 1.0 if self.private else factor * steps
 
     def _local_update(self, site: str, global_params: Mapping[str, np.ndarray], load: Callable[[], None],
                       current_round: int, total_rounds: int, message: Optional[Mapping[str, Any]],
@@ -154,37 +180,61 @@ class TorchWorker:
         shard = self.shards[site]
         load()
         received = self._score(site)
+        dp_round = None
+        if self.privacy.get("mode") == "dp_sgd":
+            from fedray.site import dp_sgd  # here: Opacus's import costs seconds, and only dp_sgd needs it
+
+            history, site_state = dp_sgd.split_state(site_state)  # Opacus's accountant's, and the algorithm's
         client = self.algorithm.client(self.model, global_params, message or {}, site_state)
         optimizer, scheduler = local_optimizer(self.model, self.job, current_round)
         generator = self._shuffle(site, current_round)
+        if self.privacy.get("mode") == "dp_sgd":
+            dp_round = self._dp_sgd(site, optimizer, generator, history, current_round, total_rounds)
         # Every round of a site takes the same steps, so its loss curve continues across rounds.
         steps_per_round = self.job["local_epochs"] * math.ceil(len(shard.train) / self.job["batch_size"])
         first_step = current_round * steps_per_round
-        train_loss, steps = train_epochs(
-            self.model,
-            self.train_images,
-            self.train_labels,
-            shard.train,
-            epochs=self.job["local_epochs"],
-            batch_size=self.job["batch_size"],
-            lr=self.job["lr"],
-            momentum=self.job["momentum"],
-            generator=generator,
-            on_loss=(lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step)) if self.streams else None,
-            loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
-            optimizer=optimizer,
-            scheduler=scheduler,
-            client=client,
-            # A task the server gave up on (late at a round's close, or timed out) stops within a batch.
-            should_stop=ray.get_runtime_context().is_canceled,
-        )
+        try:
+            train_loss, steps = train_epochs(
+                self.model,
+                self.train_images,
+                self.train_labels,
+                shard.train,
+                epochs=self.job["local_epochs"],
+                batch_size=self.job["batch_size"],
+                lr=self.job["lr"],
+                momentum=self.job["momentum"],
+                generator=generator,
+                on_loss=(lambda step, loss: tracking.stream(site, "train_loss", loss, first_step + step)) if self.streams else None,
+                loss_every=max(1, steps_per_round // LOSS_POINTS_PER_ROUND),
+                optimizer=dp_round.optimizer if dp_round else optimizer,
+                scheduler=scheduler,
+                client=client,
+                # A task the server gave up on (late at a round's close, or timed out) stops within a batch.
+                should_stop=ray.get_runtime_context().is_canceled,
+                forward=dp_round.module if dp_round else None,
+                batches=dp_round.batches if dp_round else None,
+            )
+        finally:
+            if dp_round:
+                dp_round.close()  # Opacus's hooks off the model, which this worker's other sites share
         extra, new_site_state = client.results(self.model)
+        dp_metrics = {}
+        if dp_round:
+            new_site_state = dp_sgd.joined_state(dp_round.history, new_site_state)
+            dp_metrics = {"dp_epsilon": dp_sgd.epsilon(dp_round.history, self.privacy["delta"]),
+                          "dp_noise_multiplier": dp_round.optimizer.noise_multiplier,
+                          "dp_steps": sum(entry[2] for entry in dp_round.history)}
         if new_site_state is not None:
             extra[SITE_STATE] = new_site_state
         # The trained model on the same split: the server keeps each site's best one for cross-site evaluation.
         local = self._score(site)
+        params = get_params(self.model, copy=copy)
+        sent = self._filtered(site, params, global_params, steps, current_round)
+        if sent is not params and self.job["workflows"]["cross_site_validate"]["enabled"]:
+            # What FLARE's learner submits for cross-site evaluation is its own model, not what it sent.
+            extra[LOCAL_MODEL] = params
         return FLModel(
-            params=get_params(self.model, copy=copy),
+            params=sent,
             metrics={
                 "train_loss": train_loss,
                 "val_accuracy": received["accuracy"],  # of the global model this round started from
@@ -192,6 +242,7 @@ class TorchWorker:
                 "local_val_accuracy": local["accuracy"],
                 "local_val_loss": local["loss"],
                 "seconds": time.perf_counter() - started,
+                **dp_metrics,
             },
             meta={NUM_STEPS_CURRENT_ROUND: steps, **extra},
             current_round=current_round,
@@ -207,7 +258,7 @@ class TorchWorker:
         for a site that failed}. The sum is exact enough that any batching gives the same bits."""
 
         if self.job["site"].get("batched_training"):
-            return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors)
+            return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors, message)
         total = CompensatedSum()
         results: dict[str, Any] = {}
         states = site_states or [None] * len(sites)
@@ -219,7 +270,8 @@ class TorchWorker:
                 # Folded before the next site trains: its params can be views of the model, not copies.
                 result = self._local_update(site, global_params, reload, current_round, total_rounds, message, state,
                                             copy=False)
-                results[site] = _summed(total, result.params, factor * result.meta[NUM_STEPS_CURRENT_ROUND]) or result
+                result = self._released(site, result, global_params, message, current_round)
+                results[site] = _summed(total, result.params, self._weight(factor, result.meta[NUM_STEPS_CURRENT_ROUND])) or result
             except TrainingStopped:
                 raise  # the whole batch was given up on
             except Exception as err:  # this site's own failure; the batch's other sites go on
@@ -230,7 +282,8 @@ class TorchWorker:
         return {"sum": total, "results": results}
 
     def _train_sites_at_once(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
-                             total_rounds: int, factors: Sequence[float]) -> dict[str, Any]:
+                             total_rounds: int, factors: Sequence[float],
+                             message: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         """`train_sites` with `site.batched_training`: the sites trained together (fedray/site/batched_training.py),
         each with the shuffle its own `train` would draw; the same weights to float32 rounding, not the
         same bits. FedAvg and plain SGD only (driver.preflight refuses the rest); no streamed curve, and
@@ -248,7 +301,9 @@ class TorchWorker:
         total = CompensatedSum()
         results: dict[str, Any] = {}
         for site, factor, outcome in zip(sites, factors, trained):
-            failure = _summed(total, outcome.params, factor * outcome.steps)
+            sent = self._filtered(site, outcome.params, global_params, outcome.steps, current_round)
+            released = self._released(site, FLModel(params=sent, meta={}), global_params, message, current_round)
+            failure = _summed(total, released.params, self._weight(factor, outcome.steps))
             if failure:
                 results[site] = failure
                 continue
@@ -259,8 +314,39 @@ class TorchWorker:
                 metrics={"train_loss": outcome.train_loss, "val_accuracy": received[site]["accuracy"],
                          "val_loss": received[site]["loss"], "local_val_accuracy": local["accuracy"],
                          "local_val_loss": local["loss"], "seconds": seconds},
-                meta={NUM_STEPS_CURRENT_ROUND: outcome.steps}, current_round=current_round, total_rounds=total_rounds)
+                meta={NUM_STEPS_CURRENT_ROUND: outcome.steps, **released.meta}, current_round=current_round,
+                total_rounds=total_rounds)
         return {"sum": total, "results": results}
+
+    def _dp_sgd(self, site: str, optimizer: Any, generator: torch.Generator, history: list, current_round: int,
+                total_rounds: int) -> Any:
+        """This round's DP-SGD for `site` (fedray/site/dp_sgd.py): Poisson batches drawn from the site's own
+        batch-order generator, noise from a generator seeded by (seed, round, site), the accountant going on
+        from `history`, the noise multiplier calibrated once per shard size when target_epsilon sets it."""
+        from fedray.site import dp_sgd
+
+        records = len(self.shards[site].train)
+        key = (records, total_rounds)
+        if key not in self.noise_multipliers:
+            self.noise_multipliers[key] = dp_sgd.noise_multiplier(self.privacy, records, self.job["batch_size"],
+                                                                  self.job["local_epochs"], total_rounds)
+        noise = torch.Generator(device=self.device)
+        noise.manual_seed(_seed(self.job["seed"], current_round, _site_number(site), DP_NOISE_STREAM))
+        return dp_sgd.SiteDPSGD(self.model, optimizer, sigma=self.noise_multipliers[key], clip=float(self.privacy["clip"]),
+                                records=records, batch_size=self.job["batch_size"], batch_generator=generator,
+                                noise_generator=noise, history=history)
+
+    def _filtered(self, site: str, params: Mapping[str, np.ndarray], global_params: Mapping[str, np.ndarray],
+                  steps: int, current_round: int) -> Mapping[str, np.ndarray]:
+        """A built-in site's trained weights as the server receives them through FLARE's result filters:
+        `params` itself without filters (or for diverged weights, which the server refuses anyway; SVT
+        would never finish on NaN). The filters see a WEIGHT_DIFF, local minus global in float32, as the
+        learners of FLARE's examples send (cifar10's CIFAR10ModelLearner, BraTS's)."""
+        if not self.result_filters or not finite(params):
+            return params
+        diff = {name: np.subtract(value, global_params[name], dtype=np.float32) for name, value in params.items()}
+        return sent_weights(self.result_filters, diff, WEIGHT_DIFF, global_params, steps,
+                            _filter_seed(self.job["seed"], current_round, site))
 
     def _shuffle(self, site: str, current_round: int) -> Any:
         """The generator of `site`'s batch order in `current_round`: the same on any worker, in any batch."""
@@ -326,13 +412,21 @@ class TorchWorker:
         answer = self.app.ask("train", asked)
         tracking.flush()  # the script's SummaryWriter points reach the driver before its result
         params = self._checked_params(answer)
-        if answer.params_type == ParamsType.DIFF:
-            params = {name: (global_params[name] + diff).astype(global_params[name].dtype) for name, diff in params.items()}
         steps = answer.meta.get(NUM_STEPS_CURRENT_ROUND)
         if steps is None:
             print(f"[{self.app.site}] result has no meta['{NUM_STEPS_CURRENT_ROUND}']: aggregated with weight 1",
                   file=sys.stderr)
             steps = 1
+        kind = WEIGHT_DIFF if answer.params_type == ParamsType.DIFF else WEIGHTS
+        if (kind == WEIGHTS and isinstance(self.app, ScriptSite)
+                and self.job["flare"]["params_transfer_type"] == ParamsType.DIFF):
+            # FLARE's Client API sends a FULL answer as its difference when the executor says DIFF.
+            params, kind = {name: value - global_params[name] for name, value in params.items()}, WEIGHT_DIFF
+        if self.result_filters and finite(params):
+            params = sent_weights(self.result_filters, params, kind, global_params, steps,
+                                  _filter_seed(self.job["seed"], current_round, self.app.site))
+        elif kind == WEIGHT_DIFF:
+            params = {name: (global_params[name] + diff).astype(global_params[name].dtype) for name, diff in params.items()}
         metrics = {name: float(value) for name, value in answer.metrics.items() if np.isscalar(value)}
         extra = {}
         for key in self.algorithm.result_keys:
@@ -413,6 +507,11 @@ def _summed(total: CompensatedSum, params: Mapping[str, np.ndarray], weight: flo
         return "non_finite", NON_FINITE
     total.add(params, weight)
     return None
+
+
+def _filter_seed(seed: int, current_round: int, site: str) -> tuple[int, ...]:
+    """The seed of a site's result filters in a round (SVT's noise): what it computes, never when or where."""
+    return (seed, current_round, _site_number(site), FILTER_STREAM)
 
 
 def _site_number(site: str) -> int:

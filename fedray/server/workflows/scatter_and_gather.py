@@ -15,7 +15,10 @@ from ray.actor import ActorHandle
 
 from fedray.aggregation import NON_FINITE, CompensatedSum, Params, finite
 from fedray.algorithms import COUNT, SITE_STATE, Algorithm
-from fedray.fl_model import NUM_STEPS_CURRENT_ROUND
+from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, local_model
+from fedray.privacy import PRIVACY_STATE, UNCLIPPED
+from fedray.privacy.mechanisms import private_names
+from fedray.privacy.server import ServerPrivacy
 from fedray.server.tasks import Outcome, WorkerPool, gather
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,9 @@ def scatter_and_gather(
     algorithm: Algorithm | None = None,
     state: dict | None = None,
     site_states: dict[str, ray.ObjectRef] | None = None,
+    sampling: str = "fixed",
+    privacy: ServerPrivacy | None = None,
+    on_stop: Callable[[str], None] | None = None,
 ) -> Params:
     """Run FedAvg rounds `start_round .. num_rounds-1`.
 
@@ -73,6 +79,10 @@ def scatter_and_gather(
     `best_local_models` is updated in place (ObjectRefs: the models stay in the object store);
     None: no local model is kept (nothing will evaluate them). A task whose worker died runs
     again up to `max_task_retries` times. An update with NaN or Inf is a failed site (`non_finite`).
+    `sampling`: fixed (exactly `clients_per_round` sites) or poisson (each site with p = clients_per_round/N).
+    `privacy` (central or local DP, fedray/privacy/server.py): each site's result has weight 1, the round's
+    models are averaged by it, and `on_round_end` gets its round record as `privacy=`; the rounds stop before
+    one whose release would pass its budget, `on_stop` told why.
     """
     per_round = clients_per_round or len(sites)
     min_clients = min_clients or per_round
@@ -86,8 +96,16 @@ def scatter_and_gather(
     global_ref = ray.put(global_params)
     for current_round in range(start_round, num_rounds):
         started = time.perf_counter()
-        chosen = sample_sites(sites, per_round, seed, current_round)
-        message = algorithm.message(state)
+        budget_spent = privacy.stop_before(current_round) if privacy else None
+        if budget_spent:
+            log.warning("%s", budget_spent)
+            if on_stop is not None:
+                on_stop(budget_spent)
+            break
+        chosen = sample_sites(sites, per_round, seed, current_round, sampling)
+        # Poisson's cohort varies: a round needs at most the sites it drew.
+        needed = min(min_clients, len(chosen))
+        message = {**algorithm.message(state), **(privacy.message() if privacy else {})}
         message_ref = ray.put(message) if message else None  # one copy for every site, as the model
         if sites_per_task > 1:  # a task per batch of sites: a round of many small sites costs a few tasks
             batches = {f"batch-{k + 1}": chosen[start:start + sites_per_task]
@@ -103,7 +121,7 @@ def scatter_and_gather(
         outcomes = gather(
             calls,
             pool,
-            min_results=min_clients,
+            min_results=needed,
             wait_after_min=wait_time_after_min_received,
             timeout=train_timeout * max(1, sites_per_task),  # train_timeout is per site
             max_retries=max_task_retries,
@@ -114,6 +132,7 @@ def scatter_and_gather(
         improved: dict[str, LocalModel] = {}
         updated_site_states: dict[str, ray.ObjectRef] = {}
         extra_sums = {key: CompensatedSum() for key in algorithm.result_keys}
+        unclipped: dict[str, bool] = {}  # under DP: each answering site's update was within the clip norm
         stop: list[str] = []
 
         def arriving_updates() -> Iterator[tuple[Params, float] | CompensatedSum]:
@@ -124,7 +143,7 @@ def scatter_and_gather(
                     if not outcome.ok:
                         failures[outcome.site] = _failure(outcome)
                         log.warning("round %d: %s %s: %s", current_round, outcome.site, outcome.failure, outcome.message)
-                        reason = _must_stop(ignore_result_error, outcome, len(chosen) - len(failures), min_clients)
+                        reason = _must_stop(ignore_result_error, outcome, len(chosen) - len(failures), needed)
                         if reason:
                             stop.append(reason)
                             outcomes.close()  # gives up the tasks still running
@@ -149,9 +168,12 @@ def scatter_and_gather(
                 if best is None or not local_accuracy <= best.accuracy:
                     # A copy owned and stored here, on the driver's node: the task's own result lives on
                     # the site's node, and a lost node must not take a site's best model with it.
-                    kept = ray.put(result)
+                    kept = ray.put(local_model(result))
                     best_local_models[outcome.site] = improved[outcome.site] = LocalModel(local_accuracy, kept)
-            weight = factors.get(outcome.site, 1.0) * steps
+            # Under DP every site's clipped update counts the same (its steps would tell about its data).
+            weight = 1.0 if privacy else factors.get(outcome.site, 1.0) * steps
+            if privacy:
+                unclipped[outcome.site] = result.meta[UNCLIPPED]
             for key, total in extra_sums.items():
                 # each site once, in an order-independent sum
                 total.add(result.meta[key], weight if algorithm.weighs_results else 1.0)
@@ -163,13 +185,17 @@ def scatter_and_gather(
             params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
             return params, weight
 
-        aggregated = _aggregate_any(aggregate, arriving_updates())
+        if privacy:
+            aggregated = privacy.aggregate(arriving_updates(), global_params, private_names(global_params, exclude_vars),
+                                           current_round)
+        else:
+            aggregated = _aggregate_any(aggregate, arriving_updates())
         diverged = [site for site, failure in failures.items() if failure["kind"] == "non_finite"]
         if diverged and not site_metrics:
             raise RoundFailed(f"round {current_round}: training diverged: every update had NaN or Inf weights "
                               f"({', '.join(diverged)}); lower lr")
-        if stop or (len(site_metrics) < min_clients and ignore_result_error is not True):
-            reason = stop[0] if stop else f"{len(site_metrics)} of {len(chosen)} sites returned results, min_clients={min_clients} needed"
+        if stop or (len(site_metrics) < needed and ignore_result_error is not True):
+            reason = stop[0] if stop else f"{len(site_metrics)} of {len(chosen)} sites returned results, min_clients={needed} needed"
             raise RoundFailed(f"round {current_round}: {reason} ({_describe(failures)})")
         if aggregated:  # a round where no site answered (ignore_result_error=true) moves nothing
             sums = {key: total.result(total.total_weight if algorithm.weighs_results else 1.0)
@@ -181,16 +207,23 @@ def scatter_and_gather(
         if not finite(global_params):
             raise RoundFailed(f"round {current_round}: training diverged: the aggregated global model has NaN or Inf; lower lr")
         global_ref = ray.put(global_params)
+        # A round that failed above released nothing and spends nothing; this one released its model.
+        extra = {"privacy": privacy.close_round(current_round, unclipped)} if privacy else {}
+        server_state = {**state, PRIVACY_STATE: privacy.state()} if privacy else state
         on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved,
-                     ray.put(state), updated_site_states)
+                     ray.put(server_state), updated_site_states, **extra)
     return global_params
 
 
-def sample_sites(sites: list[str], count: int, seed: int, current_round: int) -> list[str]:
-    """The sites that train in `current_round`: all of them, or a sample fixed by (seed, round)."""
+def sample_sites(sites: list[str], count: int, seed: int, current_round: int, sampling: str = "fixed") -> list[str]:
+    """The sites that train in `current_round`: all of them, or a sample fixed by (seed, round): exactly
+    `count` without replacement, or (poisson) each site with probability count/len(sites), maybe none."""
     if count >= len(sites):
         return list(sites)
-    picked = np.random.default_rng([seed, current_round]).choice(len(sites), size=count, replace=False)
+    draw = np.random.default_rng([seed, current_round])
+    if sampling == "poisson":
+        return [site for site, joins in zip(sites, draw.random(len(sites)) < count / len(sites)) if joins]
+    picked = draw.choice(len(sites), size=count, replace=False)
     return [sites[i] for i in sorted(picked)]
 
 
