@@ -449,6 +449,9 @@ def _validate_privacy(cfg: DictConfig, require: Callable[[bool, str, str], None]
         import dp_accounting  # noqa: F401  (the ledger's accountants)
     except ImportError:
         raise ConfigError(f"privacy.mode={privacy.mode}: needs dp-accounting, which is not installed; {PRIVACY_EXTRA}") from None
+    # Record-level DP-SGD inside sites (issue 23, item 5) is another change's; until it lands, one line.
+    require(privacy.mode != "dp_sgd", "privacy.mode", "dp_sgd is not in this build yet; use privacy=central or "
+            "privacy=local")
     adaptive = privacy.clip == "adaptive"
     require(adaptive and privacy.mode == "central" or _is_number(privacy.clip) and privacy.clip > 0, "privacy.clip",
             "must be a positive number (an L2 norm; inf: no clipping)" + (", or adaptive" if privacy.mode == "central"

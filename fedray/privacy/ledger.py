@@ -178,6 +178,8 @@ def event_pld(event: RoundEvent) -> Any:
 def warm(accountant: str, event: RoundEvent) -> None:
     """Compute `event`'s RDP or PLD now, so that the first round's accounting is as cheap as the others."""
     _quiet_absl()
+    if event.noise_multiplier == 0:
+        return  # no noise, no finite epsilon: nothing to compute
     if accountant == RDP:
         event_rdp(event)
     elif event.sampling != ALL:
