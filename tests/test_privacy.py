@@ -13,6 +13,7 @@ from fedray.privacy.ledger import (ALL, FIXED, POISSON, PLD, RDP, Ledger, RoundE
 from fedray.privacy.mechanisms import (adaptive_noise_multiplier, clip_update, next_clip, noise_generator, noisy_mean,
                                        private_names, update_norm)
 from fedray.server.workflows import sample_sites
+from fedray.server.workflows.scatter_and_gather import _batches
 
 
 def _model(rng, scale=1.0):
@@ -150,6 +151,9 @@ def test_poisson_sampling_is_seeded_and_draws_about_the_expected_cohort():
     assert sample_sites(sites, 50, 0, 3, "poisson") == sample_sites(sites, 50, 0, 3, "poisson")
     assert 45 < np.mean(sizes) < 55 and len(set(sizes)) > 5  # the cohort's size varies round to round
     assert len(sample_sites(sites, 50, 0, 3)) == 50  # fixed: exactly clients_per_round
+    drawn = [f"site-{k}" for k in range(58)]  # a Poisson round over its expected 50, 25 a task: still 2 tasks
+    assert [len(batch) for batch in _batches(drawn, 25, 50, "poisson")] == [29, 29]
+    assert [len(batch) for batch in _batches(drawn[:7], 3, 50, "fixed")] == [3, 3, 1]
 
 
 @pytest.mark.parametrize("overrides,line", [

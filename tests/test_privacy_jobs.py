@@ -127,3 +127,15 @@ def test_local_dp_keeps_a_ledger_per_site_of_the_rounds_it_took_part_in(job_conf
         assert entry["epsilon"] == Ledger("rdp", 1 / 4).epsilon_after(RoundEvent("all", 1, 1, noise), entry["releases"])
     assert summary["privacy"]["epsilon"] == max(entry["epsilon"] for entry in sites.values())
     assert [r["privacy"]["epsilon"] for r in summary["rounds"]][-1] == summary["privacy"]["epsilon"]
+
+
+def test_a_poisson_round_waits_for_every_site_it_drew_and_the_pld_ledger_counts_it(job_config, tmp_path):
+    summary = run_job(job_config("num_clients=6", "clients_per_round=3", "sampling=poisson", "rounds=3", "local_epochs=1",
+                                 "seed=4", "site.sites_per_task=1", "workflows.cross_site_validate.enabled=false", "privacy=central",
+                                 "privacy.accountant=pld", "privacy.noise_multiplier=1.5", "privacy.clip=0.01"), tmp_path)
+    drawn = [sample_sites(SITES, 3, 4, r, "poisson") for r in range(3)]
+    assert len({len(sites) for sites in drawn}) > 1  # the cohort's size varies with this seed
+    assert [sorted(r["sites"]) for r in summary["rounds"]] == [sorted(sites) for sites in drawn]
+    assert not any(r["failures"] for r in summary["rounds"])  # none abandoned when the expected 3 answered
+    event = round_event(6, 3, "poisson", 1.5)
+    assert summary["privacy"]["epsilon"] == pytest.approx(Ledger("pld", DELTA).epsilon_after(event, 3), rel=1e-12)

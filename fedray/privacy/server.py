@@ -14,7 +14,7 @@ import numpy as np
 
 from fedray.aggregation import CompensatedSum, Params, fedavg, fold
 from fedray.privacy import ADAPTIVE, CENTRAL, CLIP, LOCAL, delta_of
-from fedray.privacy.ledger import ALL, Ledger, RoundEvent, round_event
+from fedray.privacy.ledger import ALL, Ledger, RoundEvent, round_event, warm
 from fedray.privacy.mechanisms import (COUNT_NOISE, UPDATE_NOISE, adaptive_noise_multiplier, next_clip, noise_generator,
                                        noisy_mean)
 
@@ -47,6 +47,15 @@ class ServerPrivacy:
         self.site_releases: dict[str, int] = dict(saved.get("sites", {}))
         self._epsilon_after: list[float] = [0.0]  # local: epsilon after n releases, composed as sites reach n
         self._site_ledger = Ledger(privacy["accountant"], self.ledger.delta)
+
+    @staticmethod
+    def prepare(job: Mapping[str, Any]) -> None:
+        """Compute the run's round event's RDP/PLD (up to a second for fixed-size sampling) ahead of round 1:
+        the controller does it in a thread while the site actors start."""
+        privacy, sampler = job["privacy"], job["workflows"]["scatter_and_gather"]
+        if privacy["mode"] == CENTRAL:
+            warm(privacy["accountant"], round_event(job["num_clients"], sampler["clients_per_round"], sampler["sampling"],
+                                                    privacy["noise_multiplier"]))
 
     def state(self) -> dict[str, Any]:
         return {"clip": self.clip, "ledger": self.ledger.spent, "sites": dict(self.site_releases)}

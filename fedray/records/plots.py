@@ -86,6 +86,8 @@ def privacy_spent(rounds: list[Mapping[str, Any]], path: str | os.PathLike) -> N
         accuracy.plot([r["round"] + 1 for r in scored], [r["global"]["test_accuracy"] for r in scored], marker=".",
                       color="tab:green", label="test accuracy")
         accuracy.set_ylabel("test accuracy")
+        lines = spent.get_lines() + accuracy.get_lines()
+        spent.legend(lines, [line.get_label() for line in lines], loc="upper left")
     clip.plot(x, [r["privacy"]["clip"] for r in private], marker="o")
     clip.set(title="Clip norm used", xlabel="round", ylabel="L2 norm")
     _by_round(figure)

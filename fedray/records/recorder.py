@@ -53,6 +53,8 @@ class RunRecorder:
         }
         if resumed:  # a resumed run goes on from the rounds it had finished
             self.summary.update(rounds=resumed["rounds"], best_round=resumed["best_round"])
+            if resumed.get("privacy"):  # its ledger's totals, until its next round gives the continued ledger's
+                self.summary["privacy"] = {**resumed["privacy"], "stopped": None}
             for entry in self.summary["rounds"]:
                 _note_site_privacy(self.summary, entry["sites"])
         self.tensorboard = TensorBoardWriter(self.run_dir / "tb", per_site=per_site)

@@ -75,6 +75,8 @@ class Controller:
         self.algorithm_state: Any = None
         self.site_states: dict[str, ray.ObjectRef] = {}
         self.privacy: ServerPrivacy | None = None  # central or local DP's server side, while rounds run
+        if update_privacy(job["privacy"]):  # the ledger's one slow step, done while the sites start
+            threading.Thread(target=ServerPrivacy.prepare, args=(job,), daemon=True, name="fedray-privacy").start()
         self.resume = resume
         self.server_app = server_app
         if resume:  # a stopped run's last finished round: see fedray/records/checkpoint.py

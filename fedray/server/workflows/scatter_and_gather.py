@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import re
 import time
 from functools import partial
@@ -85,6 +86,7 @@ def scatter_and_gather(
     one whose release would pass its budget, `on_stop` told why.
     """
     per_round = clients_per_round or len(sites)
+    all_sent = min_clients is None  # FLARE's default: a round waits for every site sent the task
     min_clients = min_clients or per_round
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
@@ -103,13 +105,12 @@ def scatter_and_gather(
                 on_stop(budget_spent)
             break
         chosen = sample_sites(sites, per_round, seed, current_round, sampling)
-        # Poisson's cohort varies: a round needs at most the sites it drew.
-        needed = min(min_clients, len(chosen))
+        # Poisson's cohort varies: a round needs the sites it drew (or min_clients of them, at most all).
+        needed = len(chosen) if all_sent else min(min_clients, len(chosen))
         message = {**algorithm.message(state), **(privacy.message() if privacy else {})}
         message_ref = ray.put(message) if message else None  # one copy for every site, as the model
         if sites_per_task > 1:  # a task per batch of sites: a round of many small sites costs a few tasks
-            batches = {f"batch-{k + 1}": chosen[start:start + sites_per_task]
-                       for k, start in enumerate(range(0, len(chosen), sites_per_task))}
+            batches = {f"batch-{k + 1}": members for k, members in enumerate(_batches(chosen, sites_per_task, per_round, sampling))}
             calls = [(label, partial(_train_batch, members, global_ref, current_round, num_rounds,
                                      [factors.get(site, 1.0) for site in members], message_ref,
                                      [site_states.get(site) for site in members]))
@@ -225,6 +226,15 @@ def sample_sites(sites: list[str], count: int, seed: int, current_round: int, sa
         return [site for site, joins in zip(sites, draw.random(len(sites)) < count / len(sites)) if joins]
     picked = draw.choice(len(sites), size=count, replace=False)
     return [sites[i] for i in sorted(picked)]
+
+
+def _batches(chosen: list[str], sites_per_task: int, per_round: int, sampling: str) -> list[list[str]]:
+    """The round's sites in tasks of `sites_per_task`; a Poisson cohort, whose size varies round to round, in
+    as many tasks as the expected cohort makes (sized evenly), not in one more for the few sites over it."""
+    if sampling == "poisson" and chosen:
+        count = min(len(chosen), math.ceil(per_round / sites_per_task))
+        return [list(part) for part in np.array_split(np.array(chosen, dtype=object), count)]
+    return [chosen[start:start + sites_per_task] for start in range(0, len(chosen), sites_per_task)]
 
 
 def _must_stop(ignore_result_error: Optional[bool], outcome: Outcome, still_possible: int, min_clients: int) -> str:
