@@ -36,6 +36,9 @@ from fedray.server.workflows import (
     sample_sites,
     scatter_and_gather,
 )
+from fedray.system.availability import safe_load, site_traces
+from fedray.system.profiles import build_profiles
+from fedray.system.schedule import SyncClock, clock_runs, samples_per_task
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,25 @@ class Controller:
             sampling=args["sampling"],
             privacy=privacy,
             on_stop=lambda reason: self._emit({"type": "privacy_budget", "message": reason}),
+            clock=self._clock(params, args),
         )
+
+    def _clock(self, params: Params, args: dict[str, Any]) -> SyncClock | None:
+        """The simulated clock (fedray/system/), or None for uniform, always-online sites without round policies.
+        Built from the job alone (profiles from the seed, each site's samples from its shard): never from Ray's
+        timing. A resumed run's clock goes on from its last round's."""
+        if not clock_runs(self.job):
+            return None
+        system, job = self.job["system"], self.job
+        shards = ray.get(self.data[0], timeout=300)  # {site: Shard}: the partition's indices
+        samples = {site: samples_per_task(len(shards[site].train), job["local_epochs"], job["batch_size"])
+                   for site in self.sites}
+        traces = site_traces(safe_load(system["availability"]), self.sites) if system["availability"] else {}
+        model_bytes = sum(np.asarray(value).nbytes for value in params.values()
+                          if np.issubdtype(np.asarray(value).dtype, np.floating))
+        return SyncClock(build_profiles(system, self.sites, job["seed"]), traces, samples, int(model_bytes),
+                         args["round_deadline"], args["over_selection"],
+                         now=self.resume.get("sim_time", 0.0) if self.resume else 0.0)
 
     def _sites_per_task(self) -> int:
         """Batch a round's sites when a pool serves many small ones: a Ray task, a result in the object
@@ -257,7 +278,7 @@ class Controller:
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
                    improved: dict[str, LocalModel], state_ref: ray.ObjectRef, site_states: dict[str, ray.ObjectRef],
-                   privacy: dict[str, Any] | None = None) -> None:
+                   privacy: dict[str, Any] | None = None, sim_seconds: float = 0.0, sim_time: float = 0.0) -> None:
         started = time.perf_counter()
         num_rounds = self.job["workflows"]["scatter_and_gather"]["num_rounds"]
         metrics: dict[str, float] = {}
@@ -282,6 +303,8 @@ class Controller:
             "seconds": seconds + evaluation_seconds,
             "train_seconds": seconds,
             "evaluation_seconds": evaluation_seconds,
+            "sim_seconds": sim_seconds,  # the round on the simulated clock (fedray/system/), and the clock after it
+            "sim_time": sim_time,
             "is_best": is_best,
             "best_val_accuracy": self.best_val_accuracy,
             "params": params_ref,

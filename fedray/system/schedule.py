@@ -70,3 +70,42 @@ def plan_round(chosen: Sequence[str], target: int, profiles: Mapping[str, SitePr
 def over_selected_count(target: int, over_selection: float, available: int) -> int:
     """Sites sent the task: ceil(over_selection x target), at most those available."""
     return min(available, math.ceil(over_selection * target - 1e-9))
+
+
+@dataclass
+class SyncClock:
+    """The controller's clock for synchronous rounds: the sites' profiles and availability, what a task moves
+    and computes, the round policies, and the simulated time now (a resumed run's: where it stopped)."""
+
+    profiles: Mapping[str, SiteProfile]
+    traces: Mapping[str, Mapping]  # by site; empty: always online
+    samples: Mapping[str, int]  # a site's training samples per task: local steps x batch size
+    model_bytes: int
+    deadline: Optional[float] = None
+    over_selection: float = 1.0
+    now: float = 0.0
+
+    def online(self, sites: Sequence[str]) -> list[str]:
+        """The sites online at the round's start (the ones sampling may pick)."""
+        if not self.traces:
+            return list(sites)
+        from fedray.system.availability import available
+
+        return [site for site in sites if available(self.traces, site, self.now)]
+
+    def plan(self, chosen: Sequence[str], target: int, seed: int, current_round: int) -> RoundPlan:
+        return plan_round(chosen, target, self.profiles, self.traces, self.now, self.model_bytes, self.samples,
+                          self.deadline, seed, current_round)
+
+
+def clock_runs(job: Mapping) -> bool:
+    """Whether a job's rounds run on the simulated clock: anything but uniform profiles, always online, no
+    deadline and no over-selection (which keeps fedray's code path of before `system=`, and its bits)."""
+    system, sag = job["system"], job["workflows"]["scatter_and_gather"]
+    return (system["name"] != "uniform" or system["availability"] is not None or sag["round_deadline"] is not None
+            or sag["over_selection"] > 1)
+
+
+def samples_per_task(train_size: int, local_epochs: int, batch_size: int) -> int:
+    """A site's samples per task on the clock: its local steps (every epoch's batches) x the batch size."""
+    return local_epochs * math.ceil(train_size / batch_size) * batch_size
