@@ -12,7 +12,7 @@ from fedray.system import DROPPED, LATE, OVER_SELECTED, traces
 from fedray.system.availability import UnsafePickle, active_until, available, safe_load, site_traces
 from fedray.system.clock import dropped, task_seconds
 from fedray.system.profiles import ZERO_COST, SiteProfile, build_profiles
-from fedray.system.schedule import over_selected_count, plan_round
+from fedray.system.schedule import SyncClock, clock_runs, over_selected_count, plan_round, samples_per_task
 
 LOGNORMAL = {"name": "lognormal", "seconds_per_sample": 0.005, "compute_spread": 0.6, "download_bytes_per_s": 2.5e6,
              "upload_bytes_per_s": 1e6, "bandwidth_spread": 0.8, "latency_s": 0.05, "latency_spread": 0.5,
@@ -88,7 +88,7 @@ def test_a_hostile_pickle_is_refused_in_one_line_and_runs_nothing(tmp_path):
         safe_load(hostile)
     assert "names io.open" in str(caught.value) and "\n" not in str(caught.value)
     assert not target.exists()
-    with pytest.raises(ConfigError, match="availability.pkl: names io.open"):
+    with pytest.raises(ConfigError, match=r"^system.availability=.*availability.pkl: names io.open: only built-in containers"):
         compose(["data=synthetic", f"system.availability={hostile}"])
     assert not os.path.exists(target)
 
@@ -142,3 +142,20 @@ def test_traces_that_cannot_serve_the_run_are_one_line(tmp_path):
     cfg = compose(["data=synthetic", "num_clients=3", "system=trace", f"system.device_capacity={capacity}",
                    f"system.availability={availability}"])
     assert cfg.system.name == "trace"
+
+
+def test_only_uniform_always_online_sites_without_policies_skip_the_clock():
+    cfg = compose(["data=synthetic"])
+    assert not clock_runs(cfg)  # the default: the workflow's code path of before system=, and its bits
+    for extra in (["system=lognormal"], ["workflows.scatter_and_gather.round_deadline=5"],
+                  ["clients_per_round=4", "workflows.scatter_and_gather.over_selection=1.5"]):
+        assert clock_runs(compose(["data=synthetic", *extra])), extra
+
+
+def test_a_sync_clock_samples_among_the_online_and_counts_every_epoch_batch():
+    offline_first = {"site-1": {"active": [10.0], "inactive": [20.0], "finish_time": 100.0}}
+    clock = SyncClock(dict.fromkeys(site_names(3), ZERO_COST), offline_first, dict.fromkeys(site_names(3), 0), 0)
+    assert clock.online(site_names(3)) == ["site-2", "site-3"]
+    clock.now = 115.0  # the trace repeats every 100 s
+    assert clock.online(site_names(3)) == site_names(3)
+    assert samples_per_task(train_size=100, local_epochs=2, batch_size=32) == 2 * 4 * 32  # a short last batch is a step

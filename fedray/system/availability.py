@@ -35,15 +35,16 @@ class _ContainersOnly(pickle.Unpickler):
                            "carry code); write the trace with plain dicts, lists and floats")
 
 
-def safe_load(path: str | Path) -> Any:
-    """The pickle at `path`, made of dicts, lists, tuples, sets, str and numbers only; UnsafePickle otherwise."""
+def safe_load(path: str | Path, key: str = "system.availability") -> Any:
+    """The pickle at `path` (the config's `key`), made of dicts, lists, tuples, sets, str and numbers only;
+    UnsafePickle otherwise, one line naming the key."""
     data = Path(path).read_bytes()
     try:
         return _ContainersOnly(io.BytesIO(data)).load()
     except UnsafePickle as err:
-        raise UnsafePickle(f"{path}: {err}") from None
+        raise UnsafePickle(f"{key}={path}: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable pickle ({err})") from None
+        raise ValueError(f"{key}={path}: not a readable pickle ({err})") from None
 
 
 def site_traces(raw: Mapping[Any, Any], sites: Sequence[str]) -> dict[str, dict]:

@@ -47,7 +47,7 @@ def build_profiles(system: Mapping[str, Any], sites: Sequence[str], seed: int) -
     if name == LOGNORMAL:
         return {site: lognormal_profile(system, seed, index) for index, site in enumerate(sites)}
     if name == TRACE:
-        capacity = ordered_entries(load_pickle(system["device_capacity"]), len(sites), "system.device_capacity")
+        capacity = ordered_entries(load_pickle(system["device_capacity"], "system.device_capacity"), len(sites), "system.device_capacity")
         return {site: capacity_profile(entry, system["dropout"]) for site, entry in zip(sites, capacity)}
     raise ValueError(f"system.name={name}: must be one of {UNIFORM}, {LOGNORMAL}, {TRACE}")
 
@@ -88,8 +88,8 @@ def ordered_entries(trace: Mapping[Any, Any], count: int, key: str) -> list[Any]
     return list(trace.values())[:count]
 
 
-def load_pickle(path: str | Path) -> Any:
-    """A FedScale trace file, read without running code (fedray/system/availability.py's unpickler)."""
+def load_pickle(path: str | Path, key: str) -> Any:
+    """A FedScale trace file (the config's `key`), read without running code (availability.py's unpickler)."""
     from fedray.system.availability import safe_load
 
-    return safe_load(path)
+    return safe_load(path, key)
