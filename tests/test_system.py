@@ -9,7 +9,7 @@ import pytest
 
 from fedray.config import ConfigError, compose, site_names
 from fedray.system import DROPPED, LATE, OVER_SELECTED, traces
-from fedray.system.availability import UnsafePickle, active_until, available, safe_load, site_traces
+from fedray.system.availability import UnsafePickle, active_until, available, next_online, safe_load, site_traces
 from fedray.system.clock import dropped, task_seconds
 from fedray.system.profiles import ZERO_COST, SiteProfile, build_profiles
 from fedray.system.schedule import SyncClock, clock_runs, over_selected_count, plan_round, samples_per_task
@@ -159,3 +159,14 @@ def test_a_sync_clock_samples_among_the_online_and_counts_every_epoch_batch():
     clock.now = 115.0  # the trace repeats every 100 s
     assert clock.online(site_names(3)) == site_names(3)
     assert samples_per_task(train_size=100, local_epochs=2, batch_size=32) == 2 * 4 * 32  # a short last batch is a step
+
+
+def test_with_nobody_online_the_round_waits_for_the_first_site_to_come_online():
+    traces_ = {"site-1": {"active": [30.0, 70.0], "inactive": [40.0, 80.0], "finish_time": 100.0},
+               "site-2": {"active": [50.0], "inactive": [60.0], "finish_time": 100.0}}
+    assert next_online(traces_, "site-1", 45.0) == 70.0 and next_online(traces_, "site-1", 85.0) == 130.0
+    assert next_online(traces_, "site-1", 35.0) == 35.0
+    clock = SyncClock(dict.fromkeys(site_names(2), ZERO_COST), traces_, dict.fromkeys(site_names(2), 0), 0, now=42.0)
+    assert clock.wait_for_online(site_names(2)) == pytest.approx(8.0)  # site-2 at 50
+    assert clock.now == 50.0 and clock.online(site_names(2)) == ["site-2"]
+    assert clock.wait_for_online(site_names(2)) == 0.0

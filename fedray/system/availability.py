@@ -92,6 +92,21 @@ def active_until(traces: Mapping[str, Mapping], site: str, t: float) -> float:
     return t + (trace["inactive"][index] - norm)
 
 
+def next_online(traces: Mapping[str, Mapping], site: str, t: float) -> float:
+    """The first time from `t` on when `site` is online (`t` if it is; inf if it never is)."""
+    trace = traces.get(site)
+    if trace is None or _interval(trace, t) is not None:
+        return t
+    if not trace["active"]:
+        return math.inf
+    period = trace["finish_time"]
+    norm = t % period if period > 0 else t
+    later = [start for start in trace["active"] if start > norm]
+    if later:
+        return t + later[0] - norm
+    return t + period - norm + trace["active"][0] if period > 0 else math.inf
+
+
 def ever_available(traces: Mapping[str, Mapping]) -> bool:
     """Whether any site is online at some time (a trace of empty intervals lists leaves none)."""
     return any(trace["active"] for trace in traces.values())

@@ -93,6 +93,19 @@ class SyncClock:
 
         return [site for site in sites if available(self.traces, site, self.now)]
 
+    def wait_for_online(self, sites: Sequence[str]) -> float:
+        """With no site online at the round's start, the server waits for the first to come online: the
+        clock moves there; the seconds waited (0 when some site is online)."""
+        if not self.traces or self.online(sites):
+            return 0.0
+        from fedray.system.availability import next_online
+
+        waited = min(next_online(self.traces, site, self.now) for site in sites) - self.now
+        if not math.isfinite(waited):
+            raise ValueError("no site is ever online again in system.availability's trace")
+        self.now += waited
+        return waited
+
     def plan(self, chosen: Sequence[str], target: int, seed: int, current_round: int) -> RoundPlan:
         return plan_round(chosen, target, self.profiles, self.traces, self.now, self.model_bytes, self.samples,
                           self.deadline, seed, current_round)

@@ -115,6 +115,7 @@ def scatter_and_gather(
             chosen = sample_sites(sites, per_round, seed, current_round, sampling)
             target, training, spared = len(chosen), chosen, {}
         else:
+            waited = clock.wait_for_online(sites)  # the clock moves to the first site online, if none is
             online = clock.online(sites)
             target = min(per_round, len(online))
             chosen = sample_sites(online, over_selected_count(target, clock.over_selection, len(online)), seed,
@@ -235,7 +236,7 @@ def scatter_and_gather(
         server_state = {**state, PRIVACY_STATE: privacy.state()} if privacy else state
         if clock is not None:
             clock.now += plan.seconds
-            extra.update(sim_seconds=plan.seconds, sim_time=clock.now)
+            extra.update(sim_seconds=waited + plan.seconds, sim_time=clock.now)
         on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved,
                      ray.put(server_state), updated_site_states, **extra)
     return global_params
