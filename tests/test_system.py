@@ -124,6 +124,8 @@ def test_a_hand_computed_round():
     (["system=lognormal", "workflows.scatter_and_gather.round_deadline=0.01", "min_clients=2"],
      "round_deadline=0.01: only 0 sites can finish"),
     (["system=nope"], "system=nope: no such option in conf/system/"),
+    (["clients_per_round=2", "workflows.scatter_and_gather.over_selection=1.5", "privacy=central"],
+     "over_selection=1.5: must be 1 / null with privacy=central: the privacy ledger assumes"),
 ])
 def test_bad_system_input_is_one_line_naming_the_key(overrides, key):
     with pytest.raises(ConfigError) as caught:
