@@ -87,7 +87,7 @@ def test_the_records_show_the_hand_computed_schedule(scheduled):
     stamps = [point.wall_time for point in events.Scalars("test_accuracy")]
     assert stamps == pytest.approx([entry["sim_time"] for entry in lines])
     text = report(run_dir)
-    assert "sim_hours" in text and f"{clock / 3600:.3f}" in text and "never trained: " in text
+    assert "system=trace" in text and "sim_hours" in text and f"{clock / 3600:.3f}" in text and "never trained: " in text
 
 
 class _StopAfterFirstRound:
