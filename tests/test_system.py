@@ -12,7 +12,7 @@ from fedray.system import DROPPED, LATE, OVER_SELECTED, traces
 from fedray.system.availability import UnsafePickle, active_until, available, next_online, safe_load, site_traces
 from fedray.system.clock import dropped, task_seconds
 from fedray.system.profiles import ZERO_COST, SiteProfile, build_profiles
-from fedray.system.schedule import SyncClock, clock_runs, over_selected_count, plan_round, samples_per_task
+from fedray.system.schedule import Planned, SyncClock, clock_runs, over_selected_count, plan_round, samples_per_task
 
 LOGNORMAL = {"name": "lognormal", "seconds_per_sample": 0.005, "compute_spread": 0.6, "download_bytes_per_s": 2.5e6,
              "upload_bytes_per_s": 1e6, "bandwidth_spread": 0.8, "latency_s": 0.05, "latency_spread": 0.5,
@@ -110,8 +110,19 @@ def test_a_hand_computed_round():
     # site-3 goes offline 4 s into the round: dropped, and site-2 counts in its place.
     offline = {"site-3": {"active": [0.0], "inactive": [104.0], "finish_time": 1000.0}}
     plan = plan_round(list(speeds), 3, profiles, offline, 100.0, 10**6, samples, 10.0, 0, 0)
-    assert plan.spared["site-3"].kind == DROPPED and plan.counted == ["site-1", "site-2", "site-5"]
+    assert plan.spared["site-3"].kind == DROPPED and plan.spared["site-3"].offline_at == 104.0
+    assert plan.counted == ["site-1", "site-2", "site-5"]
     assert plan.seconds == pytest.approx(7.5)
+    # A dropout draw is the seeded clock.dropped's, round by round, and the next fastest site counts in its place.
+    flaky = {**profiles, "site-1": SiteProfile(0.01, 1e6, 1e6, 0.5, dropout=0.5)}
+    outcomes = []
+    for r in range(8):
+        plan = plan_round(list(speeds), 3, flaky, {}, 0.0, 10**6, samples, 10.0, seed=5, current_round=r)
+        lost = dropped(flaky["site-1"], 5, r, "site-1")
+        outcomes.append(lost)
+        assert plan.counted == (["site-2", "site-3", "site-5"] if lost else ["site-1", "site-3", "site-5"])
+        assert (plan.spared.get("site-1") or Planned("", 0)).kind == (DROPPED if lost else None)
+    assert True in outcomes and False in outcomes
     assert over_selected_count(10, 1.3, 100) == 13 and over_selected_count(10, 1.3, 11) == 11
     assert over_selected_count(3, 1.0, 100) == 3
 

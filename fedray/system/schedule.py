@@ -26,6 +26,7 @@ class Planned:
     site: str
     seconds: float  # its task's simulated duration
     kind: Optional[str] = None  # None: it trains and counts; else dropped, late or over_selected
+    offline_at: Optional[float] = None  # dropped by its availability trace: when it goes offline
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,10 @@ def plan_round(chosen: Sequence[str], target: int, profiles: Mapping[str, SitePr
     candidates: list[tuple[float, int, str]] = []
     for order, site in enumerate(chosen):
         seconds = task_seconds(profiles[site], model_bytes, samples[site])
-        if dropped(profiles[site], seed, current_round, site) or start + seconds > active_until(traces, site, start):
+        offline_at = active_until(traces, site, start)
+        if start + seconds > offline_at:
+            planned[site] = Planned(site, seconds, DROPPED, offline_at)
+        elif dropped(profiles[site], seed, current_round, site):
             planned[site] = Planned(site, seconds, DROPPED)
         elif deadline is not None and seconds > deadline:
             planned[site] = Planned(site, seconds, LATE)

@@ -334,8 +334,11 @@ def _spared(spared: dict[str, Planned], clock: SyncClock | None) -> dict[str, di
     """The sites the clock left out, as failures of their kind (they never trained: no real seconds)."""
     failures = {}
     for site, planned in spared.items():
-        if planned.kind == DROPPED:
-            message = "dropped out (its dropout draw, or offline before it would finish)"
+        if planned.kind == DROPPED and planned.offline_at is not None:
+            message = (f"dropped out: offline at {planned.offline_at:.6g} simulated s, before it would finish at "
+                       f"{clock.now + planned.seconds:.6g}")
+        elif planned.kind == DROPPED:
+            message = "dropped out (its seeded dropout draw, system.dropout)"
         elif planned.kind == LATE:
             message = f"would finish after {planned.seconds:.4g} simulated s, past round_deadline={clock.deadline:g}"
         else:
