@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -22,7 +22,7 @@ from ray.actor import ActorHandle
 
 from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
-from fedray.config import runs_own_code
+from fedray.config import fedbuff_concurrency, runs_own_code
 from fedray.fl_model import Point
 from fedray.privacy import PRIVACY_STATE, update_privacy
 from fedray.privacy.server import ServerPrivacy
@@ -32,6 +32,7 @@ from fedray.server.workflows import (
     SERVER_MODELS,
     LocalModel,
     cross_site_model_eval,
+    fedbuff,
     initialize_global_weights,
     sample_sites,
     scatter_and_gather,
@@ -169,6 +170,8 @@ class Controller:
         # DP's own server state (clip norm, ledgers) rides in the algorithm's, which the checkpoint keeps.
         privacy_saved = state.pop(PRIVACY_STATE, None) if state is not None else None
         self.privacy = privacy = ServerPrivacy(self.job, privacy_saved) if update_privacy(self.job["privacy"]) else None
+        if args["mode"] == "fedbuff":
+            return self._fedbuff(params, args, state)
         return scatter_and_gather(
             self.sites,
             self.pool,
@@ -198,7 +201,27 @@ class Controller:
             on_stop=lambda reason: self._emit({"type": "privacy_budget", "message": reason}),
         )
 
-    def _sites_per_task(self) -> int:
+    def _fedbuff(self, params: Params, args: dict[str, Any], state: dict | None) -> Params:
+        """mode=fedbuff (fedray/server/workflows/fedbuff.py): the aggregations of its schedule on the simulated clock."""
+        concurrency = fedbuff_concurrency(self.job)
+        return fedbuff(
+            self.sites, self.pool, params,
+            on_round_end=self._round_end, on_site_done=self._site_done, num_rounds=args["num_rounds"],
+            concurrency=concurrency, buffer_size=args["buffer_size"] or concurrency, duration=self._task_seconds(),
+            staleness=args["staleness"], staleness_a=args["staleness_a"], staleness_b=args["staleness_b"],
+            server_lr=args["server_lr"], start_round=self.resume["next_round"] if self.resume else args["start_round"],
+            seed=self.job["seed"], train_timeout=args["train_timeout"], aggregation_weights=args["aggregation_weights"],
+            exclude_vars=args["exclude_vars"], ignore_result_error=args["ignore_result_error"],
+            max_task_retries=self.max_task_retries, sites_per_task=self._sites_per_task(args["buffer_size"] or concurrency),
+            best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
+            algorithm=algorithms.build(self.job.get("algorithm")), state=state,
+        )
+
+    def _task_seconds(self) -> Callable[[str], float]:
+        """A site task's simulated seconds: zero for every site until site profiles say otherwise."""
+        return lambda site: 0.0
+
+    def _sites_per_task(self, per_round: int | None = None) -> int:
         """Batch a round's sites when a pool serves many small ones: a Ray task, a result in the object
         store and a fold per site cost more than training 5 steps. One batch per worker and round: a
         second batch made each worker wait a round trip to the controller in the middle of every round
@@ -210,7 +233,7 @@ class Controller:
         if (self.pool.home or self.job["workflows"]["cross_site_validate"]["enabled"]
                 or self.job["aggregator"]["_target_"] != "fedray.aggregation.fedavg"):
             return 1
-        return max(1, math.ceil(self.sites_per_round / len(self.pool.workers)))
+        return max(1, math.ceil((per_round or self.sites_per_round) / len(self.pool.workers)))
 
     def _cross_site_validate(self, params: Params | None, args: dict[str, Any]) -> Params | None:
         if self.global_ref is None:  # no FedAvg round ran: the server's model is the initial one
