@@ -131,6 +131,25 @@ class PrivacyConfig:
 
 
 @dataclass
+class SystemConfig:
+    """The sites' speeds, links and availability on a simulated clock (conf/system/, README "Time and
+    heterogeneity"; fedray/system/). uniform: no simulated time passes, as before."""
+
+    name: str = "uniform"  # uniform | lognormal | trace
+    # lognormal: each site's value is median x exp(spread x z), z drawn once per site from (seed, site index)
+    seconds_per_sample: float = 0.005  # a training sample's compute (FedScale's mean_seconds_per_sample)
+    compute_spread: float = 0.6  # FedScale's tail_skew
+    download_bytes_per_s: float = 2.5e6
+    upload_bytes_per_s: float = 1.0e6
+    bandwidth_spread: float = 0.8
+    latency_s: float = 0.05
+    latency_spread: float = 0.5
+    dropout: float = 0.0  # lognormal, trace: the probability that a task is lost, drawn per (seed, round, site)
+    device_capacity: Optional[str] = None  # trace: FedScale's pickle {client: {computation: ms/sample, communication: kbit/s}}
+    availability: Optional[str] = None  # FedScale's pickle {client: {active, inactive, finish_time}}; null: always online
+
+
+@dataclass
 class PreTrainConfig:
     enabled: bool = True
     task_name: str = "get_weights"
@@ -160,6 +179,8 @@ class ScatterAndGatherConfig:
     staleness_a: float = 0.5
     staleness_b: float = 4.0
     server_lr: float = 1.0  # fedbuff: the step along the buffer's staleness-weighted mean update
+    round_deadline: Optional[float] = None  # simulated seconds; a site that would finish later is late (never trains)
+    over_selection: float = 1.0  # sample ceil(f x clients_per_round) sites, aggregate the first clients_per_round to finish
 
 
 @dataclass
@@ -206,6 +227,7 @@ class JobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # conf/privacy/: none, central, local (dp_sgd)
+    system: SystemConfig = field(default_factory=SystemConfig)  # conf/system/: uniform, lognormal, trace
     flare: FlareConfig = field(default_factory=FlareConfig)
     workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
 
@@ -221,6 +243,7 @@ _CHOICES = {
     "workflows.scatter_and_gather.staleness": ("constant", "polynomial", "hinge"),
     "privacy.mode": ("none", "central", "local", "dp_sgd"),
     "privacy.accountant": ("rdp", "pld"),
+    "system.name": ("uniform", "lognormal", "trace"),
     "flare.params_transfer_type": ("FULL", "DIFF"),
 }
 
@@ -437,6 +460,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_algorithm(cfg, require)
     _validate_privacy(cfg, require)
     _validate_fedbuff(cfg, require)
+    _validate_system(cfg, require)
 
 
 def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
@@ -461,6 +485,11 @@ def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]
             "fedbuff does not run with differential privacy yet (its accounting is per synchronous round); privacy=none")
     require(sag.min_clients is None, key + "min_clients",
             "must be null with mode=fedbuff (a buffer aggregates buffer_size arrivals)")
+    require(sag.round_deadline is None, key + "round_deadline", "must be null with mode=fedbuff (it has no rounds to end)")
+    require(sag.over_selection == 1, key + "over_selection", "must be 1 with mode=fedbuff (it aggregates every arrival)")
+    require(cfg.system.availability is None, "system.availability",
+            "not yet with mode=fedbuff (its schedule assumes sites always online); null, or mode=sync")
+    require(cfg.system.dropout == 0, "system.dropout", "not yet with mode=fedbuff; 0, or mode=sync")
 
 
 def fedbuff_concurrency(cfg: Any) -> int:
@@ -484,6 +513,64 @@ def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], Non
     if algorithm._target_.endswith("Scaffold"):
         require(cfg.workflows.scatter_and_gather.exclude_vars is None, "workflows.scatter_and_gather.exclude_vars",
                 "must be null with algorithm=scaffold (every variable has a control variate)")
+
+
+def _validate_system(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """The system group and the clock's round policies (conf/system/, README "Time and heterogeneity")."""
+    from fedray.system.profiles import build_profiles
+
+    system, sag = cfg.system, cfg.workflows.scatter_and_gather
+    per_round = sag.clients_per_round or cfg.num_clients
+    require(sag.over_selection >= 1, "workflows.scatter_and_gather.over_selection",
+            "must be >= 1: ceil(over_selection x clients_per_round) sites are sampled, the first clients_per_round "
+            "to finish count (1: no over-selection; FedScale's default is 1.3)")
+    if sag.over_selection > 1:
+        require(per_round < cfg.num_clients and sag.sampling == "fixed", "workflows.scatter_and_gather.over_selection",
+                "needs sampling=fixed and clients_per_round below num_clients (it samples more than clients_per_round)")
+    if sag.round_deadline is not None:
+        require(sag.round_deadline > 0, "workflows.scatter_and_gather.round_deadline",
+                "must be positive simulated seconds (or null: no deadline)")
+    if system.name == "lognormal":
+        for key in ("download_bytes_per_s", "upload_bytes_per_s"):
+            require(system[key] > 0, f"system.{key}", "must be positive (a median bandwidth)")
+        for key in ("seconds_per_sample", "latency_s", "compute_spread", "bandwidth_spread", "latency_spread"):
+            require(system[key] >= 0, f"system.{key}", "must be >= 0")
+    require(0 <= system.dropout < 1, "system.dropout", "must be in [0, 1): the probability that a task is lost")
+    if system.name == "trace":
+        require(system.device_capacity is not None, "system.device_capacity",
+                "must name FedScale's device_capacity pickle with system=trace (python -m fedray.system.traces DIR "
+                "writes one)")
+    for key in ("device_capacity", "availability"):
+        path = system[key]
+        if path is not None and (key == "availability" or system.name == "trace"):
+            require(Path(path).is_file(), f"system.{key}", "no such file")
+    try:
+        profiles = build_profiles(system, site_names(cfg.num_clients), cfg.seed)
+        traces = _availability(system.availability, cfg.num_clients)
+    except ValueError as err:  # the trace's own line (unsafe pickle, too few clients, a bad entry)
+        raise ConfigError(str(err)) from None
+    if traces is not None:
+        from fedray.system.availability import ever_available
+
+        require(ever_available(traces), "system.availability", "no site is ever online in this trace; give one where "
+                "sites have active intervals")
+    if sag.round_deadline is not None:
+        # The least a task can take: one batch per local epoch, a model of no bytes. Fewer sites than
+        # min_clients within the deadline even so: every round would fail.
+        needed = sag.min_clients or per_round
+        least = cfg.local_epochs * cfg.batch_size
+        within = sum(p.seconds_per_sample * least + p.latency_s <= sag.round_deadline for p in profiles.values())
+        require(within >= needed, "workflows.scatter_and_gather.round_deadline",
+                f"only {within} sites can finish even one batch per epoch within it, min_clients={needed} needed; "
+                "raise the deadline or lower min_clients")
+
+
+def _availability(path: Optional[str], num_clients: int) -> Optional[dict]:
+    if path is None:
+        return None
+    from fedray.system.availability import safe_load, site_traces
+
+    return site_traces(safe_load(path), site_names(num_clients))
 
 
 def _validate_privacy(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

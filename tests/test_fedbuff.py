@@ -88,6 +88,7 @@ def test_staleness_weights_are_the_formulas():
     (["workflows.scatter_and_gather.server_lr=0"], "server_lr=0.0: must be positive"),
     (["algorithm=scaffold"], "fedbuff does not run SCAFFOLD"),
     (["workflows.scatter_and_gather.staleness=linear"], "staleness=linear: must be one of constant, polynomial, hinge"),
+    (["workflows.scatter_and_gather.over_selection=1.3"], "over_selection=1.3: must be 1 with mode=fedbuff"),
 ])
 def test_bad_fedbuff_input_is_one_line_before_ray(overrides, line):
     with pytest.raises(ConfigError) as err:
@@ -97,7 +98,7 @@ def test_bad_fedbuff_input_is_one_line_before_ray(overrides, line):
 
 # --- runs on real Ray: the bits depend on the schedule alone ---
 
-FEDBUFF = ("num_clients=5", "rounds=4", "local_epochs=1", "workflows.cross_site_validate.enabled=false",
+FEDBUFF = ("system=lognormal", "num_clients=5", "rounds=4", "local_epochs=1", "workflows.cross_site_validate.enabled=false",
            "workflows.scatter_and_gather.mode=fedbuff", "workflows.scatter_and_gather.concurrency=3",
            "workflows.scatter_and_gather.buffer_size=2", "workflows.scatter_and_gather.staleness=polynomial",
            "workflows.scatter_and_gather.server_lr=0.9")
@@ -130,6 +131,10 @@ def test_a_fedbuff_run_records_each_aggregation_as_a_round(reference):
     stale = [site["staleness"] for r in summary["rounds"] for site in r["sites"].values()]
     assert all(len(r["sites"]) == 2 for r in summary["rounds"]) and max(stale) >= 1
     assert summary["rounds"][-1]["global"]["test_loss"] < summary["rounds"][0]["global"]["test_loss"]
+    # On the clock: each aggregation when its buffer filled; each arrival's own task time, from its profile.
+    times = [r["sim_time"] for r in summary["rounds"]]
+    assert times == sorted(times) and times[0] > 0 and summary["sim_seconds"] == times[-1]
+    assert all(site["sim_seconds"] <= r["sim_time"] for r in summary["rounds"] for site in r["sites"].values())
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from fedray.config import (ConfigError, per_site_curves, runs_own_code, server_c
                            with_new_keys)
 from fedray.data.cifar10 import DataError, ensure_dataset, load_dataset
 from fedray.data.partition import Shard, partition
+from fedray.system.schedule import clock_runs
 from fedray.data.synthetic import Dataset
 from fedray.driver.cluster import ray_for
 from fedray.driver.preflight import check_code, check_dp_sgd_budget
@@ -95,7 +96,7 @@ def run_job(
             log.warning("%s", saved["warning"])
         log.info("resuming %s at round %d with its own config", run_dir, saved["next_round"] + 1)
     recorder = RunRecorder(Path(run_dir).resolve(), resumed=saved["summary"] if saved else None,
-                           per_site=per_site_curves(cfg))
+                           per_site=per_site_curves(cfg), simulated=clock_runs(cfg))
     timings: dict[str, float] = {}
     progress = Progress() if on_event is None else None
     failed = False
@@ -423,6 +424,8 @@ def _resume_state(saved: dict[str, Any] | None) -> dict[str, Any] | None:
                        for site, (accuracy, params) in saved["best_local"].items()},
         "algorithm_state": None if saved["algorithm_state"] is None else ray.put(saved["algorithm_state"]),
         "site_states": {site: ray.put(state) for site, state in saved["site_states"].items()},
+        # The simulated clock after the last finished round (0: a run without one, or of before it).
+        "sim_time": saved["summary"]["rounds"][-1].get("sim_time", 0.0) if saved["summary"]["rounds"] else 0.0,
     }
 
 

@@ -64,6 +64,8 @@ class Progress:
             metrics["val_accuracy"], metrics["test_accuracy"], metrics["test_loss"]) if metrics else "not evaluated (eval_every)")
         privacy = event.get("privacy")
         spent = f"  epsilon {privacy['epsilon']:.3g} (delta {privacy['delta']:.2g})" if privacy else ""
+        if event.get("sim_time"):  # the simulated clock (fedray/system/) after this round
+            spent += f"  sim {event['sim_time'] / 3600:.3f} h"
         self._log(
             logging.INFO,
             "round %d/%d  %s  sites %d/%d  %.1f s%s",

@@ -35,6 +35,8 @@ def draw_run(summary: Mapping[str, Any], folder: str | os.PathLike) -> list[Path
             draw_safely(global_metrics, rounds, path=folder / "global_metrics.png"),
             draw_safely(site_train_loss, rounds, sites, path=folder / "site_train_loss.png"),
         ]
+        if any(r.get("sim_time") for r in rounds):  # the run had a simulated clock (fedray/system/)
+            drawn.append(draw_safely(accuracy_in_time, rounds, path=folder / "accuracy_sim_time.png"))
         if any("privacy" in r for r in rounds):
             drawn.append(draw_safely(privacy_spent, rounds, path=folder / "privacy.png"))
     if cross_site:
@@ -68,6 +70,21 @@ def global_metrics(rounds: list[Mapping[str, Any]], path: str | os.PathLike) -> 
     loss.plot(x, [r["global"]["test_loss"] for r in scored], marker="o", color="tab:red")
     loss.set(title="Global model test loss", xlabel="round", ylabel="cross-entropy")
     _by_round(figure)
+    _save(figure, path)
+
+
+def accuracy_in_time(rounds: list[Mapping[str, Any]], path: str | os.PathLike) -> None:
+    """Test accuracy against simulated hours (the federation's time: fedray/system/) beside against rounds."""
+    scored = [r for r in rounds if r["global"]]
+    accuracy = [r["global"]["test_accuracy"] for r in scored]
+    figure, (by_time, by_round) = plt.subplots(1, 2, figsize=(10, 4))
+    by_time.plot([r.get("sim_time", 0.0) / 3600 for r in scored], accuracy, marker="o")
+    by_time.set(title="Test accuracy in simulated time", xlabel="simulated hours", ylabel="accuracy")
+    by_time.grid(alpha=0.3)
+    by_round.plot([r["round"] + 1 for r in scored], accuracy, marker="o")
+    by_round.set(title="Test accuracy by round", xlabel="round", ylabel="accuracy")
+    by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_round.grid(alpha=0.3)
     _save(figure, path)
 
 

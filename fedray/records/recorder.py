@@ -38,9 +38,10 @@ BEST_GLOBAL_MODEL = "best_FL_global_model.pt"
 
 class RunRecorder:
     def __init__(self, run_dir: str | os.PathLike, resumed: dict[str, Any] | None = None, per_site: bool = True,
-                 files: Manifest | None = None) -> None:
+                 files: Manifest | None = None, simulated: bool = False) -> None:
         """`per_site`: TensorBoard folders for the sites too (`config.per_site_curves`); `files`: a resumed
-        run's checkpoint manifest (`checkpoint.load`), else a new one."""
+        run's checkpoint manifest (`checkpoint.load`), else a new one; `simulated`: the rounds run on the
+        simulated clock (fedray/system/), whose time TensorBoard's rounds are stamped with."""
         self.run_dir = Path(run_dir)
         self.files = files if files is not None else Manifest(self.run_dir)
         self.summary: dict[str, Any] = {
@@ -57,7 +58,7 @@ class RunRecorder:
                 self.summary["privacy"] = {**resumed["privacy"], "stopped": None}
             for entry in self.summary["rounds"]:
                 _note_site_privacy(self.summary, entry["sites"])
-        self.tensorboard = TensorBoardWriter(self.run_dir / "tb", per_site=per_site)
+        self.tensorboard = TensorBoardWriter(self.run_dir / "tb", per_site=per_site, simulated=simulated)
         self.drawing: Future | None = None
         self.written_at = -math.inf  # when summary.json was last written
 
@@ -70,9 +71,12 @@ class RunRecorder:
         if event["is_best"]:
             self.files.save(f"models/{BEST_GLOBAL_MODEL}", data, event["round"])
             self.summary["best_round"] = event["round"]
-        keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds", "privacy")
+        keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds", "sim_seconds",
+                "sim_time", "privacy")
         entry = {key: event[key] for key in keep if key in event}  # privacy: DP runs' epsilon so far, clip norm
         self.summary["rounds"].append(entry)
+        if "sim_time" in event:  # the simulated clock after this round (fedray/system/; 0 without one)
+            self.summary["sim_seconds"] = event["sim_time"]
         if "privacy_totals" in event:  # the ledger so far (local DP: each site's); a budget stop keeps its line
             self.summary["privacy"] = {**event["privacy_totals"], "stopped": (self.summary.get("privacy") or {}).get("stopped")}
         _note_site_privacy(self.summary, entry["sites"])

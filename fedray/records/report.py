@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from omegaconf import OmegaConf
 
 from fedray.fl_model import accuracy_of
+from fedray.system import DROPPED, LATE, OVER_SELECTED
 
 SUMMARY = "summary.json"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
@@ -47,6 +48,10 @@ def report(path: Path) -> str:
     raise ReportError(f"{path}: neither a run dir ({SUMMARY}) nor a multirun dir (runs with {SUMMARY})")
 
 
+# The simulated clock's failure kinds (fedray/system/): sites left out before training, counted, not listed.
+SPARED_KINDS = (LATE, OVER_SELECTED, DROPPED)
+
+
 def run_report(summary: Mapping[str, Any]) -> str:
     config, rounds = summary["config"], summary["rounds"]
     lines = ["config: " + "  ".join(f"{key}={value}" for key, value in _highlights(config).items())]
@@ -56,15 +61,25 @@ def run_report(summary: Mapping[str, Any]) -> str:
         lines.append("no round finished")
     else:
         private = any("privacy" in r for r in rounds)  # a DP run: epsilon spent after each round
+        simulated = any(r.get("sim_time") for r in rounds)  # a run on the simulated clock: its hours after each round
         lines += ["", _table(
-            ["round", "val_acc", "test_acc", "test_loss", "sites", "train_loss", "seconds", *(["epsilon"] if private else [])],
+            ["round", "val_acc", "test_acc", "test_loss", "sites", "train_loss", "seconds", *(["sim_hours"] if simulated else []),
+             *(["epsilon"] if private else [])],
             [[r["round"] + 1, r["global"].get("val_accuracy"), r["global"].get("test_accuracy"), r["global"].get("test_loss"),
               f"{len(r['sites'])}/{config['num_clients']}", _mean(m["train_loss"] for m in r["sites"].values()),
-              f"{r['seconds']:.1f}", *([(r.get("privacy") or {}).get("epsilon")] if private else [])] for r in rounds],
+              f"{r['seconds']:.1f}", *([f"{r.get('sim_time', 0.0) / 3600:.3f}"] if simulated else []),
+              *([(r.get("privacy") or {}).get("epsilon")] if private else [])] for r in rounds],
         )]
         for r in rounds:
+            spared: dict[str, int] = {}  # the clock's: sites that never trained, counted by kind
             for site, failure in r["failures"].items():
-                lines.append(f"round {r['round'] + 1}: {site} {failure['kind']}: {failure['message']}")
+                if failure["kind"] in SPARED_KINDS:
+                    spared[failure["kind"]] = spared.get(failure["kind"], 0) + 1
+                else:
+                    lines.append(f"round {r['round'] + 1}: {site} {failure['kind']}: {failure['message']}")
+            if spared:
+                lines.append(f"round {r['round'] + 1}: never trained: "
+                             + ", ".join(f"{count} {kind}" for kind, count in spared.items()))
         best = _best(summary)
         if best is not None:
             lines += ["", f"best round {best['round'] + 1}: val_acc {best['global']['val_accuracy']:.4f}  "

@@ -45,10 +45,13 @@ class TensorBoardWriter:
     so TensorBoard sees every batch at once and nothing stays open between them.
     """
 
-    def __init__(self, folder: str | os.PathLike, per_site: bool = True) -> None:
-        """`per_site`: the sites' own folders too (else the round's sites are summed up in `tb/` only)."""
+    def __init__(self, folder: str | os.PathLike, per_site: bool = True, simulated: bool = False) -> None:
+        """`per_site`: the sites' own folders too (else the round's sites are summed up in `tb/` only);
+        `simulated`: a round's scalars carry the simulated clock's time as their wall time (TensorBoard's
+        relative time axis then shows the federation's time; streamed points keep this machine's)."""
         self.folder = Path(folder)
         self.per_site = per_site
+        self.simulated = simulated
         self.files: dict[str, Path] = {}
 
     def add_points(self, points: Iterable[Point]) -> None:
@@ -63,6 +66,7 @@ class TensorBoardWriter:
         """A finished round: the global metrics, round seconds and the answering sites' mean training
         loss (weighted by their steps, as FedAvg weighs them); with `per_site`, each site's round metrics."""
         step = event["round"]
+        wall = event.get("sim_time") if self.simulated else None
         server = [(tag, event["global"][tag], step) for tag in GLOBAL_TAGS if tag in event["global"]]  # eval_every
         sites = [metrics for metrics in event["sites"].values() if "train_loss" in metrics and metrics.get("num_steps")]
         if sites:
@@ -70,15 +74,21 @@ class TensorBoardWriter:
             server.append(("sites_train_loss", sum(m["train_loss"] * m["num_steps"] for m in sites) / steps, step))
         privacy = event.get("privacy") or {}  # DP: epsilon spent so far (local: the most any site spent), clip norm
         server += [(f"privacy/{key}", privacy[key], step) for key in PRIVACY_TAGS if key in privacy]
-        self._append(SERVER, [*server, ("round_seconds", event["seconds"], step), ("sites_answered", len(event["sites"]), step)])
+        if self.simulated:
+            server.append(("sim_round_seconds", event.get("sim_seconds", 0.0), step))
+        self._append(SERVER, [*server, ("round_seconds", event["seconds"], step), ("sites_answered", len(event["sites"]), step)],
+                     wall)
         if not self.per_site:
             return
         for site, metrics in event["sites"].items():
-            self._append(site, [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics])
+            self._append(site, [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics],
+                         wall)
 
-    def _append(self, run: str, scalars: list[tuple[str, float, int]]) -> None:
+    def _append(self, run: str, scalars: list[tuple[str, float, int]], wall: float | None = None) -> None:
+        """`wall`: the events' wall time (the simulated clock's); None: now."""
         now = time.time()
-        events = [Event(wall_time=now, step=int(step), summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]))
+        stamp = now if wall is None else wall
+        events = [Event(wall_time=stamp, step=int(step), summary=Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]))
                   for tag, value, step in scalars]
         path = self.files.get(run)
         if path is None:

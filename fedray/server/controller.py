@@ -37,6 +37,10 @@ from fedray.server.workflows import (
     sample_sites,
     scatter_and_gather,
 )
+from fedray.system.availability import safe_load, site_traces
+from fedray.system.clock import task_seconds
+from fedray.system.profiles import build_profiles
+from fedray.system.schedule import SyncClock, clock_runs, samples_per_task
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +203,7 @@ class Controller:
             sampling=args["sampling"],
             privacy=privacy,
             on_stop=lambda reason: self._emit({"type": "privacy_budget", "message": reason}),
+            clock=self._clock(params, args),
         )
 
     def _fedbuff(self, params: Params, args: dict[str, Any], state: dict | None) -> Params:
@@ -207,7 +212,7 @@ class Controller:
         return fedbuff(
             self.sites, self.pool, params,
             on_round_end=self._round_end, on_site_done=self._site_done, num_rounds=args["num_rounds"],
-            concurrency=concurrency, buffer_size=args["buffer_size"] or concurrency, duration=self._task_seconds(),
+            concurrency=concurrency, buffer_size=args["buffer_size"] or concurrency, duration=self._task_seconds(params),
             staleness=args["staleness"], staleness_a=args["staleness_a"], staleness_b=args["staleness_b"],
             server_lr=args["server_lr"], start_round=self.resume["next_round"] if self.resume else args["start_round"],
             seed=self.job["seed"], train_timeout=args["train_timeout"], aggregation_weights=args["aggregation_weights"],
@@ -217,9 +222,32 @@ class Controller:
             algorithm=algorithms.build(self.job.get("algorithm")), state=state,
         )
 
-    def _task_seconds(self) -> Callable[[str], float]:
-        """A site task's simulated seconds: zero for every site until site profiles say otherwise."""
-        return lambda site: 0.0
+    def _task_seconds(self, params: Params) -> Callable[[str], float]:
+        """A site task's simulated seconds (fedray/system/clock.py), from its profile, samples and the model's size."""
+        profiles, samples, model_bytes = self._site_costs(params)
+        return lambda site: task_seconds(profiles[site], model_bytes, samples[site])
+
+    def _site_costs(self, params: Params) -> tuple[dict, dict[str, int], int]:
+        """Each site's profile (from the seed) and samples per task (from its shard), and the model's bytes."""
+        job = self.job
+        shards = ray.get(self.data[0], timeout=300)  # {site: Shard}: the partition's indices
+        samples = {site: samples_per_task(len(shards[site].train), job["local_epochs"], job["batch_size"])
+                   for site in self.sites}
+        model_bytes = sum(np.asarray(value).nbytes for value in params.values()
+                          if np.issubdtype(np.asarray(value).dtype, np.floating))
+        return build_profiles(job["system"], self.sites, job["seed"]), samples, int(model_bytes)
+
+    def _clock(self, params: Params, args: dict[str, Any]) -> SyncClock | None:
+        """The simulated clock (fedray/system/), or None for uniform, always-online sites without round policies.
+        Built from the job alone (profiles from the seed, each site's samples from its shard): never from Ray's
+        timing. A resumed run's clock goes on from its last round's."""
+        if not clock_runs(self.job):
+            return None
+        system = self.job["system"]
+        profiles, samples, model_bytes = self._site_costs(params)
+        traces = site_traces(safe_load(system["availability"]), self.sites) if system["availability"] else {}
+        return SyncClock(profiles, traces, samples, model_bytes, args["round_deadline"], args["over_selection"],
+                         now=self.resume.get("sim_time", 0.0) if self.resume else 0.0)
 
     def _sites_per_task(self, per_round: int | None = None) -> int:
         """Batch a round's sites when a pool serves many small ones: a Ray task, a result in the object
@@ -280,7 +308,7 @@ class Controller:
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
                    improved: dict[str, LocalModel], state_ref: ray.ObjectRef, site_states: dict[str, ray.ObjectRef],
-                   privacy: dict[str, Any] | None = None) -> None:
+                   privacy: dict[str, Any] | None = None, sim_seconds: float = 0.0, sim_time: float = 0.0) -> None:
         started = time.perf_counter()
         num_rounds = self.job["workflows"]["scatter_and_gather"]["num_rounds"]
         metrics: dict[str, float] = {}
@@ -305,6 +333,8 @@ class Controller:
             "seconds": seconds + evaluation_seconds,
             "train_seconds": seconds,
             "evaluation_seconds": evaluation_seconds,
+            "sim_seconds": sim_seconds,  # the round on the simulated clock (fedray/system/), and the clock after it
+            "sim_time": sim_time,
             "is_best": is_best,
             "best_val_accuracy": self.best_val_accuracy,
             "params": params_ref,

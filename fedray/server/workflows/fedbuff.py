@@ -93,7 +93,8 @@ def fedbuff(
     state: dict | None = None,
 ) -> Params:
     """Run aggregations `start_round .. num_rounds-1` of FedBuff; `on_round_end` as `scatter_and_gather`'s, once per
-    aggregation, with each arrival's metrics (plus `staleness`, `start_version`, `arrival_seconds` on the clock).
+    aggregation, with each arrival's metrics (plus `staleness`, `start_version`, its task's `sim_seconds`), and the
+    aggregation's `sim_seconds` (since the last) and `sim_time` on the clock.
     `state` may carry FEDBUFF_STATE from a checkpoint: the models that trainings in flight then started from."""
     schedule = fedbuff_schedule(sites, concurrency=concurrency, buffer_size=buffer_size, num_aggregations=num_rounds,
                                 seed=seed, duration=duration)
@@ -136,7 +137,9 @@ def fedbuff(
         versions = {v: params for v, params in versions.items() if v in needed}
         saved_versions = {str(v): params for v, params in versions.items()}
         on_round_end(current, ray.put(global_params), buffer.metrics, buffer.failures, time.perf_counter() - started,
-                     buffer.improved, ray.put({**state, FEDBUFF_STATE: {"versions": saved_versions}}), {})
+                     buffer.improved, ray.put({**state, FEDBUFF_STATE: {"versions": saved_versions}}), {},
+                     sim_seconds=schedule.times[current] - (schedule.times[current - 1] if current else 0.0),
+                     sim_time=schedule.times[current])
     return global_params
 
 
@@ -187,7 +190,7 @@ def _run(trainings: list[Training], params: Params, current: int, num_rounds: in
                 buffer.weights.append(factors.get(training.site, 1.0) * steps)  # the mean's divisor: no staleness
                 buffer.metrics[outcome.site] = {**result.metrics, "num_steps": steps, "staleness": training.staleness,
                                                 "start_version": training.version,
-                                                "arrival_seconds": training.arrival}
+                                                "sim_seconds": training.arrival - training.start}
                 buffer.base.add(base, weight)
                 if result.params is not None:
                     buffer.trained.add({k: v for k, v in result.params.items() if k in base}, weight)

@@ -21,6 +21,8 @@ from fedray.privacy import PRIVACY_STATE, UNCLIPPED
 from fedray.privacy.mechanisms import private_names
 from fedray.privacy.server import ServerPrivacy
 from fedray.server.tasks import Outcome, WorkerPool, gather
+from fedray.system import DROPPED, LATE
+from fedray.system.schedule import Planned, SyncClock, over_selected_count
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ def scatter_and_gather(
     sampling: str = "fixed",
     privacy: ServerPrivacy | None = None,
     on_stop: Callable[[str], None] | None = None,
+    clock: SyncClock | None = None,
 ) -> Params:
     """Run FedAvg rounds `start_round .. num_rounds-1`.
 
@@ -84,6 +87,10 @@ def scatter_and_gather(
     `privacy` (central or local DP, fedray/privacy/server.py): each site's result has weight 1, the round's
     models are averaged by it, and `on_round_end` gets its round record as `privacy=`; the rounds stop before
     one whose release would pass its budget, `on_stop` told why.
+    `clock` (fedray/system/schedule.py; None: no simulated time, fedray's path of before): each round's sites
+    sampled among those online, over-selected, and those that will not count (late, over-selected, dropped)
+    known from the profiles before anything trains: they never train, and are failures of their kind.
+    `on_round_end` then gets the round's simulated seconds and the clock after it (`sim_seconds`, `sim_time`).
     """
     per_round = clients_per_round or len(sites)
     all_sent = min_clients is None  # FLARE's default: a round waits for every site sent the task
@@ -104,13 +111,26 @@ def scatter_and_gather(
             if on_stop is not None:
                 on_stop(budget_spent)
             break
-        chosen = sample_sites(sites, per_round, seed, current_round, sampling)
+        if clock is None:
+            chosen = sample_sites(sites, per_round, seed, current_round, sampling)
+            target, training, spared = len(chosen), chosen, {}
+        else:
+            online = clock.online(sites)
+            target = min(per_round, len(online))
+            chosen = sample_sites(online, over_selected_count(target, clock.over_selection, len(online)), seed,
+                                  current_round, sampling)
+            plan = clock.plan(chosen, target if sampling == "fixed" else len(chosen), seed, current_round)
+            target, training, spared = min(target, len(chosen)), plan.counted, plan.spared
+            sim_seconds = {planned.site: planned.seconds for planned in plan.sites}
         # Poisson's cohort varies: a round needs the sites it drew (or min_clients of them, at most all).
-        needed = len(chosen) if all_sent else min(min_clients, len(chosen))
+        needed = target if all_sent else min(min_clients, target)
+        if len(training) < needed and ignore_result_error is not True:
+            raise RoundFailed(f"round {current_round}: only {len(training)} of {len(chosen)} sites can count on the "
+                              f"clock, min_clients={needed} needed ({_describe(_spared(spared, clock))})")
         message = {**algorithm.message(state), **(privacy.message() if privacy else {})}
         message_ref = ray.put(message) if message else None  # one copy for every site, as the model
         if sites_per_task > 1:  # a task per batch of sites: a round of many small sites costs a few tasks
-            batches = {f"batch-{k + 1}": members for k, members in enumerate(_batches(chosen, sites_per_task, per_round, sampling))}
+            batches = {f"batch-{k + 1}": members for k, members in enumerate(_batches(training, sites_per_task, per_round, sampling))}
             calls = [(label, partial(_train_batch, members, global_ref, current_round, num_rounds,
                                      [factors.get(site, 1.0) for site in members], message_ref,
                                      [site_states.get(site) for site in members]))
@@ -118,7 +138,7 @@ def scatter_and_gather(
         else:
             batches = {}
             calls = [(site, partial(_train, site, global_ref, current_round, num_rounds, message_ref, site_states.get(site)))
-                     for site in chosen]
+                     for site in training]
         outcomes = gather(
             calls,
             pool,
@@ -129,7 +149,7 @@ def scatter_and_gather(
             count=lambda outcome: _answered(outcome, batches),
         )
         site_metrics: dict[str, dict] = {}
-        failures: dict[str, dict] = {}
+        failures: dict[str, dict] = _spared(spared, clock)
         improved: dict[str, LocalModel] = {}
         updated_site_states: dict[str, ray.ObjectRef] = {}
         extra_sums = {key: CompensatedSum() for key in algorithm.result_keys}
@@ -162,6 +182,8 @@ def scatter_and_gather(
             result = outcome.value
             steps = result.meta[NUM_STEPS_CURRENT_ROUND]
             site_metrics[outcome.site] = {**result.metrics, "num_steps": steps}
+            if clock is not None:
+                site_metrics[outcome.site]["sim_seconds"] = sim_seconds[outcome.site]
             if best_local_models is not None and outcome.ref is not None:
                 local_accuracy = result.metrics.get("local_val_accuracy", float("nan"))
                 best = best_local_models.get(outcome.site)
@@ -211,6 +233,9 @@ def scatter_and_gather(
         # A round that failed above released nothing and spends nothing; this one released its model.
         extra = {"privacy": privacy.close_round(current_round, unclipped)} if privacy else {}
         server_state = {**state, PRIVACY_STATE: privacy.state()} if privacy else state
+        if clock is not None:
+            clock.now += plan.seconds
+            extra.update(sim_seconds=plan.seconds, sim_time=clock.now)
         on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved,
                      ray.put(server_state), updated_site_states, **extra)
     return global_params
@@ -302,6 +327,20 @@ def _train_batch(sites: list[str], global_ref: ray.ObjectRef, current_round: int
 def _train(site: str, global_ref: ray.ObjectRef, current_round: int, num_rounds: int,
            message_ref: ray.ObjectRef | None, site_state_ref: ray.ObjectRef | None, worker: ActorHandle):
     return worker.train.remote(site, global_ref, current_round, num_rounds, message_ref, site_state_ref)
+
+
+def _spared(spared: dict[str, Planned], clock: SyncClock | None) -> dict[str, dict]:
+    """The sites the clock left out, as failures of their kind (they never trained: no real seconds)."""
+    failures = {}
+    for site, planned in spared.items():
+        if planned.kind == DROPPED:
+            message = "dropped out (its dropout draw, or offline before it would finish)"
+        elif planned.kind == LATE:
+            message = f"would finish after {planned.seconds:.4g} simulated s, past round_deadline={clock.deadline:g}"
+        else:
+            message = f"over-selected: enough sites finished before its {planned.seconds:.4g} simulated s"
+        failures[site] = {"kind": planned.kind, "message": message, "seconds": 0.0, "sim_seconds": planned.seconds}
+    return failures
 
 
 def _failure(outcome: Outcome) -> dict:
