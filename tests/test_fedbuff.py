@@ -1,10 +1,16 @@
 """Asynchronous FedBuff: its schedule on the simulated clock (pure), its staleness weights, its config, and runs."""
 
+import random
+import threading
+import time
+
 import numpy as np
+import psutil
 import pytest
 
 from fedray.config import ConfigError, compose
 from fedray.server.workflows.fedbuff_schedule import fedbuff_schedule, staleness_weight
+from tests.test_reliability import _is_site_worker
 
 SITES = [f"site-{k}" for k in range(1, 9)]
 
@@ -69,6 +75,22 @@ def test_bad_schedule_input_is_refused():
         _schedule(dict.fromkeys(SITES, float("nan")), concurrency=2, buffer_size=1, num_aggregations=1)
 
 
+def test_a_buffer_moves_the_model_by_server_lr_times_the_staleness_weighted_mean_update():
+    from fedray.server.workflows.fedbuff import _Buffer
+
+    x0, x1 = {"w": np.array([1.0, 2.0], np.float32)}, {"w": np.array([1.5, 1.0], np.float32)}
+    a, b = {"w": np.array([2.0, 2.0], np.float32)}, {"w": np.array([1.0, 3.0], np.float32)}
+    buffer = _Buffer()
+    # a trained 4 steps from version 0 (staleness 1, weight 0.5); b 2 steps from version 1 (staleness 0).
+    for params, start, steps, stale in ((a, x0, 4, 0.5), (b, x1, 2, 1.0)):
+        buffer.trained.add(params, stale * steps)
+        buffer.base.add(start, stale * steps)
+        buffer.weights.append(float(steps))
+    moved = buffer.update(x1, server_lr=0.5)["w"]
+    expected = x1["w"] + 0.5 * (0.5 * 4 * (a["w"] - x0["w"]) + 2 * (b["w"] - x1["w"])) / 6
+    assert moved.dtype == np.float32 and np.array_equal(moved, expected.astype(np.float32))
+
+
 def test_staleness_weights_are_the_formulas():
     for s in range(12):
         assert staleness_weight(s, "constant") == 1.0
@@ -98,7 +120,8 @@ def test_bad_fedbuff_input_is_one_line_before_ray(overrides, line):
 
 # --- runs on real Ray: the bits depend on the schedule alone ---
 
-FEDBUFF = ("system=lognormal", "num_clients=5", "rounds=4", "local_epochs=1", "workflows.cross_site_validate.enabled=false",
+# SlowNet sleeps in each training batch (same weights as Net): time for a killed worker to be struck mid-task.
+FEDBUFF = ("system=lognormal", "model._target_=tests.fault_models.SlowNet", "+model.delay=0.05", "num_clients=5", "rounds=4", "local_epochs=1", "workflows.cross_site_validate.enabled=false",
            "workflows.scatter_and_gather.mode=fedbuff", "workflows.scatter_and_gather.concurrency=3",
            "workflows.scatter_and_gather.buffer_size=2", "workflows.scatter_and_gather.staleness=polynomial",
            "workflows.scatter_and_gather.server_lr=0.9")
@@ -138,13 +161,36 @@ def test_a_fedbuff_run_records_each_aggregation_as_a_round(reference):
 
 
 @pytest.mark.slow
-def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_and_after_a_stop_and_resume(reference, job_config,
-                                                                                           tmp_path):
+def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_with_killed_workers_and_after_a_resume(
+        reference, job_config, tmp_path):
     from fedray import run_job
 
     run_dir, summary = reference
-    # Two actors, sites in batches of two (one task, one partial sum each).
-    batched = run_job(job_config(*FEDBUFF, "site.num_actors=2", "site.sites_per_task=2"), tmp_path / "batched")
+    # Two actors, sites in batches of two (one task, one partial sum each), and worker processes SIGKILLed at seeded
+    # moments: their tasks run again elsewhere (the infrastructure's fault), and nothing in the schedule moves.
+    kills: list[int] = []
+    done = threading.Event()
+
+    def killer() -> None:
+        rng = random.Random(7)
+        while not done.is_set() and len(kills) < 3:
+            time.sleep(rng.uniform(0.5, 1.5))
+            workers = sorted((p for p in psutil.Process().children(recursive=True) if _is_site_worker(p)),
+                             key=lambda p: p.pid)
+            if workers and not done.is_set():
+                victim = rng.choice(workers)
+                victim.kill()
+                kills.append(victim.pid)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        batched = run_job(job_config(*FEDBUFF, "site.num_actors=2", "site.sites_per_task=2", "site.max_restarts=20",
+                                     "site.max_task_retries=6"), tmp_path / "batched")
+    finally:
+        done.set()
+        thread.join(timeout=10)
+    assert kills, "the killer should have struck"
     assert _same_bits(_global(tmp_path / "batched"), _global(run_dir))
     assert [r["sites"].keys() for r in batched["rounds"]] == [r["sites"].keys() for r in summary["rounds"]]
 
@@ -170,3 +216,17 @@ def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_and_after_a_sto
                       tmp_path / "ignored")
     assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
     assert _same_bits(_global(stopped), _global(run_dir))
+
+
+@pytest.mark.slow
+def test_fedopt_steps_its_server_optimizer_on_each_buffer(job_config, ray_session, tmp_path):
+    from fedray import run_job
+    from fedray.records.checkpoint import read_state_file
+
+    async_keys = [key for key in FEDBUFF if key.startswith("workflows.") or key.startswith("system=")]
+    # (FedProx is its sites' loss term and mu in the message: the same code as in synchronous rounds.)
+    summary = run_job(job_config(*async_keys, "num_clients=4", "rounds=2", "local_epochs=1", "algorithm=fedopt"),
+                      tmp_path / "fedopt")
+    assert summary["status"] == "completed" and len(summary["rounds"]) == 2
+    state = read_state_file(tmp_path / "fedopt" / "checkpoint" / "algorithm_state.pt")["state"]
+    assert state["optimizer"]["state"] and "fedray_fedbuff" in state  # FedOpt's momentum after 2 buffers
