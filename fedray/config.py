@@ -175,7 +175,7 @@ class ScatterAndGatherConfig:
     mode: str = "sync"  # sync | fedbuff
     concurrency: Optional[int] = None  # fedbuff: sites training at once; null: clients_per_round (or all sites)
     buffer_size: Optional[int] = None  # fedbuff: arrivals per aggregation (1: FedAsync); null: concurrency
-    staleness: str = "constant"  # fedbuff: constant | polynomial 1/(1+s)^a | hinge 1 if s<=b else 1/(a(s-b)+1)
+    staleness: str = "constant"  # fedbuff: constant | polynomial 1/(1+s)^a | threshold 1 if s<=b else a | hinge 1 if s<=b else 1/(a(s-b)+1)
     staleness_a: float = 0.5
     staleness_b: float = 4.0
     server_lr: float = 1.0  # fedbuff: the step along the buffer's staleness-weighted mean update
@@ -240,7 +240,7 @@ _CHOICES = {
     "workflows.pre_train.weight_method": ("first", "client"),
     "workflows.scatter_and_gather.sampling": ("fixed", "poisson"),
     "workflows.scatter_and_gather.mode": ("sync", "fedbuff"),
-    "workflows.scatter_and_gather.staleness": ("constant", "polynomial", "hinge"),
+    "workflows.scatter_and_gather.staleness": ("constant", "polynomial", "threshold", "hinge"),
     "privacy.mode": ("none", "central", "local", "dp_sgd"),
     "privacy.accountant": ("rdp", "pld"),
     "system.name": ("uniform", "lognormal", "trace"),
@@ -476,9 +476,9 @@ def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]
     require(sag.server_lr > 0, key + "server_lr", "must be positive")
     if sag.staleness == "polynomial":
         require(0 <= sag.staleness_a <= 1, key + "staleness_a", "must be in [0, 1] for staleness=polynomial (FLSim's)")
-    if sag.staleness == "hinge":
-        require(sag.staleness_a >= 0, key + "staleness_a", "must be >= 0 for staleness=hinge")
-        require(sag.staleness_b >= 0, key + "staleness_b", "must be >= 0 for staleness=hinge")
+    if sag.staleness in ("threshold", "hinge"):
+        require(sag.staleness_a >= 0, key + "staleness_a", f"must be >= 0 for staleness={sag.staleness}")
+        require(sag.staleness_b >= 0, key + "staleness_b", f"must be >= 0 for staleness={sag.staleness}")
     require(not cfg.algorithm._target_.endswith("Scaffold"), key + "mode",
             "fedbuff does not run SCAFFOLD (its control variates assume synchronous rounds); use mode=sync")
     require(cfg.privacy.mode == "none", key + "mode",

@@ -96,6 +96,7 @@ def test_staleness_weights_are_the_formulas():
         assert staleness_weight(s, "constant") == 1.0
         assert staleness_weight(s, "polynomial", a=0.5) == 1 / (1 + s) ** 0.5
         assert staleness_weight(s, "hinge", a=10, b=4) == (1.0 if s <= 4 else 1 / (10 * (s - 4) + 1))
+        assert staleness_weight(s, "threshold", a=0.25, b=3) == (1.0 if s <= 3 else 0.25)
     assert staleness_weight(3, "polynomial", a=0) == 1.0
     with pytest.raises(ValueError):
         staleness_weight(-1)
@@ -109,7 +110,7 @@ def test_staleness_weights_are_the_formulas():
      "staleness_a=2.0: must be in [0, 1]"),
     (["workflows.scatter_and_gather.server_lr=0"], "server_lr=0.0: must be positive"),
     (["algorithm=scaffold"], "fedbuff does not run SCAFFOLD"),
-    (["workflows.scatter_and_gather.staleness=linear"], "staleness=linear: must be one of constant, polynomial, hinge"),
+    (["workflows.scatter_and_gather.staleness=linear"], "staleness=linear: must be one of constant, polynomial, threshold, hinge"),
     (["workflows.scatter_and_gather.over_selection=1.3"], "over_selection=1.3: must be 1 with mode=fedbuff"),
 ])
 def test_bad_fedbuff_input_is_one_line_before_ray(overrides, line):

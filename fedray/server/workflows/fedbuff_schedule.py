@@ -128,7 +128,8 @@ def staleness_weight(staleness: int, kind: str = "constant", a: float = 0.5, b: 
     """FedBuff's weight of an update `staleness` aggregations old (s >= 0).
 
     constant: 1. polynomial: 1/(1+s)^a (FLSim's PolynomialStalenessWeight, a in [0, 1]).
-    hinge (Xie et al.'s FedAsync): 1 while s <= b, then 1/(a(s-b)+1).
+    threshold (FLSim's ThresholdStalenessWeight): 1 while s <= b, then a.
+    hinge (Xie et al.'s FedAsync; FLSim has none): 1 while s <= b, then 1/(a(s-b)+1).
     Unnormalized: FLSim divides by the weight at its `avg_staleness`, a constant factor `server_lr` absorbs.
     """
     if staleness < 0:
@@ -137,6 +138,8 @@ def staleness_weight(staleness: int, kind: str = "constant", a: float = 0.5, b: 
         return 1.0
     if kind == "polynomial":
         return 1.0 / (1.0 + staleness) ** a
+    if kind == "threshold":
+        return 1.0 if staleness <= b else a
     if kind == "hinge":
         return 1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0)
-    raise ValueError(f"unknown staleness weighting {kind!r}: constant, polynomial or hinge")
+    raise ValueError(f"unknown staleness weighting {kind!r}: constant, polynomial, threshold or hinge")
