@@ -109,6 +109,7 @@ def fedbuff(
     def weight_factor(training: Training) -> float:
         return factors.get(training.site, 1.0) * staleness_weight(training.staleness, staleness, staleness_a, staleness_b)
 
+    global_ref = ray.put(global_params)  # one copy per version in the object store: its tasks' and the round event's
     for current in range(start_round, num_rounds):
         started = time.perf_counter()
         versions[current] = global_params
@@ -119,7 +120,9 @@ def fedbuff(
         message_ref = ray.put(message) if message else None
         for version in sorted({t.version for t in runs}):
             from_version = [t for t in runs if t.version == version]
-            _run(from_version, versions[version], current, num_rounds, message_ref, weight_factor, factors, buffers, pool,
+            version_ref = global_ref if version == current else ray.put(versions[version])
+            _run(from_version, versions[version], version_ref, current, num_rounds, message_ref, weight_factor, factors,
+                 buffers, pool,
                  excluded=excluded, train_timeout=train_timeout, max_task_retries=max_task_retries,
                  sites_per_task=sites_per_task, best_local_models=best_local_models, on_site_done=on_site_done,
                  ignore_result_error=ignore_result_error)
@@ -136,18 +139,21 @@ def fedbuff(
         needed = {t.version for t in schedule.pending_after(current)}
         versions = {v: params for v, params in versions.items() if v in needed}
         saved_versions = {str(v): params for v, params in versions.items()}
-        on_round_end(current, ray.put(global_params), buffer.metrics, buffer.failures, time.perf_counter() - started,
+        global_ref = ray.put(global_params)
+        on_round_end(current, global_ref, buffer.metrics, buffer.failures, time.perf_counter() - started,
                      buffer.improved, ray.put({**state, FEDBUFF_STATE: {"versions": saved_versions}}), {},
                      sim_seconds=schedule.times[current] - (schedule.times[current - 1] if current else 0.0),
                      sim_time=schedule.times[current])
     return global_params
 
 
-def _run(trainings: list[Training], params: Params, current: int, num_rounds: int, message_ref, weight_factor,
-         factors: dict[str, float], buffers: dict[int, _Buffer], pool: WorkerPool, *, excluded, train_timeout: float, max_task_retries: int,
-         sites_per_task: int, best_local_models, on_site_done, ignore_result_error) -> None:
-    """Train `trainings` (all from one version, `params`) in parallel and fold each into its buffer."""
-    params_ref = ray.put(params)
+def _run(trainings: list[Training], params: Params, params_ref: ray.ObjectRef, current: int, num_rounds: int,
+         message_ref: ray.ObjectRef | None, weight_factor: Callable[[Training], float], factors: dict[str, float],
+         buffers: dict[int, _Buffer], pool: WorkerPool, *, excluded: Optional[re.Pattern], train_timeout: float,
+         max_task_retries: int, sites_per_task: int, best_local_models: dict[str, LocalModel] | None,
+         on_site_done: Callable[[int, Outcome], None] | None, ignore_result_error: Optional[bool]) -> None:
+    """Train `trainings` (all from one version, `params`, in the object store as `params_ref`) in parallel and fold
+    each into its buffer."""
     base = {k: v for k, v in params.items() if not (excluded and excluded.search(k))}
     # A site drawn again from one version trains in a later wave, as another round (Training.round): a task's
     # label is its site (or batch), and its seeds must differ from its first task's.
