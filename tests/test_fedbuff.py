@@ -68,6 +68,28 @@ def test_zero_durations_run_in_start_order_and_fedasync_is_buffer_one():
     assert [t.staleness for t in (schedule.landing_in(k)[0] for k in range(10))] == [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]
 
 
+def test_only_sites_online_are_drawn_and_one_that_goes_offline_mid_task_drops_out():
+    """s1 always online; s2 online from t=5; s3 online until t=3. Tasks take 2 s, 2 in flight, buffers of 1.
+    t=0: s1 and s3 start (s2 offline). t=2: both arrive (aggregations 0, 1), and with s2 offline each restarts
+    itself; s3's task would end at 4 but it goes offline at 3: dropped then, and its slot waits (nobody online
+    idle) until s2 comes online at 5. t=4: s1 arrives (aggregation 2) and restarts; t=5: s2 starts; t=6: s1."""
+    trace = lambda on, off: {"active": [on], "inactive": [off], "finish_time": 100.0}  # noqa: E731
+    traces = {"s1": trace(0, 100), "s2": trace(5, 100), "s3": trace(0, 3)}
+    for seed in range(4):
+        schedule = fedbuff_schedule(["s1", "s2", "s3"], concurrency=2, buffer_size=1, num_aggregations=4, seed=seed,
+                                    duration=lambda site: 2.0, traces=traces)
+        assert schedule.times == [2.0, 2.0, 4.0, 6.0]
+        assert [(t.site, t.start, t.arrival) for t in schedule.trainings if t.dropped] == [("s3", 2.0, 3.0)]
+        assert [t.start for t in schedule.trainings if t.site == "s2"] == [5.0]
+        assert [t.site for t in schedule.dropped_by(2)] == ["s3"] and not schedule.dropped_by(1)
+        # Without traces the same seed draws as before: availability changes nothing for sites always online.
+        always = {site: trace(0, 100) for site in SITES}
+        assert (fedbuff_schedule(SITES, concurrency=4, buffer_size=2, num_aggregations=10, seed=seed,
+                                 duration=lambda site: float(len(site)), traces=always)
+                == fedbuff_schedule(SITES, concurrency=4, buffer_size=2, num_aggregations=10, seed=seed,
+                                    duration=lambda site: float(len(site))))
+
+
 def test_bad_schedule_input_is_refused():
     with pytest.raises(ValueError, match="buffer_size"):
         _schedule(dict.fromkeys(SITES, 0.0), concurrency=2, buffer_size=3, num_aggregations=1)
@@ -141,11 +163,22 @@ def _same_bits(one, other) -> bool:
 
 
 @pytest.fixture(scope="module")
-def reference(job_config, ray_session, tmp_path_factory):
+def fedbuff_keys(tmp_path_factory) -> tuple[str, ...]:
+    """FEDBUFF with an availability trace (FedScale's format): every site offline in [1.5, 2) s of each 100 s."""
+    import pickle
+
+    path = tmp_path_factory.mktemp("traces") / "availability.pkl"
+    entry = {"active": [0.0, 2.0], "inactive": [1.5, 100.0], "finish_time": 100.0}
+    path.write_bytes(pickle.dumps({client: dict(entry) for client in range(1, 6)}))
+    return (*FEDBUFF, f"system.availability={path}")
+
+
+@pytest.fixture(scope="module")
+def reference(job_config, ray_session, fedbuff_keys, tmp_path_factory):
     from fedray import run_job
 
     run_dir = tmp_path_factory.mktemp("fedbuff") / "reference"
-    return run_dir, run_job(job_config(*FEDBUFF, "site.num_actors=1", "site.sites_per_task=1"), run_dir)
+    return run_dir, run_job(job_config(*fedbuff_keys, "site.num_actors=1", "site.sites_per_task=1"), run_dir)
 
 
 @pytest.mark.slow
@@ -153,17 +186,21 @@ def test_a_fedbuff_run_records_each_aggregation_as_a_round(reference):
     run_dir, summary = reference
     assert summary["status"] == "completed" and [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
     stale = [site["staleness"] for r in summary["rounds"] for site in r["sites"].values()]
-    assert all(len(r["sites"]) == 2 for r in summary["rounds"]) and max(stale) >= 1
+    # Two arrivals a buffer (a site that arrived twice in one buffer shows once, with its later task's metrics).
+    assert all(1 <= len(r["sites"]) <= 2 for r in summary["rounds"]) and max(stale) >= 1
     assert summary["rounds"][-1]["global"]["test_loss"] < summary["rounds"][0]["global"]["test_loss"]
     # On the clock: each aggregation when its buffer filled; each arrival's own task time, from its profile.
     times = [r["sim_time"] for r in summary["rounds"]]
     assert times == sorted(times) and times[0] > 0 and summary["sim_seconds"] == times[-1]
     assert all(site["sim_seconds"] <= r["sim_time"] for r in summary["rounds"] for site in r["sites"].values())
+    # Sites that went offline at 1.5 s before their task's end: dropped, recorded, never trained.
+    dropped = [f for r in summary["rounds"] for f in r["failures"].values() if f["kind"] == "dropped"]
+    assert dropped and all("went offline at t=1.5 s" in f["message"] for f in dropped)
 
 
 @pytest.mark.slow
 def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_with_killed_workers_and_after_a_resume(
-        reference, job_config, tmp_path):
+        reference, job_config, fedbuff_keys, tmp_path):
     from fedray import run_job
 
     run_dir, summary = reference
@@ -186,7 +223,7 @@ def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_with_killed_wor
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        batched = run_job(job_config(*FEDBUFF, "site.num_actors=2", "site.sites_per_task=2", "site.max_restarts=20",
+        batched = run_job(job_config(*fedbuff_keys, "site.num_actors=2", "site.sites_per_task=2", "site.max_restarts=20",
                                      "site.max_task_retries=6"), tmp_path / "batched")
     finally:
         done.set()
@@ -206,14 +243,14 @@ def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_with_killed_wor
 
     stopped = tmp_path / "stopped"
     with pytest.raises(Exception, match="interrupted"):
-        run_job(job_config(*FEDBUFF, "site.num_actors=2", "site.sites_per_task=1"), stopped,
+        run_job(job_config(*fedbuff_keys, "site.num_actors=2", "site.sites_per_task=1"), stopped,
                 on_event=StopAfterSecondAggregation())
     from fedray.records.checkpoint import read_state_file
 
     # The checkpoint keeps the models that the trainings still in flight started from.
     kept = read_state_file(stopped / "checkpoint" / "algorithm_state.pt")["state"]["fedray_fedbuff"]["versions"]
     assert kept and set(kept) <= {"0", "1"}
-    resumed = run_job(job_config(*FEDBUFF, "site.num_actors=2", "site.sites_per_task=1", f"resume={stopped}"),
+    resumed = run_job(job_config(*fedbuff_keys, "site.num_actors=2", "site.sites_per_task=1", f"resume={stopped}"),
                       tmp_path / "ignored")
     assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
     assert _same_bits(_global(stopped), _global(run_dir))

@@ -213,6 +213,7 @@ class Controller:
             self.sites, self.pool, params,
             on_round_end=self._round_end, on_site_done=self._site_done, num_rounds=args["num_rounds"],
             concurrency=concurrency, buffer_size=args["buffer_size"] or concurrency, duration=self._task_seconds(params),
+            traces=self._traces(),
             staleness=args["staleness"], staleness_a=args["staleness_a"], staleness_b=args["staleness_b"],
             server_lr=args["server_lr"], start_round=self.resume["next_round"] if self.resume else args["start_round"],
             seed=self.job["seed"], train_timeout=args["train_timeout"], aggregation_weights=args["aggregation_weights"],
@@ -226,6 +227,11 @@ class Controller:
         """A site task's simulated seconds (fedray/system/clock.py), from its profile, samples and the model's size."""
         profiles, samples, model_bytes = self._site_costs(params)
         return lambda site: task_seconds(profiles[site], model_bytes, samples[site])
+
+    def _traces(self) -> dict[str, dict] | None:
+        """The sites' availability traces (`system.availability`), or None: always online."""
+        path = self.job["system"]["availability"]
+        return site_traces(safe_load(path), self.sites) if path else None
 
     def _site_costs(self, params: Params) -> tuple[dict, dict[str, int], int]:
         """Each site's profile (from the seed) and samples per task (from its shard), and the model's bytes."""
@@ -243,9 +249,8 @@ class Controller:
         timing. A resumed run's clock goes on from its last round's."""
         if not clock_runs(self.job):
             return None
-        system = self.job["system"]
         profiles, samples, model_bytes = self._site_costs(params)
-        traces = site_traces(safe_load(system["availability"]), self.sites) if system["availability"] else {}
+        traces = self._traces() or {}
         return SyncClock(profiles, traces, samples, model_bytes, args["round_deadline"], args["over_selection"],
                          now=self.resume.get("sim_time", 0.0) if self.resume else 0.0)
 

@@ -19,7 +19,7 @@ import re
 import time
 from collections import defaultdict
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 import ray
@@ -75,6 +75,7 @@ def fedbuff(
     concurrency: int,
     buffer_size: int,
     duration: Callable[[str], float],
+    traces: Optional[Mapping[str, Mapping]] = None,
     staleness: str = "constant",
     staleness_a: float = 0.5,
     staleness_b: float = 4.0,
@@ -97,7 +98,7 @@ def fedbuff(
     aggregation's `sim_seconds` (since the last) and `sim_time` on the clock.
     `state` may carry FEDBUFF_STATE from a checkpoint: the models that trainings in flight then started from."""
     schedule = fedbuff_schedule(sites, concurrency=concurrency, buffer_size=buffer_size, num_aggregations=num_rounds,
-                                seed=seed, duration=duration)
+                                seed=seed, duration=duration, traces=traces)
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
     algorithm = algorithm or Algorithm()
@@ -127,6 +128,9 @@ def fedbuff(
                  sites_per_task=sites_per_task, best_local_models=best_local_models, on_site_done=on_site_done,
                  ignore_result_error=ignore_result_error)
         buffer = buffers.pop(current)
+        for gone in schedule.dropped_by(current):  # known from the traces before any training: none ran
+            buffer.failures[gone.site] = {"kind": "dropped", "message": f"went offline at t={gone.arrival:g} s, "
+                                          "before its task would end", "seconds": 0.0, "sim_seconds": gone.arrival - gone.start}
         if not buffer.metrics and ignore_result_error is not True:
             raise RoundFailed(f"round {current}: no site of the buffer returned a result ({_describe(buffer.failures)})")
         if buffer.metrics:
