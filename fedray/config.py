@@ -525,6 +525,13 @@ def _validate_system(cfg: DictConfig, require: Callable[[bool, str, str], None])
     if sag.over_selection > 1:
         require(per_round < cfg.num_clients and sag.sampling == "fixed", "workflows.scatter_and_gather.over_selection",
                 "needs sampling=fixed and clients_per_round below num_clients (it samples more than clients_per_round)")
+    if cfg.privacy.mode in ("central", "local"):
+        # The ledger counts clients_per_round sites drawn uniformly from num_clients; over-selection and
+        # availability pick them by speed and time instead, which its sampling amplification does not cover.
+        require(sag.over_selection == 1 and system.availability is None,
+                "workflows.scatter_and_gather.over_selection" if sag.over_selection != 1 else "system.availability",
+                f"must be 1 / null with privacy={cfg.privacy.mode}: the privacy ledger assumes each round's sites are "
+                "drawn uniformly from all of them")
     if sag.round_deadline is not None:
         require(sag.round_deadline > 0, "workflows.scatter_and_gather.round_deadline",
                 "must be positive simulated seconds (or null: no deadline)")

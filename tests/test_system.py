@@ -9,10 +9,10 @@ import pytest
 
 from fedray.config import ConfigError, compose, site_names
 from fedray.system import DROPPED, LATE, OVER_SELECTED, traces
-from fedray.system.availability import UnsafePickle, active_until, available, safe_load, site_traces
+from fedray.system.availability import UnsafePickle, active_until, available, next_online, safe_load, site_traces
 from fedray.system.clock import dropped, task_seconds
 from fedray.system.profiles import ZERO_COST, SiteProfile, build_profiles
-from fedray.system.schedule import over_selected_count, plan_round
+from fedray.system.schedule import Planned, SyncClock, clock_runs, over_selected_count, plan_round, samples_per_task
 
 LOGNORMAL = {"name": "lognormal", "seconds_per_sample": 0.005, "compute_spread": 0.6, "download_bytes_per_s": 2.5e6,
              "upload_bytes_per_s": 1e6, "bandwidth_spread": 0.8, "latency_s": 0.05, "latency_spread": 0.5,
@@ -88,7 +88,7 @@ def test_a_hostile_pickle_is_refused_in_one_line_and_runs_nothing(tmp_path):
         safe_load(hostile)
     assert "names io.open" in str(caught.value) and "\n" not in str(caught.value)
     assert not target.exists()
-    with pytest.raises(ConfigError, match="availability.pkl: names io.open"):
+    with pytest.raises(ConfigError, match=r"^system.availability=.*availability.pkl: names io.open: only built-in containers"):
         compose(["data=synthetic", f"system.availability={hostile}"])
     assert not os.path.exists(target)
 
@@ -110,8 +110,19 @@ def test_a_hand_computed_round():
     # site-3 goes offline 4 s into the round: dropped, and site-2 counts in its place.
     offline = {"site-3": {"active": [0.0], "inactive": [104.0], "finish_time": 1000.0}}
     plan = plan_round(list(speeds), 3, profiles, offline, 100.0, 10**6, samples, 10.0, 0, 0)
-    assert plan.spared["site-3"].kind == DROPPED and plan.counted == ["site-1", "site-2", "site-5"]
+    assert plan.spared["site-3"].kind == DROPPED and plan.spared["site-3"].offline_at == 104.0
+    assert plan.counted == ["site-1", "site-2", "site-5"]
     assert plan.seconds == pytest.approx(7.5)
+    # A dropout draw is the seeded clock.dropped's, round by round, and the next fastest site counts in its place.
+    flaky = {**profiles, "site-1": SiteProfile(0.01, 1e6, 1e6, 0.5, dropout=0.5)}
+    outcomes = []
+    for r in range(8):
+        plan = plan_round(list(speeds), 3, flaky, {}, 0.0, 10**6, samples, 10.0, seed=5, current_round=r)
+        lost = dropped(flaky["site-1"], 5, r, "site-1")
+        outcomes.append(lost)
+        assert plan.counted == (["site-2", "site-3", "site-5"] if lost else ["site-1", "site-3", "site-5"])
+        assert (plan.spared.get("site-1") or Planned("", 0)).kind == (DROPPED if lost else None)
+    assert True in outcomes and False in outcomes
     assert over_selected_count(10, 1.3, 100) == 13 and over_selected_count(10, 1.3, 11) == 11
     assert over_selected_count(3, 1.0, 100) == 3
 
@@ -124,6 +135,8 @@ def test_a_hand_computed_round():
     (["system=lognormal", "workflows.scatter_and_gather.round_deadline=0.01", "min_clients=2"],
      "round_deadline=0.01: only 0 sites can finish"),
     (["system=nope"], "system=nope: no such option in conf/system/"),
+    (["clients_per_round=2", "workflows.scatter_and_gather.over_selection=1.5", "privacy=central"],
+     "over_selection=1.5: must be 1 / null with privacy=central: the privacy ledger assumes"),
 ])
 def test_bad_system_input_is_one_line_naming_the_key(overrides, key):
     with pytest.raises(ConfigError) as caught:
@@ -142,3 +155,31 @@ def test_traces_that_cannot_serve_the_run_are_one_line(tmp_path):
     cfg = compose(["data=synthetic", "num_clients=3", "system=trace", f"system.device_capacity={capacity}",
                    f"system.availability={availability}"])
     assert cfg.system.name == "trace"
+
+
+def test_only_uniform_always_online_sites_without_policies_skip_the_clock():
+    cfg = compose(["data=synthetic"])
+    assert not clock_runs(cfg)  # the default: the workflow's code path of before system=, and its bits
+    for extra in (["system=lognormal"], ["workflows.scatter_and_gather.round_deadline=5"],
+                  ["clients_per_round=4", "workflows.scatter_and_gather.over_selection=1.5"]):
+        assert clock_runs(compose(["data=synthetic", *extra])), extra
+
+
+def test_a_sync_clock_samples_among_the_online_and_counts_every_epoch_batch():
+    offline_first = {"site-1": {"active": [10.0], "inactive": [20.0], "finish_time": 100.0}}
+    clock = SyncClock(dict.fromkeys(site_names(3), ZERO_COST), offline_first, dict.fromkeys(site_names(3), 0), 0)
+    assert clock.online(site_names(3)) == ["site-2", "site-3"]
+    clock.now = 115.0  # the trace repeats every 100 s
+    assert clock.online(site_names(3)) == site_names(3)
+    assert samples_per_task(train_size=100, local_epochs=2, batch_size=32) == 2 * 4 * 32  # a short last batch is a step
+
+
+def test_with_nobody_online_the_round_waits_for_the_first_site_to_come_online():
+    traces_ = {"site-1": {"active": [30.0, 70.0], "inactive": [40.0, 80.0], "finish_time": 100.0},
+               "site-2": {"active": [50.0], "inactive": [60.0], "finish_time": 100.0}}
+    assert next_online(traces_, "site-1", 45.0) == 70.0 and next_online(traces_, "site-1", 85.0) == 130.0
+    assert next_online(traces_, "site-1", 35.0) == 35.0
+    clock = SyncClock(dict.fromkeys(site_names(2), ZERO_COST), traces_, dict.fromkeys(site_names(2), 0), 0, now=42.0)
+    assert clock.wait_for_online(site_names(2)) == pytest.approx(8.0)  # site-2 at 50
+    assert clock.now == 50.0 and clock.online(site_names(2)) == ["site-2"]
+    assert clock.wait_for_online(site_names(2)) == 0.0

@@ -1,6 +1,6 @@
 """The simulated clock in whole jobs on real Ray and the tiny CIFAR-10: a hand-computed schedule (speeds,
 availability, deadline, over-selection) is what the records show, the sites left out never train, the clock's
-path trains the same bits as uniform's where every site counts, and batching changes no bit."""
+path trains the same bits as uniform's where every site counts, and batching or a resume changes no bit."""
 
 import json
 import math
@@ -87,13 +87,25 @@ def test_the_records_show_the_hand_computed_schedule(scheduled):
     stamps = [point.wall_time for point in events.Scalars("test_accuracy")]
     assert stamps == pytest.approx([entry["sim_time"] for entry in lines])
     text = report(run_dir)
-    assert "sim_hours" in text and f"{clock / 3600:.3f}" in text and "never trained: " in text
+    assert "system=trace" in text and "sim_hours" in text and f"{clock / 3600:.3f}" in text and "never trained: " in text
 
 
-def test_batching_changes_no_bit_of_a_clocked_run(scheduled, job_config, tmp_path):
-    run_dir, _, _, deadline, overrides = scheduled
+class _StopAfterFirstRound:
+    def __call__(self, event):
+        if event["type"] == "round":
+            raise KeyboardInterrupt  # as Ctrl-C after round 1's checkpoint
+
+
+def test_batched_then_stopped_and_resumed_the_clock_goes_on_to_the_same_bits(scheduled, job_config, tmp_path):
+    run_dir, summary, _, deadline, overrides = scheduled
     batched = [o for o in overrides if not o.startswith("site.sites_per_task")] + ["site.sites_per_task=2"]
-    run_job(job_config(*batched, f"workflows.scatter_and_gather.round_deadline={deadline}"), tmp_path)
+    config = (*batched, f"workflows.scatter_and_gather.round_deadline={deadline}")
+    with pytest.raises(Exception, match="interrupted"):
+        run_job(job_config(*config), tmp_path, on_event=_StopAfterFirstRound())
+    resumed = run_job(job_config(*config, f"resume={tmp_path}"), tmp_path / "ignored")
+    assert [(r["sim_seconds"], r["sim_time"], r["failures"]) for r in resumed["rounds"]] == [
+        (r["sim_seconds"], r["sim_time"], r["failures"]) for r in summary["rounds"]]
+    assert resumed["sim_seconds"] == summary["sim_seconds"]
     assert _same_bits(_global(run_dir), _global(tmp_path))
 
 

@@ -149,6 +149,8 @@ def _highlights(config: Mapping[str, Any]) -> dict[str, Any]:
         "lr": config["lr"],
         "local_epochs": config["local_epochs"],
         "seed": config["seed"],
+        # A run on the simulated clock (a run of before system= has no such key: uniform)
+        **({"system": system} if (system := (config.get("system") or {}).get("name", "uniform")) != "uniform" else {}),
     }
 
 

@@ -47,8 +47,9 @@ class TensorBoardWriter:
 
     def __init__(self, folder: str | os.PathLike, per_site: bool = True, simulated: bool = False) -> None:
         """`per_site`: the sites' own folders too (else the round's sites are summed up in `tb/` only);
-        `simulated`: a round's scalars carry the simulated clock's time as their wall time (TensorBoard's
-        relative time axis then shows the federation's time; streamed points keep this machine's)."""
+        `simulated`: the server's round scalars carry the simulated clock's time as their wall time (TensorBoard's
+        relative time axis then shows the federation's time); a site's folder keeps this machine's, as its
+        streamed points have it (one file, one time axis)."""
         self.folder = Path(folder)
         self.per_site = per_site
         self.simulated = simulated
@@ -81,8 +82,7 @@ class TensorBoardWriter:
         if not self.per_site:
             return
         for site, metrics in event["sites"].items():
-            self._append(site, [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics],
-                         wall)
+            self._append(site, [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics])
 
     def _append(self, run: str, scalars: list[tuple[str, float, int]], wall: float | None = None) -> None:
         """`wall`: the events' wall time (the simulated clock's); None: now."""

@@ -35,15 +35,16 @@ class _ContainersOnly(pickle.Unpickler):
                            "carry code); write the trace with plain dicts, lists and floats")
 
 
-def safe_load(path: str | Path) -> Any:
-    """The pickle at `path`, made of dicts, lists, tuples, sets, str and numbers only; UnsafePickle otherwise."""
+def safe_load(path: str | Path, key: str = "system.availability") -> Any:
+    """The pickle at `path` (the config's `key`), made of dicts, lists, tuples, sets, str and numbers only;
+    UnsafePickle otherwise, one line naming the key."""
     data = Path(path).read_bytes()
     try:
         return _ContainersOnly(io.BytesIO(data)).load()
     except UnsafePickle as err:
-        raise UnsafePickle(f"{path}: {err}") from None
+        raise UnsafePickle(f"{key}={path}: {err}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a readable pickle ({err})") from None
+        raise ValueError(f"{key}={path}: not a readable pickle ({err})") from None
 
 
 def site_traces(raw: Mapping[Any, Any], sites: Sequence[str]) -> dict[str, dict]:
@@ -89,6 +90,21 @@ def active_until(traces: Mapping[str, Mapping], site: str, t: float) -> float:
         return t
     index, norm = found
     return t + (trace["inactive"][index] - norm)
+
+
+def next_online(traces: Mapping[str, Mapping], site: str, t: float) -> float:
+    """The first time from `t` on when `site` is online (`t` if it is; inf if it never is)."""
+    trace = traces.get(site)
+    if trace is None or _interval(trace, t) is not None:
+        return t
+    if not trace["active"]:
+        return math.inf
+    period = trace["finish_time"]
+    norm = t % period if period > 0 else t
+    later = [start for start in trace["active"] if start > norm]
+    if later:
+        return t + later[0] - norm
+    return t + period - norm + trace["active"][0] if period > 0 else math.inf
 
 
 def ever_available(traces: Mapping[str, Mapping]) -> bool:

@@ -1,7 +1,7 @@
 """Each site's system profile: how fast it computes, how fast its link is, how often it drops out.
 
 uniform: every cost zero (fedray before `system=`: no simulated time passes). lognormal: each quantity drawn
-once per site, seeded by (seed, the site's index), around a median with a spread (the sigma of its log), as
+once per site, a function of (seed, the site's index), around a median with a spread (the sigma of its log), as
 FedScale's and FLSim's log-normal device models. trace: FedScale's device_capacity pickle, whose
 `computation` is a model's inference latency in ms per sample (a training sample costs 3x: forward and
 backward, FedScale's augmentation_factor) and whose `communication` is a bandwidth in kbit/s, FedScale's
@@ -45,16 +45,21 @@ def build_profiles(system: Mapping[str, Any], sites: Sequence[str], seed: int) -
     if name == UNIFORM:
         return {site: ZERO_COST for site in sites}
     if name == LOGNORMAL:
-        return {site: lognormal_profile(system, seed, index) for index, site in enumerate(sites)}
+        # One stream for the run, a row of 4 normals per site in site order: site k's draw depends on the seed
+        # and k alone (a longer run's first rows are a shorter one's), at 1 ms for 10,000 sites.
+        draws = np.random.default_rng([seed, _PROFILE_STREAM]).standard_normal((len(sites), 4))
+        keys = ("seconds_per_sample", "compute_spread", "download_bytes_per_s", "upload_bytes_per_s",
+                "bandwidth_spread", "latency_s", "latency_spread", "dropout")
+        plain = {key: float(system[key]) for key in keys}  # read once: a DictConfig's reads cost microseconds
+        return {site: lognormal_profile(plain, z) for site, z in zip(sites, draws.tolist())}
     if name == TRACE:
-        capacity = ordered_entries(load_pickle(system["device_capacity"]), len(sites), "system.device_capacity")
+        capacity = ordered_entries(load_pickle(system["device_capacity"], "system.device_capacity"), len(sites), "system.device_capacity")
         return {site: capacity_profile(entry, system["dropout"]) for site, entry in zip(sites, capacity)}
     raise ValueError(f"system.name={name}: must be one of {UNIFORM}, {LOGNORMAL}, {TRACE}")
 
 
-def lognormal_profile(system: Mapping[str, Any], seed: int, index: int) -> SiteProfile:
-    """Site `index`'s draw: each quantity median x exp(spread x z), z standard normal from (seed, index)."""
-    z = np.random.default_rng([seed, index, _PROFILE_STREAM]).standard_normal(4)
+def lognormal_profile(system: Mapping[str, float], z: Sequence[float]) -> SiteProfile:
+    """A site's profile from its 4 standard normals: each quantity median x exp(spread x z)."""
     compute_spread, bandwidth_spread, latency_spread = (system["compute_spread"], system["bandwidth_spread"],
                                                         system["latency_spread"])
     return SiteProfile(
@@ -88,8 +93,8 @@ def ordered_entries(trace: Mapping[Any, Any], count: int, key: str) -> list[Any]
     return list(trace.values())[:count]
 
 
-def load_pickle(path: str | Path) -> Any:
-    """A FedScale trace file, read without running code (fedray/system/availability.py's unpickler)."""
+def load_pickle(path: str | Path, key: str) -> Any:
+    """A FedScale trace file (the config's `key`), read without running code (availability.py's unpickler)."""
     from fedray.system.availability import safe_load
 
-    return safe_load(path)
+    return safe_load(path, key)

@@ -26,6 +26,7 @@ class Planned:
     site: str
     seconds: float  # its task's simulated duration
     kind: Optional[str] = None  # None: it trains and counts; else dropped, late or over_selected
+    offline_at: Optional[float] = None  # dropped by its availability trace: when it goes offline
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,10 @@ def plan_round(chosen: Sequence[str], target: int, profiles: Mapping[str, SitePr
     candidates: list[tuple[float, int, str]] = []
     for order, site in enumerate(chosen):
         seconds = task_seconds(profiles[site], model_bytes, samples[site])
-        if dropped(profiles[site], seed, current_round, site) or start + seconds > active_until(traces, site, start):
+        offline_at = active_until(traces, site, start)
+        if start + seconds > offline_at:
+            planned[site] = Planned(site, seconds, DROPPED, offline_at)
+        elif dropped(profiles[site], seed, current_round, site):
             planned[site] = Planned(site, seconds, DROPPED)
         elif deadline is not None and seconds > deadline:
             planned[site] = Planned(site, seconds, LATE)
@@ -92,6 +96,19 @@ class SyncClock:
         from fedray.system.availability import available
 
         return [site for site in sites if available(self.traces, site, self.now)]
+
+    def wait_for_online(self, sites: Sequence[str]) -> float:
+        """With no site online at the round's start, the server waits for the first to come online: the
+        clock moves there; the seconds waited (0 when some site is online)."""
+        if not self.traces or self.online(sites):
+            return 0.0
+        from fedray.system.availability import next_online
+
+        waited = min(next_online(self.traces, site, self.now) for site in sites) - self.now
+        if not math.isfinite(waited):
+            raise ValueError("no site is ever online again in system.availability's trace")
+        self.now += waited
+        return waited
 
     def plan(self, chosen: Sequence[str], target: int, seed: int, current_round: int) -> RoundPlan:
         return plan_round(chosen, target, self.profiles, self.traces, self.now, self.model_bytes, self.samples,

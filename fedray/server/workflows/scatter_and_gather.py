@@ -115,6 +115,7 @@ def scatter_and_gather(
             chosen = sample_sites(sites, per_round, seed, current_round, sampling)
             target, training, spared = len(chosen), chosen, {}
         else:
+            waited = clock.wait_for_online(sites)  # the clock moves to the first site online, if none is
             online = clock.online(sites)
             target = min(per_round, len(online))
             chosen = sample_sites(online, over_selected_count(target, clock.over_selection, len(online)), seed,
@@ -235,7 +236,7 @@ def scatter_and_gather(
         server_state = {**state, PRIVACY_STATE: privacy.state()} if privacy else state
         if clock is not None:
             clock.now += plan.seconds
-            extra.update(sim_seconds=plan.seconds, sim_time=clock.now)
+            extra.update(sim_seconds=waited + plan.seconds, sim_time=clock.now)
         on_round_end(current_round, global_ref, site_metrics, failures, time.perf_counter() - started, improved,
                      ray.put(server_state), updated_site_states, **extra)
     return global_params
@@ -333,8 +334,11 @@ def _spared(spared: dict[str, Planned], clock: SyncClock | None) -> dict[str, di
     """The sites the clock left out, as failures of their kind (they never trained: no real seconds)."""
     failures = {}
     for site, planned in spared.items():
-        if planned.kind == DROPPED:
-            message = "dropped out (its dropout draw, or offline before it would finish)"
+        if planned.kind == DROPPED and planned.offline_at is not None:
+            message = (f"dropped out: offline at {planned.offline_at:.6g} simulated s, before it would finish at "
+                       f"{clock.now + planned.seconds:.6g}")
+        elif planned.kind == DROPPED:
+            message = "dropped out (its seeded dropout draw, system.dropout)"
         elif planned.kind == LATE:
             message = f"would finish after {planned.seconds:.4g} simulated s, past round_deadline={clock.deadline:g}"
         else:
