@@ -171,6 +171,14 @@ class ScatterAndGatherConfig:
     aggregation_weights: Dict[str, float] = field(default_factory=dict)
     exclude_vars: Optional[str] = None  # regex of variables kept at their global values
     ignore_result_error: Optional[bool] = None  # FLARE's: null ignores failures while min_clients can answer
+    # Asynchronous FedBuff (README "Asynchronous aggregation"): num_rounds counts aggregations
+    mode: str = "sync"  # sync | fedbuff
+    concurrency: Optional[int] = None  # fedbuff: sites training at once; null: clients_per_round (or all sites)
+    buffer_size: Optional[int] = None  # fedbuff: arrivals per aggregation (1: FedAsync); null: concurrency
+    staleness: str = "constant"  # fedbuff: constant | polynomial 1/(1+s)^a | threshold 1 if s<=b else a | hinge 1 if s<=b else 1/(a(s-b)+1)
+    staleness_a: float = 0.5
+    staleness_b: float = 4.0
+    server_lr: float = 1.0  # fedbuff: the step along the buffer's staleness-weighted mean update
     round_deadline: Optional[float] = None  # simulated seconds; a site that would finish later is late (never trains)
     over_selection: float = 1.0  # sample ceil(f x clients_per_round) sites, aggregate the first clients_per_round to finish
 
@@ -231,6 +239,8 @@ _CHOICES = {
     "partition.name": ("iid", "dirichlet"),
     "workflows.pre_train.weight_method": ("first", "client"),
     "workflows.scatter_and_gather.sampling": ("fixed", "poisson"),
+    "workflows.scatter_and_gather.mode": ("sync", "fedbuff"),
+    "workflows.scatter_and_gather.staleness": ("constant", "polynomial", "threshold", "hinge"),
     "privacy.mode": ("none", "central", "local", "dp_sgd"),
     "privacy.accountant": ("rdp", "pld"),
     "system.name": ("uniform", "lognormal", "trace"),
@@ -449,7 +459,41 @@ def validate(cfg: DictConfig) -> None:
     put_on_python_path(OmegaConf.to_container(cfg), cfg.site.script)  # a model beside the script, in custom/
     _validate_algorithm(cfg, require)
     _validate_privacy(cfg, require)
+    _validate_fedbuff(cfg, require)
     _validate_system(cfg, require)
+
+
+def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """mode=fedbuff's keys, one line each before Ray starts."""
+    sag, key = cfg.workflows.scatter_and_gather, "workflows.scatter_and_gather."
+    if sag.mode != "fedbuff":
+        return
+    concurrency = fedbuff_concurrency(cfg)
+    require(1 <= concurrency <= cfg.num_clients, key + "concurrency",
+            f"must be between 1 and num_clients={cfg.num_clients} (sites training at once)")
+    require(1 <= (sag.buffer_size or concurrency) <= concurrency, key + "buffer_size",
+            f"must be between 1 and concurrency={concurrency} (a buffer fills with arrivals of the sites in flight)")
+    require(sag.server_lr > 0, key + "server_lr", "must be positive")
+    if sag.staleness == "polynomial":
+        require(0 <= sag.staleness_a <= 1, key + "staleness_a", "must be in [0, 1] for staleness=polynomial (FLSim's)")
+    if sag.staleness in ("threshold", "hinge"):
+        require(sag.staleness_a >= 0, key + "staleness_a", f"must be >= 0 for staleness={sag.staleness}")
+        require(sag.staleness_b >= 0, key + "staleness_b", f"must be >= 0 for staleness={sag.staleness}")
+    require(not cfg.algorithm._target_.endswith("Scaffold"), key + "mode",
+            "fedbuff does not run SCAFFOLD (its control variates assume synchronous rounds); use mode=sync")
+    require(cfg.privacy.mode == "none", key + "mode",
+            "fedbuff does not run with differential privacy yet (its accounting is per synchronous round); privacy=none")
+    require(sag.min_clients is None, key + "min_clients",
+            "must be null with mode=fedbuff (a buffer aggregates buffer_size arrivals)")
+    require(sag.round_deadline is None, key + "round_deadline", "must be null with mode=fedbuff (it has no rounds to end)")
+    require(sag.over_selection == 1, key + "over_selection", "must be 1 with mode=fedbuff (it aggregates every arrival)")
+    require(cfg.system.dropout == 0, "system.dropout", "not yet with mode=fedbuff; 0, or mode=sync")
+
+
+def fedbuff_concurrency(cfg: Any) -> int:
+    """FedBuff's sites in flight: `concurrency`, else clients_per_round, else every site."""
+    sag = cfg["workflows"]["scatter_and_gather"]
+    return sag["concurrency"] or sag["clients_per_round"] or cfg["num_clients"]
 
 
 def _validate_algorithm(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

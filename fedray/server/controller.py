@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -22,7 +22,7 @@ from ray.actor import ActorHandle
 
 from fedray import algorithms
 from fedray.aggregation import Params, pool_metrics
-from fedray.config import runs_own_code
+from fedray.config import fedbuff_concurrency, runs_own_code
 from fedray.fl_model import Point
 from fedray.privacy import PRIVACY_STATE, update_privacy
 from fedray.privacy.server import ServerPrivacy
@@ -32,11 +32,13 @@ from fedray.server.workflows import (
     SERVER_MODELS,
     LocalModel,
     cross_site_model_eval,
+    fedbuff,
     initialize_global_weights,
     sample_sites,
     scatter_and_gather,
 )
 from fedray.system.availability import safe_load, site_traces
+from fedray.system.clock import task_seconds
 from fedray.system.profiles import build_profiles
 from fedray.system.schedule import SyncClock, clock_runs, samples_per_task
 
@@ -172,6 +174,8 @@ class Controller:
         # DP's own server state (clip norm, ledgers) rides in the algorithm's, which the checkpoint keeps.
         privacy_saved = state.pop(PRIVACY_STATE, None) if state is not None else None
         self.privacy = privacy = ServerPrivacy(self.job, privacy_saved) if update_privacy(self.job["privacy"]) else None
+        if args["mode"] == "fedbuff":
+            return self._fedbuff(params, args, state)
         return scatter_and_gather(
             self.sites,
             self.pool,
@@ -202,24 +206,55 @@ class Controller:
             clock=self._clock(params, args),
         )
 
+    def _fedbuff(self, params: Params, args: dict[str, Any], state: dict | None) -> Params:
+        """mode=fedbuff (fedray/server/workflows/fedbuff.py): the aggregations of its schedule on the simulated clock."""
+        concurrency = fedbuff_concurrency(self.job)
+        return fedbuff(
+            self.sites, self.pool, params,
+            on_round_end=self._round_end, on_site_done=self._site_done, num_rounds=args["num_rounds"],
+            concurrency=concurrency, buffer_size=args["buffer_size"] or concurrency, duration=self._task_seconds(params),
+            traces=self._traces(),
+            staleness=args["staleness"], staleness_a=args["staleness_a"], staleness_b=args["staleness_b"],
+            server_lr=args["server_lr"], start_round=self.resume["next_round"] if self.resume else args["start_round"],
+            seed=self.job["seed"], train_timeout=args["train_timeout"], aggregation_weights=args["aggregation_weights"],
+            exclude_vars=args["exclude_vars"], ignore_result_error=args["ignore_result_error"],
+            max_task_retries=self.max_task_retries, sites_per_task=self._sites_per_task(args["buffer_size"] or concurrency),
+            best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
+            algorithm=algorithms.build(self.job.get("algorithm")), state=state,
+        )
+
+    def _task_seconds(self, params: Params) -> Callable[[str], float]:
+        """A site task's simulated seconds (fedray/system/clock.py), from its profile, samples and the model's size."""
+        profiles, samples, model_bytes = self._site_costs(params)
+        return lambda site: task_seconds(profiles[site], model_bytes, samples[site])
+
+    def _traces(self) -> dict[str, dict] | None:
+        """The sites' availability traces (`system.availability`), or None: always online."""
+        path = self.job["system"]["availability"]
+        return site_traces(safe_load(path), self.sites) if path else None
+
+    def _site_costs(self, params: Params) -> tuple[dict, dict[str, int], int]:
+        """Each site's profile (from the seed) and samples per task (from its shard), and the model's bytes."""
+        job = self.job
+        shards = ray.get(self.data[0], timeout=300)  # {site: Shard}: the partition's indices
+        samples = {site: samples_per_task(len(shards[site].train), job["local_epochs"], job["batch_size"])
+                   for site in self.sites}
+        model_bytes = sum(np.asarray(value).nbytes for value in params.values()
+                          if np.issubdtype(np.asarray(value).dtype, np.floating))
+        return build_profiles(job["system"], self.sites, job["seed"]), samples, int(model_bytes)
+
     def _clock(self, params: Params, args: dict[str, Any]) -> SyncClock | None:
         """The simulated clock (fedray/system/), or None for uniform, always-online sites without round policies.
         Built from the job alone (profiles from the seed, each site's samples from its shard): never from Ray's
         timing. A resumed run's clock goes on from its last round's."""
         if not clock_runs(self.job):
             return None
-        system, job = self.job["system"], self.job
-        shards = ray.get(self.data[0], timeout=300)  # {site: Shard}: the partition's indices
-        samples = {site: samples_per_task(len(shards[site].train), job["local_epochs"], job["batch_size"])
-                   for site in self.sites}
-        traces = site_traces(safe_load(system["availability"]), self.sites) if system["availability"] else {}
-        model_bytes = sum(np.asarray(value).nbytes for value in params.values()
-                          if np.issubdtype(np.asarray(value).dtype, np.floating))
-        return SyncClock(build_profiles(system, self.sites, job["seed"]), traces, samples, int(model_bytes),
-                         args["round_deadline"], args["over_selection"],
+        profiles, samples, model_bytes = self._site_costs(params)
+        traces = self._traces() or {}
+        return SyncClock(profiles, traces, samples, model_bytes, args["round_deadline"], args["over_selection"],
                          now=self.resume.get("sim_time", 0.0) if self.resume else 0.0)
 
-    def _sites_per_task(self) -> int:
+    def _sites_per_task(self, per_round: int | None = None) -> int:
         """Batch a round's sites when a pool serves many small ones: a Ray task, a result in the object
         store and a fold per site cost more than training 5 steps. One batch per worker and round: a
         second batch made each worker wait a round trip to the controller in the middle of every round
@@ -231,7 +266,7 @@ class Controller:
         if (self.pool.home or self.job["workflows"]["cross_site_validate"]["enabled"]
                 or self.job["aggregator"]["_target_"] != "fedray.aggregation.fedavg"):
             return 1
-        return max(1, math.ceil(self.sites_per_round / len(self.pool.workers)))
+        return max(1, math.ceil((per_round or self.sites_per_round) / len(self.pool.workers)))
 
     def _cross_site_validate(self, params: Params | None, args: dict[str, Any]) -> Params | None:
         if self.global_ref is None:  # no FedAvg round ran: the server's model is the initial one
