@@ -47,9 +47,10 @@ log = logging.getLogger("fedray")
 EVENT_POLL_SECONDS = 0.5
 AGAIN_SECONDS = 0.2  # before asking a temporarily unavailable actor again
 # The controller's calls return at once (drain: within EVENT_POLL_SECONDS); how long one that Ray's RPC keeps
-# failing is asked again before the run ends in one line (its node's raylet would have said it is dead by then).
+# failing is asked again before the run ends in one line. Lost calls are asked again every AGAIN_SECONDS, so
+# 10 s is fifty failures in a row: not a flaky network but a controller (or its node, the head) gone.
 CONTROLLER_CALL_TIMEOUT = 60.0
-CONTROLLER_PATIENCE = 60.0
+CONTROLLER_PATIENCE = 10.0
 
 
 class JobFailed(RuntimeError):
