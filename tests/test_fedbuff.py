@@ -5,12 +5,11 @@ import threading
 import time
 
 import numpy as np
-import psutil
 import pytest
 
 from fedray.config import ConfigError, compose
 from fedray.server.workflows.fedbuff_schedule import fedbuff_schedule, staleness_weight
-from tests.test_reliability import _is_site_worker
+from tests.test_reliability import _kill_a_site_worker
 
 SITES = [f"site-{k}" for k in range(1, 9)]
 
@@ -213,12 +212,8 @@ def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_with_killed_wor
         rng = random.Random(7)
         while not done.is_set() and len(kills) < 3:
             time.sleep(rng.uniform(0.5, 1.5))
-            workers = sorted((p for p in psutil.Process().children(recursive=True) if _is_site_worker(p)),
-                             key=lambda p: p.pid)
-            if workers and not done.is_set():
-                victim = rng.choice(workers)
-                victim.kill()
-                kills.append(victim.pid)
+            if not done.is_set():
+                _kill_a_site_worker(rng, kills)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()

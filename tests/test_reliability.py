@@ -203,12 +203,8 @@ def test_killed_worker_processes_rerun_their_tasks_and_end_with_identical_weight
         started.wait(timeout=300)
         while not done.is_set() and len(kills) < 4:
             time.sleep(rng.uniform(0.3, 2.0))
-            workers = sorted((p for p in psutil.Process().children(recursive=True) if _is_site_worker(p)),
-                             key=lambda p: p.pid)
-            if workers and not done.is_set():
-                victim = rng.choice(workers)
-                victim.kill()
-                kills.append(victim.pid)
+            if not done.is_set():
+                _kill_a_site_worker(rng, kills)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
@@ -227,6 +223,15 @@ def test_killed_worker_processes_rerun_their_tasks_and_end_with_identical_weight
     ours = torch.load(tmp_path / "stormy" / "models" / "FL_global_model.pt")["model"]
     theirs = torch.load(tmp_path / "calm" / "models" / "FL_global_model.pt")["model"]
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+def _kill_a_site_worker(rng: random.Random, kills: list[int]) -> None:
+    """SIGKILL one of this test's site worker processes, drawn by `rng` (none: nothing), noting its pid."""
+    workers = sorted((p for p in psutil.Process().children(recursive=True) if _is_site_worker(p)), key=lambda p: p.pid)
+    if workers:
+        victim = rng.choice(workers)
+        victim.kill()
+        kills.append(victim.pid)
 
 
 def _is_site_worker(process: psutil.Process) -> bool:
