@@ -150,6 +150,14 @@ class SystemConfig:
 
 
 @dataclass
+class SecureAggregationConfig:
+    """Secure aggregation (conf/secure_aggregation/, README "Secure aggregation"): none, or a protocol under which
+    the controller never holds a site's plain update. Each protocol adds its own keys below its own comment."""
+
+    mode: str = "none"  # none
+
+
+@dataclass
 class PreTrainConfig:
     enabled: bool = True
     task_name: str = "get_weights"
@@ -228,6 +236,7 @@ class JobConfig:
     tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # conf/privacy/: none, central, local (dp_sgd)
     system: SystemConfig = field(default_factory=SystemConfig)  # conf/system/: uniform, lognormal, trace
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)  # conf/secure_aggregation/
     flare: FlareConfig = field(default_factory=FlareConfig)
     workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
 
@@ -244,6 +253,7 @@ _CHOICES = {
     "privacy.mode": ("none", "central", "local", "dp_sgd"),
     "privacy.accountant": ("rdp", "pld"),
     "system.name": ("uniform", "lognormal", "trace"),
+    "secure_aggregation.mode": ("none",),
     "flare.params_transfer_type": ("FULL", "DIFF"),
 }
 
