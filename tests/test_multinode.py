@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.small_fs import FULL_THEN_RESUME, small_fs_or_skip
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,11 +83,16 @@ def _same_bits(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def undisturbed(cluster, tiny_cifar, tmp_path_factory) -> dict[str, torch.Tensor]:
+def undisturbed_run(cluster, tiny_cifar, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("undisturbed") / "run"
     _finish(_start(cluster, tiny_cifar, run_dir))
     assert [len(r["sites"]) for r in _rounds(run_dir)] == [4] * 4
-    return _final_weights(run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def undisturbed(undisturbed_run) -> dict[str, torch.Tensor]:
+    return _final_weights(undisturbed_run)
 
 
 def _alive_actors(cluster) -> list[list[str]]:
@@ -257,20 +264,34 @@ SOAK_JOBS = {
     "kill_two_workers": ((), "undisturbed"),
     "remove_node": ((), "undisturbed"),
     "none": ((), "undisturbed"),
-    # Ray's RPC fault injection in the driver's process: its calls to the controller (start, drain) and the
-    # sites' start-up lose their request or their answer at random.
+    # Ray's RPC fault injection in the driver's process (RPC_KINDS): its calls to the controller (start, drain),
+    # the actors' leases and creation, the sites' start-up lose their request or their answer at random.
     "rpc_failures": ((), "undisturbed"),
     # The controller's process killed: one line, and resume= on the same cluster gives the undisturbed bits.
     "kill_controller": ((), "undisturbed"),
     # Another job holds one of the cluster's two CPUs for good: the second site actor never fits.
     "never_fits": (("site.start_timeout=8",), "one_line"),
     # site-2 sleeps in every training batch: given up after train_timeout each round, its worker restarted.
+    # The driver's run folder on a file system that fills in round 1 or 2 (a tmpfs in a namespace of the driver's
+    # own): one line, then resume= after space is freed, on the same cluster.
+    "disk_full": (("workflows.cross_site_validate.enabled=false",), "disk_full"),
     "hung_site": (("site.num_actors=4", "site.num_cpus=0.5", "model._target_=tests.fault_models.FaultyNet",
                    "+model.slow_sites=[site-2]", "+model.delay=600", "min_clients=3", "site.stop_timeout=2",
                    "workflows.scatter_and_gather.train_timeout=4", "python_path=[" + str(REPO) + "]"), "hung_site"),
 }
-RPC_FAILURES = {"CoreWorkerService.grpc_client.PushTask": {"num_failures": -1, "req_failure_prob": 10,
-                                                           "resp_failure_prob": 10}}
+# The RPCs that fail (Ray's names; each checked to be honoured: a 100% failure of it delays its call): every
+# actor call (PushTask); a worker leased for an actor (RequestWorkerLease); the GCS asked to register and
+# create an actor, about a named actor, and for a key (the job's config, functions, runtime env).
+RPC_KINDS = ("CoreWorkerService.grpc_client.PushTask", "NodeManagerService.grpc_client.RequestWorkerLease",
+             "ray::rpc::ActorInfoGcsService.grpc_client.RegisterActor", "ray::rpc::ActorInfoGcsService.grpc_client.CreateActor",
+             "ray::rpc::ActorInfoGcsService.grpc_client.GetNamedActorInfo",
+             "ray::rpc::InternalKVGcsService.grpc_client.InternalKVGet")
+
+
+def _rpc_failures(percent: int) -> str:
+    """RAY_testing_rpc_failure: each of RPC_KINDS loses its request, or its answer, `percent`% of the time."""
+    return json.dumps({kind: {"num_failures": -1, "req_failure_prob": percent, "resp_failure_prob": percent}
+                       for kind in RPC_KINDS})
 
 
 HOLD_A_CPU = """
@@ -305,15 +326,16 @@ def _process_titled(node, title: str) -> list[int]:
 
 
 def test_a_seeded_chaos_soak_ends_every_job_with_its_undisturbed_bits_and_frees_the_cluster(cluster, tiny_cifar,
-                                                                                           tmp_path, undisturbed):
+                                                                                           tmp_path, undisturbed,
+                                                                                           undisturbed_run):
     """Ten jobs one after another on the 3-node cluster, in an order drawn from a seeded generator, each hit by
     its fault after its first round (or from its start): site worker processes killed, a worker node removed
     (and a new one added), failed RPCs, the controller killed (then resume=), sites that never fit, a hung
-    site. Each ends as promised within its bound; afterwards every CPU of the cluster is free within 60 s and
+    site, the run folder's disk full (then resume=). Each ends as promised within its bound; afterwards every CPU of the cluster is free within 60 s and
     no actor of the jobs is left."""
     import random
 
-    faults = [*SOAK_JOBS, "kill_worker", "remove_node"]
+    faults = [*SOAK_JOBS, "remove_node"]
     random.Random(2026).shuffle(faults)
     began, seconds = time.monotonic(), {}
     for index, fault in enumerate(faults):
@@ -321,7 +343,7 @@ def test_a_seeded_chaos_soak_ends_every_job_with_its_undisturbed_bits_and_frees_
         run_dir = tmp_path / f"job-{index}" / "run"
         run_dir.parent.mkdir()
         started = time.monotonic()
-        env = {"RAY_testing_rpc_failure": json.dumps(RPC_FAILURES)} if fault == "rpc_failures" else {}
+        env = {"RAY_testing_rpc_failure": _rpc_failures(10)} if fault == "rpc_failures" else {}
         if promise == "one_line":
             with _holding_a_cpu(cluster):
                 process = _start(cluster, tiny_cifar, run_dir, *overrides)
@@ -330,6 +352,10 @@ def test_a_seeded_chaos_soak_ends_every_job_with_its_undisturbed_bits_and_frees_
             assert process.returncode == 1 and lines[-1].startswith("fedray: site actors not up within "
                                                                     "site.start_timeout=8 s"), (out + err)[-2000:]
             assert time.monotonic() - started < 8 + 40, "more than start-up and start_timeout"
+            seconds[fault] = time.monotonic() - started
+            continue
+        if promise == "disk_full":
+            _fill_the_disk_then_resume(cluster, tiny_cifar, run_dir.parent, undisturbed_run, undisturbed, overrides)
             seconds[fault] = time.monotonic() - started
             continue
         process = _start(cluster, tiny_cifar, run_dir, *overrides, env=env)
@@ -385,18 +411,42 @@ def test_a_seeded_chaos_soak_ends_every_job_with_its_undisturbed_bits_and_frees_
     print(f"soak: {len(faults)} jobs in {soak_seconds:.0f} s:", {f: round(t) for f, t in seconds.items()})
 
 
+def _fill_the_disk_then_resume(cluster, tiny_cifar: str, folder: Path, undisturbed_run: Path,
+                               undisturbed: dict[str, torch.Tensor], overrides: tuple[str, ...]) -> None:
+    """A driver whose run folder is on a small file system that fills in round 1 or 2 (room for round 0's
+    models and checkpoint, not for round 1's new versions beside them): it ends in one line, its last
+    checkpoint whole; with the space freed, resume= on the same cluster gives the undisturbed bits."""
+    small_fs = small_fs_or_skip(folder / "probe")
+    model_size = (undisturbed_run / "models" / "FL_global_model.pt").stat().st_size
+    out = folder / "out"
+    out.mkdir()
+    done = small_fs(folder / "small", "16m", sys.executable, "-c", FULL_THEN_RESUME, str(folder / "small"), str(out),
+                    str(3 * model_size + 64 * 1024), f"data.root={tiny_cifar}", "data.download=false",
+                    "data.check_integrity=false", *JOB, f"ray.address={cluster.address}", *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    code, stdout, stderr = result["first"]
+    errors = [line for line in stderr.splitlines() if line.startswith("fedray:")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in stdout + stderr, stderr[-3000:]
+    assert errors[0].startswith(f"fedray: no space left on the file system of {result['run']}/"), errors[0]
+    code, stdout, stderr = result["second"]
+    assert code == 0, stderr[-3000:]
+    assert [len(r["sites"]) for r in _rounds(out / "resumed")] == [4] * 4
+    assert _same_bits(_final_weights(out / "resumed"), undisturbed)
+
+
 def test_failed_rpcs_injected_by_ray_cost_a_retry_not_the_run(tiny_cifar, tmp_path, undisturbed, monkeypatch):
     """Ray's own fault injection (RAY_testing_rpc_failure, in every process of the cluster and the driver):
-    5% of all actor calls lose their request and 5% their answer ("temporarily unavailable": Ray cannot tell
-    whether the call ran): the driver's ready(), start and drain calls to the controller, each site actor's
-    fetch of the data, the controller's tasks to the sites. Each is asked again (safe: start starts nothing
+    5% of the calls of each of RPC_KINDS lose their request and 5% their answer. Actor calls come back
+    "temporarily unavailable" (Ray cannot tell whether the call ran): the driver's ready(), start and drain
+    calls to the controller, each site actor's fetch of the data, the controller's tasks to the sites; the
+    leases, the actors' registration and creation and the GCS's keys Ray asks again itself. Each is asked again (safe: start starts nothing
     twice, drain drops only what the driver says it took, a site's task gives the same bits twice), and a
     lost call is not taken for a dead worker (its next ready() comes from the same process): the run ends
     with the undisturbed bits, every site in every round."""
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("RAY_testing_rpc_failure", json.dumps(
-        {"CoreWorkerService.grpc_client.PushTask": {"num_failures": -1, "req_failure_prob": 5, "resp_failure_prob": 5}}))
+    monkeypatch.setenv("RAY_testing_rpc_failure", _rpc_failures(5))
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "object_store_memory": 100 << 20, "include_dashboard": False,
         "_system_config": FAST_HEALTH_CHECKS})

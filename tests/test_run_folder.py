@@ -22,6 +22,7 @@ from fedray.records.atomic import write_atomic
 from fedray.records.checkpoint import ResumeError, read_state_file
 from fedray.records.manifest import MANIFEST
 from fedray.records.weights_only import NotPlainData, dumps, from_saved, load, to_saved
+from tests.small_fs import FULL_THEN_RESUME, small_fs_or_skip
 
 REPO = Path(__file__).resolve().parent.parent
 PRE_LAYOUT_RUN = REPO / "tests" / "fixtures" / "pre_layout_run"
@@ -31,25 +32,9 @@ SCAFFOLD = ("algorithm=scaffold", "rounds=3", "workflows.cross_site_validate.ena
 
 # -- a small file system --------------------------------------------------------------------------------
 
-def _on_small_fs(mount_point: Path, size: str, *command: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`command` with a `size` tmpfs at `mount_point`, in a user and mount namespace of its own (no root
-    needed; the mount is gone when the command ends)."""
-    mount_point.mkdir(parents=True, exist_ok=True)
-    script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
-    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", size,
-                           str(mount_point), *command], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
-
-
 @pytest.fixture(scope="module")
 def small_fs(tmp_path_factory):
-    probe = tmp_path_factory.mktemp("probe")
-    try:
-        done = _on_small_fs(probe / "mnt", "64k", "sh", "-c", 'df -k "$0" | tail -1', str(probe / "mnt"), timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        pytest.skip(f"no unshare here: {err}")
-    if done.returncode != 0 or "tmpfs" not in done.stdout:
-        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {done.stderr.strip()}")
-    return _on_small_fs
+    return small_fs_or_skip(tmp_path_factory.mktemp("probe"))
 
 
 FILL = """
@@ -99,26 +84,6 @@ def _base(tiny_cifar: str, *extra: str) -> list[str]:
             "lr=0.05", "local_epochs=2", "eval_batch_size=500", *extra]
 
 
-IN_NAMESPACE = """
-import json, os, shutil, subprocess, sys
-small, out, free = sys.argv[1], sys.argv[2], int(sys.argv[3])
-overrides = sys.argv[4:]
-run = os.path.join(small, "run")
-with open(os.path.join(small, "filler"), "wb") as f:
-    f.write(b"0" * (shutil.disk_usage(small).free - free))
-first = subprocess.run([sys.executable, "-m", "fedray.run", *overrides, f"hydra.run.dir={run}"],
-                       capture_output=True, text=True, timeout=400)
-shutil.copytree(run, os.path.join(out, "after_failure"))
-os.remove(os.path.join(small, "filler"))
-second = subprocess.run([sys.executable, "-m", "fedray.run", f"resume={run}", f"hydra.run.dir={small}/log"],
-                        capture_output=True, text=True, timeout=400)
-shutil.copytree(run, os.path.join(out, "resumed"))
-with open(os.path.join(out, "result.json"), "w") as f:
-    json.dump({"run": run, "first": [first.returncode, first.stdout, first.stderr],
-               "second": [second.returncode, second.stdout, second.stderr]}, f)
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_session")
 def test_a_full_disk_ends_the_run_in_one_line_and_resume_gives_the_undisturbed_bits(small_fs, job_config, tiny_cifar,
@@ -131,7 +96,7 @@ def test_a_full_disk_ends_the_run_in_one_line_and_resume_gives_the_undisturbed_b
     free = 3 * model_size + 64 * 1024
     out = tmp_path / "out"
     out.mkdir()
-    done = small_fs(tmp_path / "small", "16m", sys.executable, "-c", IN_NAMESPACE, str(tmp_path / "small"), str(out),
+    done = small_fs(tmp_path / "small", "16m", sys.executable, "-c", FULL_THEN_RESUME, str(tmp_path / "small"), str(out),
                     str(free), *_base(tiny_cifar, *extra))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "result.json").read_text())
