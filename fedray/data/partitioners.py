@@ -3,7 +3,7 @@ and size skews, each a pure function from the labels (or ids) and a seeded gener
 
 Each follows flwr-datasets' partitioner of the same name (flwr_datasets/partitioner/*.py, version 0.6.1; the
 function's docstring says which and where fedray differs), written over numpy arrays here rather than used from
-flwr-datasets: that package pulls Hugging Face `datasets`, pyarrow and pandas (about 150 MB) into every install
+flwr-datasets: that package pulls Hugging Face `datasets`, pyarrow and pandas (290 MB installed) into every install
 for what is a few lines of numpy on the labels the driver already holds. tests/test_partitioners.py checks the
 shared semantics against flwr-datasets itself where it is installed. Where a split is impossible the
 ValueError's message is one line naming the key and the fix (the driver makes it a ConfigError).
