@@ -61,12 +61,13 @@ class DataConfig:
 
 @dataclass
 class PartitionConfig:
-    name: str = "iid"  # iid | dirichlet | natural | shard | pathological | linear | square | exponential
+    name: str = "iid"  # iid | dirichlet | inner_dirichlet | natural | shard | pathological | linear | square | exponential
     alpha: float = 0.5
     min_samples: int = 10  # dirichlet redraws until every site has this many
     shards_per_site: int = 2  # shard: label-sorted shards of N/(num_clients x this) per site (McMahan et al.: 2)
     classes_per_site: int = 2  # pathological: classes per site
     class_assignment: str = "first-deterministic"  # pathological: first-deterministic | random | deterministic
+    sizes: str = "equal"  # inner_dirichlet: the sites' sizes, equal | linear | square | exponential
 
 
 @dataclass
@@ -248,8 +249,10 @@ ConfigStore.instance().store(name="fedray_schema", node=JobConfig)
 
 _CHOICES = {
     "data.name": ("cifar10", "synthetic"),
-    "partition.name": ("iid", "dirichlet", "natural", "shard", "pathological", "linear", "square", "exponential"),
+    "partition.name": ("iid", "dirichlet", "inner_dirichlet", "natural", "shard", "pathological", "linear", "square",
+                       "exponential"),
     "partition.class_assignment": ("first-deterministic", "random", "deterministic"),
+    "partition.sizes": ("equal", "linear", "square", "exponential"),
     "workflows.pre_train.weight_method": ("first", "client"),
     "workflows.scatter_and_gather.sampling": ("fixed", "poisson"),
     "workflows.scatter_and_gather.mode": ("sync", "fedbuff"),
@@ -498,13 +501,14 @@ def _validate_partition(cfg: DictConfig, require: Callable[[bool, str, str], Non
         require(needed <= num_train, "partition.shards_per_site", f"{part.shards_per_site} x num_clients="
                 f"{cfg.num_clients} shards need at least {needed} training samples, data.num_train={num_train}; "
                 "lower partition.shards_per_site or num_clients")
-    if part.name in _SIZE_SKEW and num_train is not None:
+    key, skew = ("partition.sizes", part.sizes) if part.name == "inner_dirichlet" else ("partition.name", part.name)
+    if skew in _SIZE_SKEW and num_train is not None:
         # Site 1's share f(1) / sum_k f(k), as fedray/data/partitioners.py floors it (which the controller's
         # contract keeps config from importing: fedray.data is the driver's).
-        units = [_SIZE_SKEW[part.name](k, cfg.num_clients) for k in range(1, cfg.num_clients + 1)]
+        units = [_SIZE_SKEW[skew](k, cfg.num_clients) for k in range(1, cfg.num_clients + 1)]
         smallest = int(units[0] / sum(units) * num_train)
-        require(smallest >= 1, "partition.name", f"num_clients={cfg.num_clients} sites leave site-1 {smallest} of "
-                f"data.num_train={num_train} samples; lower num_clients or choose a milder skew (linear, square)")
+        require(smallest >= 1, key, f"num_clients={cfg.num_clients} sites leave site-1 {smallest} of "
+                f"data.num_train={num_train} samples; lower num_clients or choose a milder skew (linear < square < exponential)")
 
 
 def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

@@ -17,7 +17,7 @@ from fedray.data.partition import partition
 from fedray.data.partitioners import size_skew_sizes
 from fedray.records.partition_file import partition_summary, save_partition
 
-NEW_METHODS = ("natural", "shard", "pathological", "linear", "square", "exponential")
+NEW_METHODS = ("inner_dirichlet", "natural", "shard", "pathological", "linear", "square", "exponential")
 
 
 def _labels(n: int = 2000, classes: int = 10, seed: int = 0) -> np.ndarray:
@@ -92,6 +92,24 @@ def test_size_skews_give_site_k_a_share_f_of_k(skew, f):
     np.testing.assert_allclose(sizes, f(k) / f(k).sum() * 10_000, atol=5)
 
 
+@pytest.mark.parametrize("sizes", ["equal", "square"])
+def test_inner_dirichlet_gives_each_site_its_size_and_small_alpha_skews_its_labels(sizes):
+    labels = _labels(6000)
+    expected = [600] * 10 if sizes == "equal" else size_skew_sizes(6000, 10, "square").tolist()
+
+    def split(alpha):
+        shards = _split("inner_dirichlet", num_sites=10, labels=labels, alpha=alpha, sizes=sizes)
+        assert [len(_members(s)) for s in shards] == expected
+        return _top_class_share(labels, shards)
+
+    assert split(0.1) > 0.5 > 0.2 > split(100.0)
+
+
+def _top_class_share(labels: np.ndarray, shards) -> float:
+    """The mean over sites of the share of a site's most common class: 1/classes for IID, 1 for one class each."""
+    return float(np.mean([np.bincount(labels[_members(s)]).max() / len(_members(s)) for s in shards]))
+
+
 def test_exponential_sizes_stay_finite_for_many_sites():
     sizes = size_skew_sizes(10**9, 800, "exponential")  # e^800 overflows; the shifted shares do not
     assert sizes.sum() == 10**9 and sizes[-1] > 0.6 * 10**9 and sizes.min() >= 0
@@ -149,6 +167,8 @@ def test_natural_without_ids_is_one_line():
      "partition.shards_per_site=20: 20 x num_clients=8 shards need at least 160 training samples, data.num_train=100"),
     (["data=synthetic", "data.num_train=1000", "num_clients=10", "partition=exponential"],
      "partition.name=exponential: num_clients=10 sites leave site-1 0 of data.num_train=1000 samples"),
+    (["data=synthetic", "data.num_train=1000", "num_clients=50", "partition=inner_dirichlet", "partition.sizes=square"],
+     "partition.sizes=square: num_clients=50 sites leave site-1 0 of data.num_train=1000 samples"),
     (["partition=pathological", "partition.classes_per_site=0"], "partition.classes_per_site=0: must be at least 1"),
     (["partition=pathological", "partition.class_assignment=cyclic"],
      "partition.class_assignment=cyclic: must be one of first-deterministic, random, deterministic"),
@@ -243,3 +263,16 @@ def test_natural_equals_flwr_datasets_natural_id_partitioner():
     ids = _writers(500, writers=9)
     assert _sites(partition(_labels(500), 9, method="natural", ids=ids)) == _flwr(flwr.NaturalIdPartitioner("writer"),
                                                                                    _labels(500), ids)
+
+
+def test_inner_dirichlet_skews_labels_as_much_as_flwr_datasets_sample_by_sample_draws():
+    flwr = pytest.importorskip("flwr_datasets.partitioner")
+    labels, sizes = _labels(4000), size_skew_sizes(4000, 40, "linear")
+    ours, theirs = [], []
+    for seed in range(3):
+        shards = partition(labels, 40, method="inner_dirichlet", alpha=0.5, sizes="linear", seed=seed)
+        ours.append(_top_class_share(labels, shards))
+        rows = _flwr(flwr.InnerDirichletPartitioner(sizes.tolist(), "label", 0.5, seed=seed), labels)
+        assert [len(r) for r in rows] == [len(_members(s)) for s in shards] == sizes.tolist()
+        theirs.append(float(np.mean([np.bincount(labels[list(r)]).max() / len(r) for r in rows])))
+    assert abs(np.mean(ours) - np.mean(theirs)) < 0.05, (ours, theirs)

@@ -8,7 +8,7 @@ import numpy as np
 
 from fedray.data import partitioners
 
-METHODS = ("iid", "dirichlet", "natural", "shard", "pathological", *partitioners.SIZE_SKEWS)
+METHODS = ("iid", "dirichlet", "inner_dirichlet", "natural", "shard", "pathological", *partitioners.SIZE_SKEWS)
 
 
 class Shard(NamedTuple):
@@ -27,6 +27,7 @@ def partition(
     shards_per_site: int = 2,
     classes_per_site: int = 2,
     class_assignment: str = "first-deterministic",
+    sizes: str = "equal",
     ids: np.ndarray | None = None,
 ) -> list[Shard]:
     """Split `labels`' indices over `num_sites` sites, then hold out `val_fraction` of each.
@@ -41,6 +42,12 @@ def partition(
         parts = np.array_split(rng.permutation(len(labels)), num_sites)
     elif method == "dirichlet":
         parts = _dirichlet(labels, num_sites, alpha, min_samples, rng)
+    elif method == "inner_dirichlet":
+        if sizes == "equal":
+            counts = np.array([len(part) for part in np.array_split(np.arange(len(labels)), num_sites)])
+        else:
+            counts = partitioners.checked_sizes(len(labels), num_sites, sizes, "partition.sizes")
+        parts = partitioners.inner_dirichlet(labels, counts, alpha, rng)
     elif method == "natural":
         if ids is None:
             raise ValueError("partition.name=natural: this dataset has no natural id (a writer, a speaking role); "

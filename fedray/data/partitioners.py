@@ -114,11 +114,17 @@ def size_skew(num_samples: int, num_sites: int, skew: str, rng: np.random.Genera
     exponential e^k): flwr-datasets' IdToSizeFncPartitioner (id_to_size_fnc_partitioner.py): each size floored,
     the remainder to the last site. flwr-datasets gives consecutive rows; fedray a seeded permutation, so a
     file stored by label does not become a label split too."""
+    sizes = checked_sizes(num_samples, num_sites, skew, "partition.name")
+    return np.split(rng.permutation(num_samples), np.cumsum(sizes)[:-1])
+
+
+def checked_sizes(num_samples: int, num_sites: int, skew: str, key: str) -> np.ndarray:
+    """`size_skew_sizes`, or the line for a skew that leaves site-1 empty (`key`: the key that chose `skew`)."""
     sizes = size_skew_sizes(num_samples, num_sites, skew)
     if sizes.min() < 1:
-        raise ValueError(f"partition.name={skew}: num_clients={num_sites} sites leave site-1 {int(sizes[0])} of the "
-                         f"{num_samples} training samples; lower num_clients or choose a milder skew (linear, square)")
-    return np.split(rng.permutation(num_samples), np.cumsum(sizes)[:-1])
+        raise ValueError(f"{key}={skew}: num_clients={num_sites} sites leave site-1 {int(sizes[0])} of the "
+                         f"{num_samples} training samples; lower num_clients or choose a milder skew (linear < square < exponential)")
+    return sizes
 
 
 def size_skew_sizes(num_samples: int, num_sites: int, skew: str) -> np.ndarray:
@@ -127,6 +133,38 @@ def size_skew_sizes(num_samples: int, num_sites: int, skew: str) -> np.ndarray:
     sizes = np.array(units / units.sum() * num_samples, dtype=np.int64)
     sizes[-1] += num_samples - sizes.sum()
     return sizes
+
+
+def inner_dirichlet(labels: np.ndarray, sizes: np.ndarray, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Site k gets exactly sizes[k] samples, its classes drawn from its own prior p_k ~ Dirichlet(alpha), a class
+    that runs out removed from every prior (flwr-datasets' InnerDirichletPartitioner, inner_dirichlet_partitioner.py:
+    quantity and label skew at once). flwr-datasets draws sample by sample (a random unfilled site, a class from
+    its prior: 4.3 s for 50,000 samples, over a minute for FEMNIST's 800,000); fedray draws each site's unfilled quota at once from its
+    prior, serves a class asked for more often than it has samples left to a uniformly random subset of the asks
+    (the samples an order of single draws would have served first), and draws the rest again without that class:
+    the same process, in at most one round per class."""
+    classes, codes = np.unique(labels, return_inverse=True)
+    pools = [rng.permutation(np.flatnonzero(codes == c)) for c in range(len(classes))]
+    left_in_class = np.array([len(pool) for pool in pools])
+    priors = rng.dirichlet(np.full(len(classes), alpha), size=len(sizes))
+    quota, got = np.array(sizes, dtype=np.int64), np.zeros((len(sizes), len(classes)), dtype=np.int64)
+    while quota.sum() > 0:
+        available = left_in_class > 0
+        weights = priors * available
+        totals = weights.sum(axis=1, keepdims=True)
+        # A prior whose mass was all on classes now gone (tiny alpha underflows to exact zeros): the classes left, evenly.
+        weights = np.where(totals > 0, weights / np.where(totals > 0, totals, 1), available / available.sum())
+        asks = rng.multinomial(quota, weights)
+        for c in np.flatnonzero(asks.sum(axis=0) > left_in_class):
+            askers = np.repeat(np.arange(len(sizes)), asks[:, c])
+            served = rng.choice(len(askers), size=left_in_class[c], replace=False)
+            asks[:, c] = np.bincount(askers[served], minlength=len(sizes))
+        got += asks
+        quota -= asks.sum(axis=1)
+        left_in_class -= asks.sum(axis=0)
+    cuts = np.cumsum(got, axis=0)
+    return [np.concatenate([pools[c][cuts[k, c] - got[k, c]:cuts[k, c]] for c in range(len(classes))])
+            for k in range(len(sizes))]
 
 
 def _sortable(ids: np.ndarray) -> np.ndarray:

@@ -201,6 +201,7 @@ def _load_and_partition(cfg: DictConfig, timings: dict[str, float]) -> tuple[Dat
             shards_per_site=cfg.partition.shards_per_site,
             classes_per_site=cfg.partition.classes_per_site,
             class_assignment=cfg.partition.class_assignment,
+            sizes=cfg.partition.sizes,
         )
     except ValueError as err:  # a split the data cannot give (it names the key): one line, no actor started
         raise ConfigError(str(err)) from None
