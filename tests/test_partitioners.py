@@ -197,7 +197,7 @@ def test_a_run_saves_the_split_it_trained_on(job_config, tmp_path, ray_session):
     from fedray import run_job
 
     job = job_config("partition=pathological", "partition.classes_per_site=2", "rounds=1", "local_epochs=1",
-                     "workflows.cross_site_validate.enabled=false")
+                     "workflows.cross_site_validate.enabled=false", "site.num_actors=1")
     run_job(job, tmp_path)
     saved = json.loads((tmp_path / "partition.json").read_text())
     assert (tmp_path / "plots" / "partition.png").stat().st_size > 0
@@ -216,6 +216,9 @@ def test_a_run_saves_the_split_it_trained_on(job_config, tmp_path, ray_session):
         # ...and the sites trained on those shards: a step per batch of their train part.
         trained = json.loads((tmp_path / "summary.json").read_text())["rounds"][0]["sites"][site]
         assert trained["num_steps"] == -(-len(shard.train) // job.batch_size)
+    from fedray.records.report import report
+
+    assert "partition=pathological(classes_per_site=2)" in report(tmp_path)  # fedray-report names the split's key
 
 
 # -- the same splits as flwr-datasets' partitioners, where it is installed ---------------------------------
