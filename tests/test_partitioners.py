@@ -130,10 +130,14 @@ def test_natural_groups_more_ids_than_sites_whole_and_evenly_by_id_count():
     assert len(np.unique(np.concatenate(groups))) == 37  # every writer on exactly one site, whole
 
 
-def test_natural_ids_may_be_integers():
+def test_natural_ids_may_be_integers_or_mixed():
     ids = np.repeat(np.array([17, 3, 42, 8]), 25)
     shards = _split("natural", num_sites=4, labels=_labels(100), ids=ids)
     assert [np.unique(ids[_members(s)]).tolist() for s in shards] == [[3], [8], [17], [42]]
+    mixed = np.array([7, "b", None, 7, "b", None], dtype=object)  # as a column read from a file may be
+    shards = partition(_labels(6), 3, method="natural", ids=mixed, val_fraction=0)
+    summary = partition_summary(_labels(6), shards, {"name": "natural"}, 0, 0.0, mixed)
+    assert [site["ids"] for site in summary["sites"].values()] == [["7"], ["None"], ["b"]]
 
 
 @pytest.mark.parametrize("method, keys, line", [

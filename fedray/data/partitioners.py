@@ -33,7 +33,7 @@ def natural(ids: np.ndarray, num_sites: int, rng: np.random.Generator) -> list[n
     `num_sites` consecutive groups of floor or ceil(ids / sites) ids (np.array_split, as flwr-datasets'
     GroupedNaturalIdPartitioner's allow-bigger mode, on a shuffled list so that neighbouring ids, often alike,
     spread). Fewer ids than sites: no split."""
-    unique, inverse = np.unique(_sortable(ids), return_inverse=True)
+    unique, inverse = np.unique(sortable_ids(ids), return_inverse=True)
     if len(unique) < num_sites:
         raise ValueError(f"num_clients={num_sites}: the training set has {len(unique)} natural ids, fewer than the "
                          f"sites; lower num_clients to at most {len(unique)} or use another partition")
@@ -167,7 +167,7 @@ def inner_dirichlet(labels: np.ndarray, sizes: np.ndarray, alpha: float, rng: np
             for k in range(len(sizes))]
 
 
-def _sortable(ids: np.ndarray) -> np.ndarray:
+def sortable_ids(ids: np.ndarray) -> np.ndarray:
     """Ids as an array np.unique can sort: numbers as they are, anything else (strings, mixed) as strings."""
     ids = np.asarray(ids)
     return ids if ids.dtype.kind in "iufUSb" else ids.astype(str)

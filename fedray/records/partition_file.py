@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fedray.config import site_names
+from fedray.data.partitioners import sortable_ids
 from fedray.records.recorder import _DRAWER, write_json
 
 PARTITION_FILE = "partition.json"
@@ -26,13 +27,14 @@ def partition_summary(labels: np.ndarray, shards: Sequence[Any], keys: Mapping[s
     and its label histogram (over train and val, aligned with `classes`); with natural ids, each site's ids.
     `unassigned`: samples no site got (shard's remainder, pathological's classes no site drew)."""
     classes, codes = np.unique(labels, return_inverse=True)
+    ids = None if ids is None else sortable_ids(ids)
     sites = {}
     for name, shard in zip(site_names(len(shards)), shards):
         members = np.concatenate([shard.train, shard.val])
         entry = {"train": len(shard.train), "val": len(shard.val),
                  "label_counts": np.bincount(codes[members], minlength=len(classes)).tolist()}
         if ids is not None:
-            entry["ids"] = [_plain_id(i) for i in np.unique(np.asarray(ids)[members])]
+            entry["ids"] = [_plain_id(i) for i in np.unique(ids[members])]
         sites[name] = entry
     assigned = sum(site["train"] + site["val"] for site in sites.values())
     return {"partition": dict(keys), "seed": seed, "val_fraction": val_fraction, "num_samples": len(labels),
