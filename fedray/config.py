@@ -61,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class PartitionConfig:
-    name: str = "iid"  # iid | dirichlet | inner_dirichlet | natural | shard | pathological | linear | square | exponential
+    name: str = "iid"  # README "Partitions": iid, dirichlet, inner_dirichlet, natural, shard, pathological, linear ...
     alpha: float = 0.5
     min_samples: int = 10  # dirichlet redraws until every site has this many
     shards_per_site: int = 2  # shard: label-sorted shards of N/(num_clients x this) per site (McMahan et al.: 2)
@@ -508,7 +508,8 @@ def _validate_partition(cfg: DictConfig, require: Callable[[bool, str, str], Non
         units = [_SIZE_SKEW[skew](k, cfg.num_clients) for k in range(1, cfg.num_clients + 1)]
         smallest = int(units[0] / sum(units) * num_train)
         require(smallest >= 1, key, f"num_clients={cfg.num_clients} sites leave site-1 {smallest} of "
-                f"data.num_train={num_train} samples; lower num_clients or choose a milder skew (linear < square < exponential)")
+                f"data.num_train={num_train} samples; lower num_clients or choose a milder skew "
+                "(linear < square < exponential)")
 
 
 def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

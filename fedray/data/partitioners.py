@@ -123,7 +123,8 @@ def checked_sizes(num_samples: int, num_sites: int, skew: str, key: str) -> np.n
     sizes = size_skew_sizes(num_samples, num_sites, skew)
     if sizes.min() < 1:
         raise ValueError(f"{key}={skew}: num_clients={num_sites} sites leave site-1 {int(sizes[0])} of the "
-                         f"{num_samples} training samples; lower num_clients or choose a milder skew (linear < square < exponential)")
+                         f"{num_samples} training samples; lower num_clients or choose a milder skew "
+                         "(linear < square < exponential)")
     return sizes
 
 
@@ -139,10 +140,11 @@ def inner_dirichlet(labels: np.ndarray, sizes: np.ndarray, alpha: float, rng: np
     """Site k gets exactly sizes[k] samples, its classes drawn from its own prior p_k ~ Dirichlet(alpha), a class
     that runs out removed from every prior (flwr-datasets' InnerDirichletPartitioner, inner_dirichlet_partitioner.py:
     quantity and label skew at once). flwr-datasets draws sample by sample (a random unfilled site, a class from
-    its prior: 4.3 s for 50,000 samples, over a minute for FEMNIST's 800,000); fedray draws each site's unfilled quota at once from its
-    prior, serves a class asked for more often than it has samples left to a uniformly random subset of the asks
-    (the samples an order of single draws would have served first), and draws the rest again without that class:
-    the same process, in at most one round per class."""
+    its prior: 4.3 s for 50,000 samples, over a minute for FEMNIST's 800,000). fedray draws each site's unfilled
+    quota at once from its prior, serves a class asked for more often than it has samples left to a uniformly random
+    subset of the asks (as a random order of single draws would), and draws the rest again without that class: at
+    most one round more than there are classes. Not draw for draw flwr-datasets' split: the same sizes, and the same
+    label skew to within tests/test_partitioners.py's tolerance."""
     classes, codes = np.unique(labels, return_inverse=True)
     pools = [rng.permutation(np.flatnonzero(codes == c)) for c in range(len(classes))]
     left_in_class = np.array([len(pool) for pool in pools])
@@ -152,7 +154,7 @@ def inner_dirichlet(labels: np.ndarray, sizes: np.ndarray, alpha: float, rng: np
         available = left_in_class > 0
         weights = priors * available
         totals = weights.sum(axis=1, keepdims=True)
-        # A prior whose mass was all on classes now gone (tiny alpha underflows to exact zeros): the classes left, evenly.
+        # A prior whose mass was all on classes now gone (a tiny alpha underflows to exact zeros): those left, evenly.
         weights = np.where(totals > 0, weights / np.where(totals > 0, totals, 1), available / available.sum())
         asks = rng.multinomial(quota, weights)
         for c in np.flatnonzero(asks.sum(axis=0) > left_in_class):
