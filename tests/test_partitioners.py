@@ -186,8 +186,8 @@ def test_what_the_config_alone_rules_out_is_one_line_before_ray(overrides, line)
 def test_the_heat_map_of_hundreds_of_sites_shows_an_evenly_spaced_hundred(tmp_path):
     labels, ids = _labels(5000, classes=62), _writers(5000, writers=500)
     shards = partition(labels, 250, method="natural", ids=ids, seed=0)
-    summary = partition_summary(labels, shards, {"name": "natural"}, 0, 0.1, ids)
-    assert save_partition(tmp_path, summary).result(timeout=60) == tmp_path / "plots" / "partition.png"
+    drawn = save_partition(tmp_path, labels, shards, {"name": "natural"}, 0, 0.1, ids).result(timeout=120)
+    assert drawn == tmp_path / "plots" / "partition.png"
     saved = json.loads((tmp_path / "partition.json").read_text())
     assert len(saved["sites"]) == 250 and saved["unassigned"] == 0 and len(saved["classes"]) == 62
     assert sorted(len(site["ids"]) for site in saved["sites"].values()) == [2] * 250  # 500 writers, 2 a site

@@ -36,7 +36,7 @@ from fedray.fl_model import FLModel
 from fedray.records import checkpoint
 from fedray.records.atomic import DiskFull
 from fedray.records.checkpoint import ResumeError
-from fedray.records.partition_file import partition_summary, save_partition
+from fedray.records.partition_file import save_partition
 from fedray.records.recorder import RunRecorder
 from fedray.records.weights_only import NotPlainData
 from fedray.server.controller import ControllerActor
@@ -255,8 +255,8 @@ def _run_sites(
         dataset, shards = loading.result()
         timings["data_wait"], clock = _lap(clock)
         # How the data is spread, before any round: datasets with a natural id carry it as train_ids.
-        save_partition(recorder.run_dir, partition_summary(dataset.train_labels, shards, job["partition"], cfg.seed,
-                                                           cfg.data.val_fraction, getattr(dataset, "train_ids", None)))
+        save_partition(recorder.run_dir, dataset.train_labels, shards, job["partition"], cfg.seed, cfg.data.val_fraction,
+                       getattr(dataset, "train_ids", None))
         # One copy of the data in the object store, read zero-copy by every actor on a node;
         # other nodes fetch it from the driver's, so only the driver's node needs the files.
         shared = [
