@@ -183,7 +183,7 @@ def partition_heatmap(sites: list[str], counts: np.ndarray, classes: list[Any], 
     rows, names = counts[shown], [sites[k] for k in shown]
     figure, (heat, totals) = plt.subplots(1, 2, figsize=(min(4 + 0.25 * len(classes), 16) + 2.5, 2 + 0.18 * len(shown)),
                                           gridspec_kw={"width_ratios": [4, 1]}, sharey=True)
-    image = heat.imshow(rows, cmap="viridis", aspect="auto", interpolation="nearest")
+    image = heat.imshow(rows, cmap="viridis", aspect="auto", interpolation="nearest", vmin=0)
     heat.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=90 if len(classes) > 12 else 0,
                     fontsize="small" if len(classes) <= 40 else "xx-small")
     heat.set_yticks(range(len(shown)), names, fontsize="small" if len(shown) <= 40 else "xx-small")
