@@ -61,9 +61,13 @@ class DataConfig:
 
 @dataclass
 class PartitionConfig:
-    name: str = "iid"  # iid | dirichlet
+    name: str = "iid"  # README "Partitions": iid, dirichlet, inner_dirichlet, natural, shard, pathological, linear ...
     alpha: float = 0.5
     min_samples: int = 10  # dirichlet redraws until every site has this many
+    shards_per_site: int = 2  # shard: label-sorted shards of N/(num_clients x this) per site (McMahan et al.: 2)
+    classes_per_site: int = 2  # pathological: classes per site
+    class_assignment: str = "first-deterministic"  # pathological: first-deterministic | random | deterministic
+    sizes: str = "equal"  # inner_dirichlet: the sites' sizes, equal | linear | square | exponential
 
 
 @dataclass
@@ -245,7 +249,10 @@ ConfigStore.instance().store(name="fedray_schema", node=JobConfig)
 
 _CHOICES = {
     "data.name": ("cifar10", "synthetic"),
-    "partition.name": ("iid", "dirichlet"),
+    "partition.name": ("iid", "dirichlet", "inner_dirichlet", "natural", "shard", "pathological", "linear", "square",
+                       "exponential"),
+    "partition.class_assignment": ("first-deterministic", "random", "deterministic"),
+    "partition.sizes": ("equal", "linear", "square", "exponential"),
     "workflows.pre_train.weight_method": ("first", "client"),
     "workflows.scatter_and_gather.sampling": ("fixed", "poisson"),
     "workflows.scatter_and_gather.mode": ("sync", "fedbuff"),
@@ -359,6 +366,7 @@ def validate(cfg: DictConfig) -> None:
         require(value is None or value >= 1, key, "must be at least 1 (or null for all)")
     require(cfg.partition.alpha > 0, "partition.alpha", "must be positive, e.g. partition.alpha=0.5")
     require(cfg.partition.min_samples >= 1, "partition.min_samples", "must be at least 1")
+    _validate_partition(cfg, require)
 
     for key in ("num_gpus", "num_cpus"):
         value = cfg.site[key]
@@ -471,6 +479,37 @@ def validate(cfg: DictConfig) -> None:
     _validate_privacy(cfg, require)
     _validate_fedbuff(cfg, require)
     _validate_system(cfg, require)
+
+
+_SIZE_SKEW = {"linear": lambda k, n: k, "square": lambda k, n: k * k, "exponential": lambda k, n: math.exp(k - n)}
+# The built-in datasets without a natural id (a writer, a speaking role) for partition=natural.
+NO_NATURAL_ID = ("cifar10", "synthetic")
+
+
+def _validate_partition(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """The partition's own keys, and what the data's size (data.num_train, where given) already rules out; the
+    rest (too few ids, classes or samples in the data read) is partition()'s line, once the data is read."""
+    part, num_train = cfg.partition, cfg.data.num_train
+    require(part.shards_per_site >= 1, "partition.shards_per_site", "must be at least 1 (McMahan et al.'s: 2)")
+    require(part.classes_per_site >= 1, "partition.classes_per_site", "must be at least 1")
+    if part.name == "natural":
+        require(cfg.data.name not in NO_NATURAL_ID, "data.name", f"{cfg.data.name} has no natural id (a writer, a "
+                "speaking role) for partition=natural; choose a dataset with one or another partition (iid, dirichlet, "
+                "shard, pathological)")
+    if part.name == "shard" and num_train is not None:
+        needed = cfg.num_clients * part.shards_per_site
+        require(needed <= num_train, "partition.shards_per_site", f"{part.shards_per_site} x num_clients="
+                f"{cfg.num_clients} shards need at least {needed} training samples, data.num_train={num_train}; "
+                "lower partition.shards_per_site or num_clients")
+    key, skew = ("partition.sizes", part.sizes) if part.name == "inner_dirichlet" else ("partition.name", part.name)
+    if skew in _SIZE_SKEW and num_train is not None:
+        # Site 1's share f(1) / sum_k f(k), as fedray/data/partitioners.py floors it (which the controller's
+        # contract keeps config from importing: fedray.data is the driver's).
+        units = [_SIZE_SKEW[skew](k, cfg.num_clients) for k in range(1, cfg.num_clients + 1)]
+        smallest = int(units[0] / sum(units) * num_train)
+        require(smallest >= 1, key, f"num_clients={cfg.num_clients} sites leave site-1 {smallest} of "
+                f"data.num_train={num_train} samples; lower num_clients or choose a milder skew "
+                "(linear < square < exponential)")
 
 
 def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

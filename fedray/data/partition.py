@@ -6,6 +6,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fedray.data import partitioners
+
+METHODS = ("iid", "dirichlet", "inner_dirichlet", "natural", "shard", "pathological", *partitioners.SIZE_SKEWS)
+
 
 class Shard(NamedTuple):
     train: np.ndarray  # indices into the training set
@@ -20,8 +24,17 @@ def partition(
     min_samples: int = 10,
     val_fraction: float = 0.1,
     seed: int = 0,
+    shards_per_site: int = 2,
+    classes_per_site: int = 2,
+    class_assignment: str = "first-deterministic",
+    sizes: str = "equal",
+    ids: np.ndarray | None = None,
 ) -> list[Shard]:
-    """Split `labels`' indices over `num_sites` sites, then hold out `val_fraction` of each."""
+    """Split `labels`' indices over `num_sites` sites, then hold out `val_fraction` of each.
+
+    `ids`: each training sample's natural id (a writer, a speaking role; any hashable values), None for a
+    dataset without one; `method=natural` splits by it. The other methods are in fedray/data/partitioners.py.
+    A split the data cannot give is a ValueError whose message names the key and the fix."""
     rng = np.random.default_rng(seed)
     if num_sites > len(labels):
         raise ValueError(f"num_clients={num_sites} exceeds the {len(labels)} training samples")
@@ -29,8 +42,25 @@ def partition(
         parts = np.array_split(rng.permutation(len(labels)), num_sites)
     elif method == "dirichlet":
         parts = _dirichlet(labels, num_sites, alpha, min_samples, rng)
+    elif method == "inner_dirichlet":
+        if sizes == "equal":
+            counts = np.array([len(part) for part in np.array_split(np.arange(len(labels)), num_sites)])
+        else:
+            counts = partitioners.checked_sizes(len(labels), num_sites, sizes, "partition.sizes")
+        parts = partitioners.inner_dirichlet(labels, counts, alpha, rng)
+    elif method == "natural":
+        if ids is None:
+            raise ValueError("partition.name=natural: this dataset has no natural id (a writer, a speaking role); "
+                             "choose a dataset with one or another partition (iid, dirichlet, shard, pathological)")
+        parts = partitioners.natural(ids, num_sites, rng)
+    elif method == "shard":
+        parts = partitioners.shards(labels, num_sites, shards_per_site, rng)
+    elif method == "pathological":
+        parts = partitioners.pathological(labels, num_sites, classes_per_site, class_assignment, rng)
+    elif method in partitioners.SIZE_SKEWS:
+        parts = partitioners.size_skew(len(labels), num_sites, method, rng)
     else:
-        raise ValueError(f"partition.name={method}: must be iid or dirichlet")
+        raise ValueError(f"partition.name={method}: must be one of {', '.join(METHODS)}")
     return [_hold_out(part, val_fraction, rng) for part in parts]
 
 

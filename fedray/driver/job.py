@@ -36,6 +36,7 @@ from fedray.fl_model import FLModel
 from fedray.records import checkpoint
 from fedray.records.atomic import DiskFull
 from fedray.records.checkpoint import ResumeError
+from fedray.records.partition_file import save_partition
 from fedray.records.recorder import RunRecorder
 from fedray.records.weights_only import NotPlainData
 from fedray.server.controller import ControllerActor
@@ -197,6 +198,10 @@ def _load_and_partition(cfg: DictConfig, timings: dict[str, float]) -> tuple[Dat
             min_samples=cfg.partition.min_samples,
             val_fraction=cfg.data.val_fraction,
             seed=cfg.seed,
+            shards_per_site=cfg.partition.shards_per_site,
+            classes_per_site=cfg.partition.classes_per_site,
+            class_assignment=cfg.partition.class_assignment,
+            sizes=cfg.partition.sizes,
         )
     except ValueError as err:  # a split the data cannot give (it names the key): one line, no actor started
         raise ConfigError(str(err)) from None
@@ -249,6 +254,9 @@ def _run_sites(
         actors.extend(workers)
         dataset, shards = loading.result()
         timings["data_wait"], clock = _lap(clock)
+        # How the data is spread, before any round: datasets with a natural id carry it as train_ids.
+        save_partition(recorder.run_dir, dataset.train_labels, shards, job["partition"], cfg.seed, cfg.data.val_fraction,
+                       getattr(dataset, "train_ids", None))
         # One copy of the data in the object store, read zero-copy by every actor on a node;
         # other nodes fetch it from the driver's, so only the driver's node needs the files.
         shared = [

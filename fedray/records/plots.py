@@ -169,3 +169,29 @@ def cross_site_heatmap(results: Mapping[str, Mapping[str, Mapping[str, float]]],
 def _accuracy(metrics: Optional[Mapping[str, float]]) -> float:
     accuracy = None if metrics is None else accuracy_of(metrics)
     return np.nan if accuracy is None else accuracy
+
+
+MAX_HEATMAP_SITES = 100  # rows a label heat map shows; more sites: this many, evenly spaced, named on the axis
+
+
+def partition_heatmap(sites: list[str], counts: np.ndarray, classes: list[Any], method: str,
+                      path: str | os.PathLike) -> None:
+    """Each site's samples per class (rows: sites, columns: classes, cells: counts), as papers show a partition,
+    beside each site's total. Past MAX_HEATMAP_SITES sites, an evenly spaced subsample of them (the first and the
+    last included), said in the title: a row per site of 3,400 writers would be a pixel each."""
+    shown = np.unique(np.linspace(0, len(sites) - 1, min(len(sites), MAX_HEATMAP_SITES)).round().astype(int))
+    rows, names = counts[shown], [sites[k] for k in shown]
+    figure, (heat, totals) = plt.subplots(1, 2, figsize=(min(4 + 0.25 * len(classes), 16) + 2.5, 2 + 0.18 * len(shown)),
+                                          gridspec_kw={"width_ratios": [4, 1]}, sharey=True)
+    image = heat.imshow(rows, cmap="viridis", aspect="auto", interpolation="nearest", vmin=0)
+    heat.set_xticks(range(len(classes)), [str(c) for c in classes], rotation=90 if len(classes) > 12 else 0,
+                    fontsize="small" if len(classes) <= 40 else "xx-small")
+    heat.set_yticks(range(len(shown)), names, fontsize="small" if len(shown) <= 40 else "xx-small")
+    heat.set(xlabel="class", ylabel="site")
+    figure.colorbar(image, ax=heat, label="samples", fraction=0.04, pad=0.02)
+    subsample = "" if len(shown) == len(sites) else f": {len(shown)} of {len(sites)} sites, evenly spaced"
+    heat.set_title(f"Labels per site (partition={method}{subsample})")
+    totals.barh(range(len(shown)), rows.sum(axis=1), color="tab:gray")
+    totals.set(title="samples", xlabel="train + val")
+    totals.grid(axis="x", alpha=0.3)
+    _save(figure, path)

@@ -141,6 +141,9 @@ def _highlights(config: Mapping[str, Any]) -> dict[str, Any]:
     partition = config["partition"]["name"]
     if partition == "dirichlet":
         partition += f"(alpha={config['partition']['alpha']})"
+    keys = {"inner_dirichlet": ("alpha", "sizes"), "shard": ("shards_per_site",), "pathological": ("classes_per_site",)}
+    if partition in keys:  # the keys that shape the split, as dirichlet's alpha
+        partition += "(" + ", ".join(f"{key}={config['partition'][key]}" for key in keys[partition]) + ")"
     return {
         "num_clients": config["num_clients"],
         "rounds": config["rounds"],
