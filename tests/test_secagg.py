@@ -10,7 +10,7 @@ import pytest
 import torch
 from cryptography.exceptions import InvalidTag
 
-from fedray import load_config, run_job
+from fedray import run_job
 from fedray.config import ConfigError, compose
 from fedray.secure import keys, shamir
 from fedray.secure import site as secure_site
@@ -179,3 +179,78 @@ def test_a_missing_extra_names_the_install_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "cryptography", None)  # as if not installed: its import raises ImportError
     with pytest.raises(ConfigError, match=r"needs cryptography, which is not installed; pip install 'fedray\[secagg\]'"):
         compose(list(SECAGG))
+
+
+# Whole jobs on real Ray and the tiny CIFAR-10: 3 sites, all in each other's neighbourhood, threshold 2. With seed 0
+# and dropout 0.4, site-3's draw drops it (checked below), before masking or after.
+JOB = ("rounds=1", "seed=0", "workflows.cross_site_validate.enabled=false", "secure_aggregation=secagg_plus")
+DROPOUT = ("secure_aggregation.dropout=0.4",)
+
+
+def _global(run_dir):
+    return torch.load(run_dir / "models" / "FL_global_model.pt")["model"]
+
+
+def test_site_3_is_the_one_that_drops_with_seed_0():
+    settings = secure_site.Settings(0, 1.0, 16, 32, 0.4, "before_masking")
+    assert [site for site in (1, 2, 3) if secure_site.drops(settings, 0, site, "before_masking")] == [3]
+
+
+@pytest.fixture(scope="module")
+def reference(job_config, tmp_path_factory):
+    """site-3 drops after masking (its vector counts, it answers no unmasking); one site per task on 2 actors."""
+    run_dir = tmp_path_factory.mktemp("secagg")
+    return run_dir, run_job(job_config(*JOB, *DROPOUT, "secure_aggregation.dropout_at=after_masking",
+                                       "site.sites_per_task=1"), run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_secagg_job_recovers_a_site_dropped_after_masking_and_records_its_costs(reference):
+    run_dir, summary = reference
+    assert summary["status"] == "completed", summary["error"]
+    (entry,) = summary["rounds"]
+    record = entry["secure_aggregation"]
+    assert sorted(entry["sites"]) == ["site-1", "site-2", "site-3"] and not entry["failures"]
+    assert record["survivors"] == 3 and record["dropped_after_masking"] == ["site-3"] and record["threshold"] == 2
+    # each site sent its masked vector (62,006 uint32 entries), its public keys, shares and unmasking answers
+    assert 62006 * 4 < record["bytes_sent_per_site"]["mean"] < 62006 * 4 + 2000
+    assert record["bytes_received_per_site"]["mean"] > 0
+    assert all(record["seconds"][part] > 0 for part in ("key_agreement", "masking_per_site", "unmasking"))
+    logged = json.loads((run_dir / "rounds.jsonl").read_text().splitlines()[0])
+    assert logged["secure_aggregation"] == record
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_batched_sites_on_one_actor_give_the_same_bits(reference, job_config, tmp_path):
+    """sites_per_task auto on 1 actor (one batch of 3, whose masked vectors the worker sums) vs 1 a task on 2."""
+    run_dir, _ = reference
+    summary = run_job(job_config(*JOB, *DROPOUT, "secure_aggregation.dropout_at=after_masking", "site.num_actors=1"),
+                      tmp_path)
+    assert summary["rounds"][0]["secure_aggregation"]["dropped_after_masking"] == ["site-3"]
+    secured, batched = _global(run_dir), _global(tmp_path)
+    assert secured.keys() == batched.keys() and all(torch.equal(secured[k], batched[k]) for k in secured)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_the_secure_mean_is_within_one_step_of_plain_fedavg(reference, job_config, tmp_path):
+    run_dir, _ = reference
+    plain = run_job(job_config(*JOB[:3]), tmp_path)
+    assert len({site["num_steps"] for site in plain["rounds"][0]["sites"].values()}) == 1  # FedAvg's weights equal
+    secured, reference_model = _global(run_dir), _global(tmp_path)
+    errors = [float((secured[k].double() - reference_model[k].double()).abs().max()) for k in reference_model]
+    assert 0 < max(errors) <= step(1.0, 16) + 1e-6  # float32 rounding on top of the bound
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_a_site_dropped_before_masking_is_recovered_in_a_batched_job(job_config, tmp_path):
+    # min_clients=2: the round goes on without site-3; one batch of 3 on 1 actor, so that its answer (no vector)
+    # comes with the others' and is never "abandoned" by a round that closed first
+    summary = run_job(job_config(*JOB, *DROPOUT, "min_clients=2", "site.num_actors=1"), tmp_path)
+    assert summary["status"] == "completed", summary["error"]
+    (entry,) = summary["rounds"]
+    assert sorted(entry["sites"]) == ["site-1", "site-2"] and entry["failures"]["site-3"]["kind"] == "dropped"
+    assert entry["secure_aggregation"]["survivors"] == 2 and entry["secure_aggregation"]["dropped"] == ["site-3"]
