@@ -21,12 +21,14 @@ def step(clipping_range: float, bits: int) -> float:
 def quantize(values: np.ndarray, clipping_range: float, bits: int, rng: np.random.Generator,
              dtype: np.dtype = np.uint32) -> np.ndarray:
     """`values` (float) clipped to [-c, c] and stochastically rounded to integers in [0, 2^bits - 1] of `dtype`."""
-    scaled = (np.clip(np.asarray(values, dtype=np.float64), -clipping_range, clipping_range) + clipping_range)
+    scaled = np.clip(np.asarray(values, dtype=np.float64), -clipping_range, clipping_range)
+    scaled += clipping_range
     scaled *= (2**bits - 1) / (2 * clipping_range)
-    floor = np.floor(scaled)
-    # Up with probability the fraction: E[q] = scaled. The clip keeps float rounding inside the range.
-    rounded = floor + (rng.random(scaled.shape) < scaled - floor)
-    return np.clip(rounded, 0, 2**bits - 1).astype(dtype)
+    # floor(x + u), u uniform in [0, 1): up with probability x's fraction, so E[q] = x. The clip keeps float
+    # rounding inside the range.
+    scaled += rng.random(scaled.shape)
+    np.floor(scaled, out=scaled)
+    return np.clip(scaled, 0, 2**bits - 1, out=scaled).astype(dtype)
 
 
 def dequantize_sum(total: np.ndarray, count: int, clipping_range: float, bits: int) -> np.ndarray:
