@@ -59,6 +59,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="rounds per run (the first is not counted)")
     parser.add_argument("--cohorts", default="10,50,200", help="sites a round, comma-separated")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating (a loaded machine)")
     parser.add_argument("--tiny", action="store_true", help="tiny-W2: seconds, for checking the script")
     parser.add_argument("--data-root", default=None, help="holds cifar-10-batches-py/ (else fedray's cache or a stand-in)")
     parser.add_argument("--work-dir", default="/tmp/fedray-bench")
@@ -72,22 +73,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     work_dir = Path(args.work_dir).resolve()
     data = find_data(base, args.data_root, work_dir)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO), "RAY_ADDRESS": ""}
-    points: dict[str, dict[str, Any]] = {}
-    for cohort in cohorts:
+    points: dict[str, list[dict[str, Any]]] = {}
+    for cohort, repeat, (side, keys) in ((c, r, s) for c in cohorts for r in range(args.repeats) for s in SIDES.items()):
         workload = dataclasses.replace(base, rounds=args.rounds, clients_per_round=cohort)
-        for side, keys in SIDES.items():
-            run_dir = work_dir / "runs" / stamp / f"{side}-{cohort}"
-            measured = run_measured([*fedray_command(workload, data, run_dir), *keys], env=env, cwd=str(REPO),
-                                    timeout=args.timeout)
-            if measured.returncode != 0:
-                raise SystemExit(f"{side} at {cohort} sites a round: exit {measured.returncode}: {measured.stderr[-2000:]}")
-            point = {**_point(json.loads((run_dir / "summary.json").read_text())), "wall_seconds": measured.wall_seconds}
-            points[f"{side}-{cohort}"] = point
-            print(f"{side:>12} {cohort:>4} sites a round: {point}", flush=True)
-    ratios = {cohort: round(points[f"secagg_plus-{cohort}"]["round_seconds"] / points[f"plain-{cohort}"]["round_seconds"], 3)
-              for cohort in cohorts}
+        run_dir = work_dir / "runs" / stamp / f"{side}-{cohort}-{repeat}"
+        measured = run_measured([*fedray_command(workload, data, run_dir), *keys], env=env, cwd=str(REPO),
+                                timeout=args.timeout)
+        if measured.returncode != 0:
+            raise SystemExit(f"{side} at {cohort} sites a round: exit {measured.returncode}: {measured.stderr[-2000:]}")
+        point = {**_point(json.loads((run_dir / "summary.json").read_text())), "wall_seconds": measured.wall_seconds}
+        points.setdefault(f"{side}-{cohort}", []).append(point)
+        print(f"{side:>12} {cohort:>4} sites a round, run {repeat + 1}: {point}", flush=True)
+    medians = {name: _median([run["round_seconds"] for run in runs]) for name, runs in points.items()}
+    ratios = {cohort: round(medians[f"secagg_plus-{cohort}"] / medians[f"plain-{cohort}"], 3) for cohort in cohorts}
     results = {"what": "W2's wall per round with and without SecAgg+, and its costs, by cohort", "sides": SIDES,
-               "points": points, "secagg_over_plain": ratios,
+               "points": points, "median_round_seconds": medians, "secagg_over_plain": ratios,
                "settings": {"workload": base.name, "rounds": args.rounds, "cohorts": cohorts, "data_root": data.root,
                             "stand_in_data": data.stand_in},
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": describe_machine(),

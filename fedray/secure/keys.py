@@ -7,6 +7,7 @@ keys, reproducible on any worker. A deployment draws them from the operating sys
 from __future__ import annotations
 
 import struct
+from typing import Mapping
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -35,8 +36,15 @@ def public_key(private: bytes) -> bytes:
 
 def agree(private: bytes, peer_public: bytes) -> bytes:
     """The 32-byte secret two sites agree on (X25519, then HKDF-SHA256): the same from either side."""
-    shared = X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedray secagg+").derive(shared)
+    return agreements(private, {0: peer_public})[0]
+
+
+def agreements(private: bytes, peer_publics: Mapping[int, bytes]) -> dict[int, bytes]:
+    """`agree` with each peer's public key, the private key loaded once (its loading costs as much as an exchange)."""
+    key = X25519PrivateKey.from_private_bytes(private)
+    return {peer: HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"fedray secagg+").derive(
+                key.exchange(X25519PublicKey.from_public_bytes(public)))
+            for peer, public in peer_publics.items()}
 
 
 def encrypt(key: bytes, plaintext: bytes, sender: int, receiver: int, nonce: bytes) -> bytes:

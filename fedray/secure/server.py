@@ -103,7 +103,8 @@ class SecureRound:
             if not peers:
                 continue
             private = self._recover(site, answers, "pairwise masks (it dropped out)")
-            pairs.extend((peer, site, keys.agree(private, self.public[peer][1])) for peer in peers)
+            agreed = keys.agreements(private, {peer: self.public[peer][1] for peer in peers})
+            pairs.extend((peer, site, agreed[peer]) for peer in peers)
         return masking.unmasked(self.total, self_seeds, pairs, self.modulus_bits)
 
     def _recover(self, site: int, answers: Mapping[int, Mapping[int, bytes]], what: str) -> bytes:

@@ -67,10 +67,11 @@ def share_keys(seed: int, current_round: int, site: int, neighbour_keys: Mapping
     """Stage 1: for each other neighbour j (every neighbour's public keys, the site's own included), its shares of
     b and of the s key, encrypted under the secret agreed with j's c key."""
     b_shares, s_shares = _shares(seed, current_round, site, threshold, sorted(neighbour_keys))
-    own = keys.private_key(seed, current_round, site, C_KEY)
-    return {peer: keys.encrypt(keys.agree(own, c_public), b_shares[peer] + s_shares[peer], site, peer,
+    agreed = keys.agreements(keys.private_key(seed, current_round, site, C_KEY),
+                             {peer: c_public for peer, (c_public, _) in sorted(neighbour_keys.items()) if peer != site})
+    return {peer: keys.encrypt(key, b_shares[peer] + s_shares[peer], site, peer,
                                keys.seeded_bytes(keys.NONCE_BYTES, seed, current_round, site, peer, NONCE))
-            for peer, (c_public, _) in sorted(neighbour_keys.items()) if peer != site}
+            for peer, key in agreed.items()}
 
 
 def masked_input(settings: Settings, current_round: int, site: int, update: np.ndarray,
@@ -80,8 +81,8 @@ def masked_input(settings: Settings, current_round: int, site: int, update: np.n
     rng = np.random.default_rng([settings.seed, current_round, site, ROUNDING])
     dtype = masking.carrier(settings.modulus_bits)
     quantized = quantize(update, settings.clipping_range, settings.quantization_bits, rng, dtype)
-    own = keys.private_key(settings.seed, current_round, site, S_KEY)
-    pair_seeds = {peer: keys.agree(own, public) for peer, public in s_publics.items() if peer != site}
+    pair_seeds = keys.agreements(keys.private_key(settings.seed, current_round, site, S_KEY),
+                                 {peer: public for peer, public in s_publics.items() if peer != site})
     return masking.masked(quantized, keys.seeded_bytes(32, settings.seed, current_round, site, SELF_SEED), pair_seeds,
                           site, settings.modulus_bits)
 
@@ -93,14 +94,15 @@ def unmask_answer(seed: int, current_round: int, site: int, inbox: Mapping[int, 
     encrypted shares `inbox` (sender -> ciphertext, routed by the controller) and, for the site itself, its own."""
     if set(survivors) & set(dropped):
         raise ValueError(f"site-{site}: asked for both shares of {sorted(set(survivors) & set(dropped))}; refused")
-    own = keys.private_key(seed, current_round, site, C_KEY)
+    agreed = keys.agreements(keys.private_key(seed, current_round, site, C_KEY),
+                             {peer: c_publics[peer] for peer in [*survivors, *dropped] if peer != site})
     answer = {}
     for peer in [*survivors, *dropped]:
         if peer == site:
             b_shares, s_shares = _shares(seed, current_round, site, threshold, [site])
             pair = b_shares[site] + s_shares[site]
         else:
-            pair = keys.decrypt(keys.agree(own, c_publics[peer]), inbox[peer], peer, site)
+            pair = keys.decrypt(agreed[peer], inbox[peer], peer, site)
         answer[peer] = pair[:shamir.SHARE_BYTES] if peer in survivors else pair[shamir.SHARE_BYTES:]
     return answer
 
