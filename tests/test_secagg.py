@@ -185,6 +185,9 @@ def test_a_missing_extra_names_the_install_line(monkeypatch):
 # and dropout 0.4, site-3's draw drops it (checked below), before masking or after.
 JOB = ("rounds=1", "seed=0", "workflows.cross_site_validate.enabled=false", "secure_aggregation=secagg_plus")
 DROPOUT = ("secure_aggregation.dropout=0.4",)
+# Central DP's path (clip at the site, the noisy mean at the server) without clipping or noise: FedAvg's
+# uniform mean, so the secure mean must still be within one quantization step of plain FedAvg's.
+CENTRAL = ("privacy=central", "privacy.clip=inf", "privacy.noise_multiplier=0")
 
 
 def _global(run_dir):
@@ -198,9 +201,10 @@ def test_site_3_is_the_one_that_drops_with_seed_0():
 
 @pytest.fixture(scope="module")
 def reference(job_config, tmp_path_factory):
-    """site-3 drops after masking (its vector counts, it answers no unmasking); one site per task on 2 actors."""
+    """site-3 drops after masking (its vector counts, it answers no unmasking); one site per task on 2 actors;
+    through central DP's server side (noise_multiplier=0)."""
     run_dir = tmp_path_factory.mktemp("secagg")
-    return run_dir, run_job(job_config(*JOB, *DROPOUT, "secure_aggregation.dropout_at=after_masking",
+    return run_dir, run_job(job_config(*JOB, *DROPOUT, *CENTRAL, "secure_aggregation.dropout_at=after_masking",
                                        "site.sites_per_task=1"), run_dir)
 
 
@@ -218,7 +222,7 @@ def test_a_secagg_job_recovers_a_site_dropped_after_masking_and_records_its_cost
     assert record["bytes_received_per_site"]["mean"] > 0
     assert all(record["seconds"][part] > 0 for part in ("key_agreement", "masking_per_site", "unmasking"))
     logged = json.loads((run_dir / "rounds.jsonl").read_text().splitlines()[0])
-    assert logged["secure_aggregation"] == record
+    assert logged["secure_aggregation"] == record and "privacy" in logged
 
 
 @pytest.mark.slow
@@ -226,8 +230,8 @@ def test_a_secagg_job_recovers_a_site_dropped_after_masking_and_records_its_cost
 def test_batched_sites_on_one_actor_give_the_same_bits(reference, job_config, tmp_path):
     """sites_per_task auto on 1 actor (one batch of 3, whose masked vectors the worker sums) vs 1 a task on 2."""
     run_dir, _ = reference
-    summary = run_job(job_config(*JOB, *DROPOUT, "secure_aggregation.dropout_at=after_masking", "site.num_actors=1"),
-                      tmp_path)
+    summary = run_job(job_config(*JOB, *DROPOUT, *CENTRAL, "secure_aggregation.dropout_at=after_masking",
+                                 "site.num_actors=1"), tmp_path)
     assert summary["rounds"][0]["secure_aggregation"]["dropped_after_masking"] == ["site-3"]
     secured, batched = _global(run_dir), _global(tmp_path)
     assert secured.keys() == batched.keys() and all(torch.equal(secured[k], batched[k]) for k in secured)
