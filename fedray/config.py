@@ -158,7 +158,15 @@ class SecureAggregationConfig:
     """Secure aggregation (conf/secure_aggregation/, README "Secure aggregation"): none, or a protocol under which
     the controller never holds a site's plain update. Each protocol adds its own keys below its own comment."""
 
-    mode: str = "none"  # none
+    mode: str = "none"  # none | secagg_plus
+    # secagg_plus: SecAgg+ (Bell et al. 2020; fedray/secure/); each site's update clipped, quantized and masked
+    num_shares: Optional[int] = None  # a site's neighbourhood, itself included (odd); null: 2 ceil(log2 cohort) + 1, all up to 7
+    threshold: Any = 0.5  # shares that recover a site's secret: a count, or a fraction of num_shares (rounded up; at least 2)
+    clipping_range: float = 1.0  # each coordinate of a site's update clipped to [-c, c] before quantizing
+    quantization_bits: int = 16  # updates quantized into [0, 2^bits); the mean is within 2c/(2^bits - 1) of FedAvg's
+    modulus_bits: int = 32  # masks and sums modulo 2^modulus_bits; cohort x (2^quantization_bits - 1) must be below it
+    dropout: float = 0.0  # the probability that a site drops out (at dropout_at), drawn per (seed, round, site)
+    dropout_at: str = "before_masking"  # before_masking (shared keys, sent no vector) | after_masking (no unmasking answer)
 
 
 @dataclass
@@ -260,7 +268,8 @@ _CHOICES = {
     "privacy.mode": ("none", "central", "local", "dp_sgd"),
     "privacy.accountant": ("rdp", "pld"),
     "system.name": ("uniform", "lognormal", "trace"),
-    "secure_aggregation.mode": ("none",),
+    "secure_aggregation.mode": ("none", "secagg_plus"),
+    "secure_aggregation.dropout_at": ("before_masking", "after_masking"),
     "flare.params_transfer_type": ("FULL", "DIFF"),
 }
 
@@ -479,6 +488,55 @@ def validate(cfg: DictConfig) -> None:
     _validate_privacy(cfg, require)
     _validate_fedbuff(cfg, require)
     _validate_system(cfg, require)
+    _validate_secagg(cfg, require)
+
+
+def _validate_secagg(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """secure_aggregation=secagg_plus's keys and what it composes with (README "Secure aggregation")."""
+    group, sag, key = cfg.secure_aggregation, cfg.workflows.scatter_and_gather, "secure_aggregation."
+    if group.mode != "secagg_plus":
+        return
+    try:
+        import cryptography  # noqa: F401  (X25519, HKDF, AES-GCM)
+    except ImportError:
+        raise ConfigError("secure_aggregation.mode=secagg_plus: needs cryptography, which is not installed; "
+                          "pip install 'fedray[secagg]'") from None
+    from fedray.secure.masking import share_count
+
+    per_round = sag.clients_per_round or cfg.num_clients
+    # The most sites one round's sum can hold: Poisson and over-selection draw more than clients_per_round.
+    cohort = cfg.num_clients if sag.sampling == "poisson" else min(cfg.num_clients, math.ceil(sag.over_selection * per_round))
+    require(per_round >= 2, "clients_per_round", "must be at least 2 with secure_aggregation=secagg_plus: the sum of "
+            "one site is its update")
+    if group.num_shares is not None:
+        require(group.num_shares >= 2, key + "num_shares", "must be at least 2 (or null: from the cohort)")
+    threshold = group.threshold
+    require(_is_number(threshold) and threshold > 0 and (isinstance(threshold, int) or threshold <= 1), key + "threshold",
+            "must be a count of shares (an integer) or a fraction of num_shares in (0, 1]")
+    shares = share_count(per_round, group.num_shares)
+    require(isinstance(threshold, float) or threshold <= shares, key + "threshold",
+            f"is above the {shares} shares of each site's secret (num_shares, at most the cohort of {per_round}); "
+            "lower it or use a fraction")
+    require(group.clipping_range > 0, key + "clipping_range", "must be positive (updates are clipped to [-c, c])")
+    require(1 <= group.quantization_bits < group.modulus_bits <= 64, key + "quantization_bits",
+            f"must be at least 1 and below modulus_bits={group.modulus_bits} (at most 64)")
+    require(cohort * (2**group.quantization_bits - 1) < 2**group.modulus_bits, key + "modulus_bits",
+            f"too few bits for the cohort: {cohort} sites x (2^{group.quantization_bits} - 1) overflows the modular "
+            f"sum; raise modulus_bits to {math.ceil(math.log2(cohort * (2**group.quantization_bits - 1) + 1))} or "
+            "lower quantization_bits")
+    require(0 <= group.dropout < 1, key + "dropout", "must be in [0, 1): the probability that a site drops out")
+    require(sag.mode == "sync", "workflows.scatter_and_gather.mode", "must be sync with secure_aggregation=secagg_plus: "
+            "fedbuff aggregates a few arrivals at a time, whose masks would not cancel")
+    require(not cfg.algorithm._target_.endswith("Scaffold"), "algorithm._target_", "scaffold's control variates would reach the "
+            "controller unmasked; with secure_aggregation=secagg_plus use algorithm=fedavg, fedprox or fedopt")
+    require(cfg.aggregator._target_ == "fedray.aggregation.fedavg", "aggregator._target_",
+            "must be fedray.aggregation.fedavg with secagg_plus: the controller only gets the sum of the updates")
+    require(not sag.aggregation_weights, "workflows.scatter_and_gather.aggregation_weights",
+            "must be empty with secagg_plus: each site's update counts once in the masked sum")
+    require(not cfg.workflows.cross_site_validate.enabled, "workflows.cross_site_validate.enabled",
+            "must be false with secagg_plus: cross-site evaluation sends each site's own model to the server")
+    require(not runs_own_code(cfg.site) and not cfg.site.batched_training, "secure_aggregation.mode",
+            "secagg_plus masks fedray's own sites' updates: not with site.script, site.flare_app or site.batched_training")
 
 
 _SIZE_SKEW = {"linear": lambda k, n: k, "square": lambda k, n: k * k, "exponential": lambda k, n: math.exp(k - n)}

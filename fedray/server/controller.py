@@ -27,6 +27,7 @@ from fedray.fl_model import Point
 from fedray.privacy import PRIVACY_STATE, update_privacy
 from fedray.privacy.server import ServerPrivacy
 from fedray.python_path import put_on_python_path
+from fedray.secure import secure
 from fedray.server.tasks import Outcome, WorkerPool, gather
 from fedray.server.workflows import (
     SERVER_MODELS,
@@ -37,6 +38,7 @@ from fedray.server.workflows import (
     sample_sites,
     scatter_and_gather,
 )
+from fedray.server.workflows.secagg import SecureAggregation
 from fedray.system.availability import safe_load, site_traces
 from fedray.system.clock import task_seconds
 from fedray.system.profiles import build_profiles
@@ -204,6 +206,8 @@ class Controller:
             privacy=privacy,
             on_stop=lambda reason: self._emit({"type": "privacy_budget", "message": reason}),
             clock=self._clock(params, args),
+            # SecAgg+: the controller gets masked vectors only (fedray/server/workflows/secagg.py)
+            secure=SecureAggregation(self.job, self.pool, args["train_timeout"], self.max_task_retries) if secure(self.job) else None,
         )
 
     def _fedbuff(self, params: Params, args: dict[str, Any], state: dict | None) -> Params:
@@ -313,7 +317,8 @@ class Controller:
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
                    improved: dict[str, LocalModel], state_ref: ray.ObjectRef, site_states: dict[str, ray.ObjectRef],
-                   privacy: dict[str, Any] | None = None, sim_seconds: float = 0.0, sim_time: float = 0.0) -> None:
+                   privacy: dict[str, Any] | None = None, sim_seconds: float = 0.0, sim_time: float = 0.0,
+                   secure_aggregation: dict[str, Any] | None = None) -> None:
         started = time.perf_counter()
         num_rounds = self.job["workflows"]["scatter_and_gather"]["num_rounds"]
         metrics: dict[str, float] = {}
@@ -349,6 +354,8 @@ class Controller:
             "site_states": site_states,  # the sites whose own state this round changed
             # DP: this round's record (epsilon so far, the clip norm it used) and the whole run's so far
             **({"privacy": privacy, "privacy_totals": self.privacy.totals()} if privacy is not None else {}),
+            # SecAgg+: this round's bytes per site, seconds in key agreement, masking and unmasking, dropouts
+            **({"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}),
         })
 
     def _evaluate(self, params_ref: ray.ObjectRef, splits: list[tuple[str, np.ndarray]]) -> list[dict[str, float]]:

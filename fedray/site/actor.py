@@ -45,6 +45,9 @@ class SiteWorker:
                     site_states: Optional[Sequence[Any]] = None) -> dict[str, Any]:
         return self.worker.train_sites(sites, global_params, current_round, total_rounds, factors, message, site_states)
 
+    def secagg_stage(self, stage: str, sites: Sequence[str], current_round: int, requests: Mapping[str, Any]) -> dict[str, Any]:
+        return self.worker.secagg_stage(stage, sites, current_round, requests)
+
     def submit_model(self, site: str, best_local: Optional[FLModel]) -> FLModel:
         return self.worker.submit_model(site, best_local)
 

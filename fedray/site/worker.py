@@ -37,8 +37,12 @@ from fedray.data.partition import Shard
 from fedray.fl_model import ACCURACY_KEYS, LOCAL_MODEL, NUM_STEPS_CURRENT_ROUND, FLModel, ParamsType, accuracy_of
 from fedray.privacy.flare_filters import WEIGHT_DIFF, WEIGHTS, sent_weights, train_filters
 from fedray.privacy import update_privacy
+from fedray.privacy.mechanisms import private_names
 from fedray.privacy.site import release
 from fedray.python_path import put_on_python_path
+from fedray.secure import site as secure_site
+from fedray.secure import BEFORE_MASKING, DROPPED_OUT, MASKED, SECAGG, SECONDS, secure
+from fedray.secure.quantize import flat_update
 from fedray.site import memory_watch
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
 from fedray.site.batched_training import train_sites_batched
@@ -111,6 +115,8 @@ class TorchWorker:
         self.private = update_privacy(job["privacy"])
         # FLARE's result filters of a train result (flare.task_result_filters; flare_job= sets them).
         self.result_filters = train_filters((job.get("flare") or {}).get("task_result_filters") or [])
+        # SecAgg+ (fedray/secure/): each site's update leaves it quantized and masked, never in the clear.
+        self.secure = secure_site.Settings.of(job) if secure(job) else None
         self.privacy = job.get("privacy") or {}
         self.noise_multipliers: dict[tuple[int, int], float] = {}  # dp_sgd's, by (records, rounds): calibrated once
         # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
@@ -164,7 +170,36 @@ class TorchWorker:
             result.params, extra = release(result.params, global_params, self.job, message or {}, current_round,
                                            _site_number(site))
             result.meta.update(extra)
+        if self.secure is not None and result.params is not None:
+            self._mask(site, result, global_params, message or {}, current_round)
         return result
+
+    def _mask(self, site: str, result: FLModel, global_params: Mapping[str, np.ndarray], message: Mapping[str, Any],
+              current_round: int) -> None:
+        """SecAgg+'s stage 2 (fedray/secure/site.py), in place: the result's params become the site's masked, quantized
+        update (meta[MASKED]); or, for a site that drops out here (its seeded draw) or diverged, nothing but why."""
+        started, number, params = time.perf_counter(), _site_number(site), result.params
+        result.params = None
+        if secure_site.drops(self.secure, current_round, number, BEFORE_MASKING):
+            result.meta[DROPPED_OUT] = ("dropped", "dropped out before sending its masked vector "
+                                                   "(secure_aggregation.dropout_at=before_masking)")
+        elif not finite(params):
+            result.meta[DROPPED_OUT] = ("non_finite", NON_FINITE)
+        else:
+            names = private_names(global_params, self.job["workflows"]["scatter_and_gather"]["exclude_vars"])
+            update = flat_update(params, global_params, names)
+            result.meta[MASKED] = secure_site.masked_input(self.secure, current_round, number, update,
+                                                           message[SECAGG][number])
+        result.metrics[SECONDS] = time.perf_counter() - started
+
+    def secagg_stage(self, stage: str, sites: Sequence[str], current_round: int,
+                     requests: Mapping[str, Any]) -> dict[str, Any]:
+        """A key stage of SecAgg+ for several sites (fedray/secure/site.py `answer`): {"answers": site -> answer,
+        "seconds": the stage's seconds here}."""
+        started = time.perf_counter()
+        answers = {site: secure_site.answer(stage, self.secure, current_round, _site_number(site), requests.get(site))
+                   for site in sites}
+        return {"answers": answers, "seconds": time.perf_counter() - started}
 
     def _weight(self, factor: float, steps: int) -> float:
         """A site's weight in a batch's sum: FedAvg's factor x steps; under DP every site's the same, 1."""
@@ -260,6 +295,7 @@ class TorchWorker:
         if self.job["site"].get("batched_training"):
             return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors, message)
         total = CompensatedSum()
+        masked: list[np.ndarray] = []  # SecAgg+: the batch's sum of masked vectors, once there is one
         results: dict[str, Any] = {}
         states = site_states or [None] * len(sites)
         reload = reloader(self.model, global_params)  # the global weights as tensors once, for every site
@@ -271,7 +307,10 @@ class TorchWorker:
                 result = self._local_update(site, global_params, reload, current_round, total_rounds, message, state,
                                             copy=False)
                 result = self._released(site, result, global_params, message, current_round)
-                results[site] = _summed(total, result.params, self._weight(factor, result.meta[NUM_STEPS_CURRENT_ROUND])) or result
+                if self.secure is not None:  # the batch adds its sites' masked vectors, modulo 2^modulus_bits
+                    results[site] = _masked_into(masked, result)
+                else:
+                    results[site] = _summed(total, result.params, self._weight(factor, result.meta[NUM_STEPS_CURRENT_ROUND])) or result
             except TrainingStopped:
                 raise  # the whole batch was given up on
             except Exception as err:  # this site's own failure; the batch's other sites go on
@@ -279,7 +318,7 @@ class TorchWorker:
                 continue
             result.params = None
         tracking.flush()
-        return {"sum": total, "results": results}
+        return {"sum": total, "results": results, **({"masked": masked[0] if masked else None} if self.secure else {})}
 
     def _train_sites_at_once(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
                              total_rounds: int, factors: Sequence[float],
@@ -507,6 +546,20 @@ def _summed(total: CompensatedSum, params: Mapping[str, np.ndarray], weight: flo
         return "non_finite", NON_FINITE
     total.add(params, weight)
     return None
+
+
+def _masked_into(masked: list[np.ndarray], result: FLModel) -> tuple[str, str] | FLModel:
+    """A batch's site's masked vector added into the batch's (`masked`: empty, or the sum so far); or its failure.
+    The batch simulates its sites' devices, which held their plain updates anyway: their masked sum tells the
+    controller no more than their masked vectors one by one (each keeps its self mask until the unmasking)."""
+    if DROPPED_OUT in result.meta:
+        return result.meta.pop(DROPPED_OUT)
+    vector = result.meta.pop(MASKED)
+    if masked:
+        masked[0] += vector  # unsigned wrap-around: modulo 2^32 (2^64), a multiple of the modulus
+    else:
+        masked.append(vector)
+    return result
 
 
 def _filter_seed(seed: int, current_round: int, site: str) -> tuple[int, ...]:

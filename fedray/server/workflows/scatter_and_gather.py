@@ -20,7 +20,9 @@ from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, local_model
 from fedray.privacy import PRIVACY_STATE, UNCLIPPED
 from fedray.privacy.mechanisms import private_names
 from fedray.privacy.server import ServerPrivacy
+from fedray.secure import DROPPED_OUT
 from fedray.server.tasks import Outcome, WorkerPool, gather
+from fedray.server.workflows.secagg import SecureAggregation, Unrecoverable
 from fedray.system import DROPPED, LATE
 from fedray.system.schedule import Planned, SyncClock, over_selected_count
 
@@ -69,6 +71,7 @@ def scatter_and_gather(
     privacy: ServerPrivacy | None = None,
     on_stop: Callable[[str], None] | None = None,
     clock: SyncClock | None = None,
+    secure: SecureAggregation | None = None,
 ) -> Params:
     """Run FedAvg rounds `start_round .. num_rounds-1`.
 
@@ -91,6 +94,9 @@ def scatter_and_gather(
     sampled among those online, over-selected, and those that will not count (late, over-selected, dropped)
     known from the profiles before anything trains: they never train, and are failures of their kind.
     `on_round_end` then gets the round's simulated seconds and the clock after it (`sim_seconds`, `sim_time`).
+    `secure` (SecAgg+, fedray/server/workflows/secagg.py): the round's sites agree keys before they train, send
+    masked vectors, and the controller averages the unmasked sum (each site weight 1); `on_round_end` gets its
+    costs as `secure_aggregation=`.
     """
     per_round = clients_per_round or len(sites)
     all_sent = min_clients is None  # FLARE's default: a round waits for every site sent the task
@@ -128,7 +134,14 @@ def scatter_and_gather(
         if len(training) < needed and ignore_result_error is not True:
             raise RoundFailed(f"round {current_round}: only {len(training)} of {len(chosen)} sites can count on the "
                               f"clock, min_clients={needed} needed ({_describe(_spared(spared, clock))})")
-        message = {**algorithm.message(state), **(privacy.message() if privacy else {})}
+        secure_failures: dict[str, dict] = {}
+        if secure is not None:  # stages 0-1: the sites that did not share their keys leave the round
+            try:
+                training, secure_failures = secure.begin(training, current_round)
+            except Unrecoverable as err:
+                raise RoundFailed(f"round {current_round}: {err} ({_describe(secure_failures)})") from None
+        message = {**algorithm.message(state), **(privacy.message() if privacy else {}),
+                   **(secure.message() if secure else {})}
         message_ref = ray.put(message) if message else None  # one copy for every site, as the model
         if sites_per_task > 1:  # a task per batch of sites: a round of many small sites costs a few tasks
             batches = {f"batch-{k + 1}": members for k, members in enumerate(_batches(training, sites_per_task, per_round, sampling))}
@@ -150,7 +163,7 @@ def scatter_and_gather(
             count=lambda outcome: _answered(outcome, batches),
         )
         site_metrics: dict[str, dict] = {}
-        failures: dict[str, dict] = _spared(spared, clock)
+        failures: dict[str, dict] = {**_spared(spared, clock), **secure_failures}
         improved: dict[str, LocalModel] = {}
         updated_site_states: dict[str, ray.ObjectRef] = {}
         extra_sums = {key: CompensatedSum() for key in algorithm.result_keys}
@@ -174,6 +187,8 @@ def scatter_and_gather(
                     update = take_result(outcome)
                     if update is not None:
                         yield update
+                if secure is not None and task_outcome.site in batches and task_outcome.ok:
+                    secure.take_batch(task_outcome.value)  # the batch's sum of masked vectors
                 if task_outcome.site in batches and task_outcome.ok and task_outcome.value["sum"].sums:
                     # The batch's sites, already weighted and summed by the worker that trained them.
                     yield _without(task_outcome.value["sum"], excluded)
@@ -204,16 +219,22 @@ def scatter_and_gather(
             if SITE_STATE in result.meta:
                 # Kept in the object store, owned here, until the site's next round.
                 updated_site_states[outcome.site] = ray.put(result.meta[SITE_STATE])
+            if secure is not None:
+                secure.take_site(outcome.site, result)  # its masked vector; its params are None
             if result.params is None:
                 return None
             params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
             return params, weight
 
-        if privacy:
-            aggregated = privacy.aggregate(arriving_updates(), global_params, private_names(global_params, exclude_vars),
-                                           current_round)
-        else:
-            aggregated = _aggregate_any(aggregate, arriving_updates())
+        updates = secure.unmasked(arriving_updates(), global_params) if secure else arriving_updates()
+        try:
+            if privacy:  # central DP's noise is added to the unmasked sum, as the server would
+                aggregated = privacy.aggregate(updates, global_params, private_names(global_params, exclude_vars),
+                                               current_round)
+            else:
+                aggregated = _aggregate_any(aggregate, updates)
+        except Unrecoverable as err:
+            raise RoundFailed(f"round {current_round}: {err} ({_describe(failures)})") from None
         diverged = [site for site, failure in failures.items() if failure["kind"] == "non_finite"]
         if diverged and not site_metrics:
             raise RoundFailed(f"round {current_round}: training diverged: every update had NaN or Inf weights "
@@ -233,6 +254,8 @@ def scatter_and_gather(
         global_ref = ray.put(global_params)
         # A round that failed above released nothing and spends nothing; this one released its model.
         extra = {"privacy": privacy.close_round(current_round, unclipped)} if privacy else {}
+        if secure is not None:
+            extra["secure_aggregation"] = secure.record(site_metrics)
         server_state = {**state, PRIVACY_STATE: privacy.state()} if privacy else state
         if clock is not None:
             clock.now += plan.seconds
@@ -277,7 +300,10 @@ def _must_stop(ignore_result_error: Optional[bool], outcome: Outcome, still_poss
 def _site_outcomes(outcome: Outcome, batches: dict[str, list[str]]) -> list[Outcome]:
     """A task's outcome as its sites' outcomes: FLARE's rules (failures, min_clients) stay per site."""
     if outcome.site not in batches:
-        if outcome.ok and not finite(outcome.value.params):
+        if outcome.ok and DROPPED_OUT in outcome.value.meta:  # SecAgg+: it sent no masked vector
+            failure, message = outcome.value.meta[DROPPED_OUT]
+            return [Outcome(outcome.site, failure=failure, seconds=outcome.seconds, message=message)]
+        if outcome.ok and outcome.value.params is not None and not finite(outcome.value.params):
             return [Outcome(outcome.site, failure="non_finite", seconds=outcome.seconds,
                             message=NON_FINITE)]
         return [outcome]
