@@ -10,6 +10,7 @@ is checked by `fedray.driver.preflight`, which imports torch.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local Ray only
     num_gpus: Optional[int] = None  # local Ray only
     dashboard: bool = False
+    share: float = 1.0  # the part of the cluster's CPUs and GPUs this job's site actors plan on; hydra/launcher=ray sets 1/concurrency
 
 
 @dataclass
@@ -108,6 +110,20 @@ class FlareConfig:
 @dataclass
 class TensorBoardConfig:
     per_site: Optional[bool] = None  # tb/site-k/ curves (streamed train loss, round metrics); null: up to PER_SITE_LIMIT sites
+
+
+@dataclass
+class TrackingConfig:
+    """An experiment tracker beside tb/ (conf/tracking/, README "Tracking"): the driver logs each round's metrics,
+    the config as params and the run's files as artifacts (fedray/records/tracking.py)."""
+
+    name: str = "none"  # none | mlflow | wandb
+    uri: Optional[str] = None  # mlflow: the tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "fedray"  # the MLflow experiment, the W&B project
+    run_name: Optional[str] = None  # null: the run folder's path
+    group: Optional[str] = None  # a sweep's jobs: the MLflow parent run / W&B group; null: the sweep folder, in a sweep
+    mode: str = "offline"  # wandb: offline (files under the run folder's wandb/) | online | disabled
+    tags: Dict[str, str] = field(default_factory=dict)  # the run's tags
 
 
 @dataclass
@@ -238,6 +254,7 @@ class JobConfig:
     system: SystemConfig = field(default_factory=SystemConfig)  # conf/system/: uniform, lognormal, trace
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)  # conf/secure_aggregation/
     flare: FlareConfig = field(default_factory=FlareConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # conf/tracking/: none, mlflow, wandb
     workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
 
 
@@ -255,6 +272,8 @@ _CHOICES = {
     "system.name": ("uniform", "lognormal", "trace"),
     "secure_aggregation.mode": ("none",),
     "flare.params_transfer_type": ("FULL", "DIFF"),
+    "tracking.name": ("none", "mlflow", "wandb"),
+    "tracking.mode": ("offline", "online", "disabled"),
 }
 
 # What a DP config needs installed, and the line that says how to get it.
@@ -378,6 +397,7 @@ def validate(cfg: DictConfig) -> None:
             "must be 1 (or null) with cross-site evaluation, which needs each site's own model; "
             "or set workflows.cross_site_validate.enabled=false",
         )
+    require(0 < cfg.ray.share <= 1, "ray.share", "must be in (0, 1]: the part of the cluster this job plans on")
     require(cfg.job_timeout >= 0, "job_timeout", "must be >= 0 seconds (0: no limit)")
     if cfg.site.num_actors is not None:
         require(cfg.site.num_actors <= cfg.num_clients, "site.num_actors", f"must be at most num_clients={cfg.num_clients}")
@@ -471,6 +491,23 @@ def validate(cfg: DictConfig) -> None:
     _validate_privacy(cfg, require)
     _validate_fedbuff(cfg, require)
     _validate_system(cfg, require)
+    _validate_tracking(cfg)
+
+
+# What each tracker needs installed (the modules its code imports), and the extra that installs them.
+TRACKER_MODULES = {"mlflow": ("mlflow", "sqlalchemy", "alembic"), "wandb": ("wandb",)}
+
+
+def _validate_tracking(cfg: DictConfig) -> None:
+    """A tracker whose package is missing fails here, in one line, not after the run's first round."""
+    name = cfg.tracking.name
+    needed = TRACKER_MODULES.get(name, ())
+    if name == "mlflow" and cfg.tracking.uri and not cfg.tracking.uri.startswith("sqlite:"):
+        needed = needed[:1]  # a tracking server or a folder store needs no SQL store here
+    missing = [module for module in needed if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(f"tracking={name}: {', '.join(missing)} not installed; pip install 'fedray[{name}]' "
+                          "(or tracking=none)")
 
 
 def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

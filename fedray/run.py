@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedray.config import CONF_DIR, ConfigError
+from fedray.driver import sweep_launcher
 from fedray.driver.cluster import release
 from fedray.driver.job import USER_ERRORS, JobInterrupted, run_job
 from fedray.driver.preflight import load_config
@@ -95,6 +96,7 @@ def _main(args: list[str]) -> None:
         _hydra_main()
     finally:
         release()  # the local Ray a sweep's jobs shared (or one still starting for a failed job)
+    _sweep_failed.update(sweep_launcher.job_failed)  # hydra/launcher=ray's jobs, each run in its own process
     failed = [str(num) for num, did_fail in _sweep_failed.items() if did_fail]
     if failed:
         print(
