@@ -92,6 +92,7 @@ def _main(args: list[str]) -> None:
         _check_before_start(args)
     except USER_ERRORS as err:
         _exit(err)
+    _register_launcher()
     try:
         _hydra_main()
     finally:
@@ -105,6 +106,15 @@ def _main(args: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def _register_launcher() -> None:
+    """fedray's `hydra/launcher=ray` in Hydra's plugin table: Hydra finds plugins by listing hydra_plugins/, which
+    an editable install's import hook hides from it (the class imports, but is "Unknown plugin class")."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.fedray_launcher.ray_launcher import FedrayRayLauncher
+
+    Plugins.instance().register(FedrayRayLauncher)
 
 
 def _leave(code: int | str | None) -> None:
