@@ -3,15 +3,19 @@
 A tracker gets what TensorBoard gets (`tensorboard.round_scalars`: the global metrics per round, each site's where
 tb/ has them, the sites' streamed training curves), plus the simulated clock's time, the cross-site matrix, the
 config as params and, at the end, the run's files as artifacts. `open_tracker` wraps it in `Guarded`: a tracker
-that fails (a locked database, a server gone) is one warning, and the run goes on without it.
+that fails (a locked database, a server gone) is one warning, and the run goes on without it; its calls run in
+order on a thread of its own, so a slow store (MLflow creates a new SQLite store's tables in seconds) holds up
+neither Ray's start nor the rounds.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Protocol
+from typing import Any, Callable, Iterable, Mapping, Optional, Protocol
 
 from fedray.fl_model import Point
 from fedray.records.tensorboard import SERVER, round_scalars
@@ -22,6 +26,7 @@ log = logging.getLogger("fedray")
 # reads it from the run folder) nor tb/ (its scalars are the tracker's metrics).
 ARTIFACTS = ("summary.json", "rounds.jsonl", "run.log", ".hydra", "models", "plots", "cross_site_val")
 SWEEP_MARK = "multirun.yaml"  # Hydra writes it at a sweep folder's root before its first job
+FINISH_TIMEOUT = 300.0  # seconds the run's end waits for its tracker's last calls (the artifacts' upload)
 
 
 class Tracker(Protocol):
@@ -33,15 +38,20 @@ class Tracker(Protocol):
 
 
 class Guarded:
-    """A tracker that can fail without the run: its first error is a warning, then it is left alone."""
+    """A tracker that can fail without the run: its first error is a warning, then it is left alone. Its calls
+    are queued to one thread (in order); `finish` waits for them, at most FINISH_TIMEOUT seconds."""
 
-    def __init__(self, name: str, tracker: Tracker, run_dir: Path, simulated: bool, per_site: bool) -> None:
-        self.name, self.tracker, self.run_dir = name, tracker, run_dir
+    def __init__(self, name: str, build: Callable[[], Tracker], run_dir: Path, simulated: bool, per_site: bool) -> None:
+        """`build`: the tracker, built on its thread too (importing its library takes seconds)."""
+        self.name, self.run_dir = name, run_dir
         self.simulated, self.per_site = simulated, per_site
+        self.tracker: Optional[Tracker] = None
         self.failed = False
+        self.queue = ThreadPoolExecutor(1, thread_name_prefix=f"fedray-{name}")
+        self.queue.submit(self._build, build)
 
     def start(self, params: Mapping[str, Any]) -> None:
-        self._call("start", params)
+        self._call("start", copy.deepcopy(dict(params)))  # the driver's job dict stays the driver's
 
     def round(self, event: Mapping[str, Any]) -> None:
         scalars = [(tag if run == SERVER else f"{run}/{tag}", value, step)
@@ -61,18 +71,36 @@ class Guarded:
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         files = [self.run_dir / name for name in ARTIFACTS if (self.run_dir / name).exists()]
-        self._call("finish", summary, files)
+        done = self._call("finish", copy.deepcopy(dict(summary)), files)
+        try:
+            done.result(timeout=FINISH_TIMEOUT)
+        except TimeoutError:
+            log.warning("tracking=%s: still sending after %g s; the run ends without waiting for it",
+                        self.name, FINISH_TIMEOUT)
+        self.queue.shutdown(wait=False)
 
-    def _call(self, method: str, *args: Any) -> None:
-        if self.failed:
+    def _call(self, method: str, *args: Any) -> Any:
+        return self.queue.submit(self._run, method, *args)
+
+    def _build(self, build: Callable[[], Tracker]) -> None:
+        try:
+            self.tracker = build()
+        except Exception as err:  # noqa: BLE001 - a missing server, a bad URI: as any later failure
+            self._fail(err)
+
+    def _run(self, method: str, *args: Any) -> None:
+        if self.failed or self.tracker is None:
             return
         try:
             getattr(self.tracker, method)(*args)
         except Exception as err:  # noqa: BLE001 - whatever the tracker's library raises, the run goes on
-            self.failed = True
-            text = str(err).strip().splitlines()
-            log.warning("tracking=%s failed (%s: %s); the run goes on without it, its run folder has everything",
-                        self.name, type(err).__name__, text[0] if text else "")
+            self._fail(err)
+
+    def _fail(self, err: Exception) -> None:
+        self.failed = True
+        text = str(err).strip().splitlines()
+        log.warning("tracking=%s failed (%s: %s); the run goes on without it, its run folder has everything",
+                    self.name, type(err).__name__, text[0] if text else "")
 
 
 def open_tracker(job: Mapping[str, Any], run_dir: Path, simulated: bool, per_site: bool) -> Optional[Guarded]:
@@ -83,32 +111,19 @@ def open_tracker(job: Mapping[str, Any], run_dir: Path, simulated: bool, per_sit
     sweep = sweep_folder(run_dir)
     group = settings["group"] or (shown(sweep) if sweep else None)
     run_name = settings["run_name"] or shown(run_dir)
-    try:
+
+    def build() -> Tracker:
         if settings["name"] == "mlflow":
             from fedray.records.mlflow_tracker import MlflowTracker
 
-            tracker: Tracker = MlflowTracker(settings, run_name, group, sweep, run_dir)
-        else:
-            from fedray.records.wandb_tracker import WandbTracker
+            return MlflowTracker(settings, run_name, group, sweep, run_dir)
+        from fedray.records.wandb_tracker import WandbTracker
 
-            tracker = WandbTracker(settings, run_name, group, run_dir)
-    except Exception as err:  # noqa: BLE001 - as any later failure: a warning
-        tracker = _Failed(err)
-    guarded = Guarded(settings["name"], tracker, run_dir, simulated, per_site)
+        return WandbTracker(settings, run_name, group, run_dir)
+
+    guarded = Guarded(settings["name"], build, run_dir, simulated, per_site)
     guarded.start(job)
     return guarded
-
-
-class _Failed:
-    """A tracker that could not be built: its error comes out as the first call's."""
-
-    def __init__(self, err: Exception) -> None:
-        self.err = err
-
-    def __getattr__(self, name: str) -> Any:
-        def fail(*args: Any) -> None:
-            raise self.err
-        return fail
 
 
 def sweep_folder(run_dir: Path) -> Optional[Path]:

@@ -71,6 +71,9 @@ class WandbTracker:
                     artifact.add_file(str(path), name=path.name, policy="immutable")
             self.run.log_artifact(artifact)
         self.run.finish(exit_code=0 if summary.get("status") == "completed" else 1)
+        # finish() returns before W&B's service has written the run's last records to its offline file, and the
+        # driver leaves with os._exit soon after: teardown waits for the service to finish and stop.
+        wandb.teardown()
 
     def _axis(self, key: str, axis: str) -> None:
         if key not in self.axes:
