@@ -10,12 +10,13 @@ memory of its process tree: benchmarks/measure.py); the sides alternate per repe
 load hits both. Per job, summary.json's `wall_seconds` and its `timings` (start-up, workflows, shutdown).
 
 The 16-core estimate is a model over the sequential side's per-job numbers, not a measurement:
-- sequential on 16 cores: each job's start-up and shutdown as measured (one process, little parallelism),
-  its rounds (`workflows`) 8/A times faster with 8 site actors instead of the A it had here (ideal scaling);
+- sequential on 16 cores: the sweep's own overhead (its wall less its jobs' `wall_seconds`) and each job's
+  start-up and shutdown as measured (one process, little parallelism), its rounds (`workflows`) 8/A times
+  faster with 8 site actors instead of the A it had here (ideal scaling);
 - parallel on 16 cores: six jobs at once, each with 16/6 CPUs (ray.share), i.e. 2 single-threaded site actors,
-  so each runs about as fast as alone on 2 cores: the slowest job's wall as measured here, plus the parallel
-  side's own overhead (its sweep process, its Ray's start, each job's process start), measured as the parallel
-  side's wall less its slowest job's `wall_seconds`.
+  so each runs about as fast as alone on 2 cores: the slowest job's wall as measured on the sequential side, plus
+  the sweep's overhead, taken as the sequential side's (the same sweep process; the parallel side's own, its
+  wall less its slowest job's, is printed too, but on 2 cores it holds six jobs' start-ups queued for the cores).
 Results print and are saved to `benchmarks/results/<timestamp>-sweep.json`.
 """
 
@@ -64,12 +65,13 @@ def estimate(sequential: dict, parallel: dict, actors_here: int) -> dict:
     """The 16-core model of the module's docstring, from one repeat of each side."""
     seq_jobs, par_jobs = sequential["jobs"], parallel["jobs"]
     speedup = TARGET_CORES // 2 / actors_here  # 8 site actors (8 sites) instead of actors_here
-    seq16 = sum(job["wall_s"] - job["timings"].get("workflows", 0) * (1 - 1 / speedup) for job in seq_jobs)
-    slowest = max(job["wall_s"] for job in seq_jobs)
-    overhead = parallel["wall_s"] - max(job["wall_s"] for job in par_jobs)
-    par16 = slowest + overhead
+    seq_overhead = sequential["wall_s"] - sum(job["wall_s"] for job in seq_jobs)
+    seq16 = seq_overhead + sum(job["wall_s"] - job["timings"].get("workflows", 0) * (1 - 1 / speedup) for job in seq_jobs)
+    par16 = max(job["wall_s"] for job in seq_jobs) + seq_overhead
+    overhead_here = parallel["wall_s"] - max(job["wall_s"] for job in par_jobs)
     return {"sequential_16_cores_s": round(seq16, 1), "parallel_16_cores_s": round(par16, 1),
-            "ratio": round(seq16 / par16, 2), "parallel_overhead_s": round(overhead, 1)}
+            "ratio": round(seq16 / par16, 2), "sweep_overhead_sequential_s": round(seq_overhead, 1),
+            "sweep_overhead_parallel_here_s": round(overhead_here, 1)}
 
 
 def main() -> None:
@@ -79,7 +81,14 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="ray.num_cpus for both sides (default: the machine's)")
     parser.add_argument("--concurrency", type=int, default=6)
     parser.add_argument("--sides", nargs="+", default=["sequential", "parallel"])
+    parser.add_argument("--estimate", type=Path, help="a results file: print its 16-core estimate again, run nothing")
     args = parser.parse_args()
+    if args.estimate:
+        saved = json.loads(args.estimate.read_text())
+        sides = {row["side"]: row for row in saved["results"] if row["returncode"] == 0}
+        actors_here = min(8, saved["num_cpus"] or saved["machine"]["logical_cores"])
+        print(json.dumps(estimate(sides["sequential"], sides["parallel"], actors_here)))
+        return
 
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": os.pathsep.join(
         [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
