@@ -1,4 +1,4 @@
-"""A sweep of 6 small jobs, one after another (Hydra's basic launcher) and at once (hydra/launcher=ray), issue 26.
+"""A sweep of 6 small jobs, one after another (Hydra's basic launcher) and at once (hydra/launcher=fedray_ray), issue 26.
 
     python benchmarks/sweep.py                       # algorithm=fedavg,fedprox,scaffold x partition.alpha=1.0,0.1
     python benchmarks/sweep.py --num-cpus 16         # the same Ray CPU budget (ray.num_cpus) on both sides
@@ -46,7 +46,7 @@ def command(side: str, sweep_dir: Path, rounds: int, num_cpus: int | None, concu
            "workflows.cross_site_validate.enabled=false", f"hydra.sweep.dir={sweep_dir}"]
     if num_cpus:
         job.append(f"ray.num_cpus={num_cpus}")
-    launcher = ["hydra/launcher=ray", f"hydra.launcher.concurrency={concurrency}"] if side == "parallel" else []
+    launcher = ["hydra/launcher=fedray_ray", f"hydra.launcher.concurrency={concurrency}"] if side == "parallel" else []
     return [sys.executable, "-m", "fedray.run", "-m", *JOBS, *job, *launcher]
 
 

@@ -90,7 +90,7 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local Ray only
     num_gpus: Optional[int] = None  # local Ray only
     dashboard: bool = False
-    share: float = 1.0  # the part of the cluster's CPUs and GPUs this job's site actors plan on; hydra/launcher=ray sets 1/concurrency
+    share: float = 1.0  # the part of the cluster's CPUs and GPUs its site actors plan on; hydra/launcher=fedray_ray: 1/concurrency
 
 
 @dataclass

@@ -97,7 +97,7 @@ def _main(args: list[str]) -> None:
         _hydra_main()
     finally:
         release()  # the local Ray a sweep's jobs shared (or one still starting for a failed job)
-    _sweep_failed.update(sweep_launcher.job_failed)  # hydra/launcher=ray's jobs, each run in its own process
+    _sweep_failed.update(sweep_launcher.job_failed)  # hydra/launcher=fedray_ray's jobs, each run in its own process
     failed = [str(num) for num, did_fail in _sweep_failed.items() if did_fail]
     if failed:
         print(
@@ -109,7 +109,7 @@ def _main(args: list[str]) -> None:
 
 
 def _register_launcher() -> None:
-    """fedray's `hydra/launcher=ray` in Hydra's plugin table: Hydra finds plugins by listing hydra_plugins/, which
+    """fedray's `hydra/launcher=fedray_ray` in Hydra's plugin table: Hydra finds plugins by listing hydra_plugins/, which
     an editable install's import hook hides from it (the class imports, but is "Unknown plugin class")."""
     from hydra.core.plugins import Plugins
     from hydra_plugins.fedray_launcher.ray_launcher import FedrayRayLauncher

@@ -1,4 +1,4 @@
-"""hydra/launcher=ray: a sweep's jobs at once, each a process of its own on the sweep's one Ray, and the summary."""
+"""hydra/launcher=fedray_ray: a sweep's jobs at once, each a process of its own on the sweep's one Ray, and the summary."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_a_parallel_sweep_runs_its_jobs_at_once_on_one_ray_and_a_failed_job_is_o
     # The sweep joins the tests' Ray (as it would a cluster's, by ray.address): its jobs join it too.
     env = {**os.environ, "PYTHONPATH": REPO, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     done = subprocess.run(
-        [sys.executable, "-m", "fedray.run", "-m", "hydra/launcher=ray", "hydra.launcher.concurrency=3",
+        [sys.executable, "-m", "fedray.run", "-m", "hydra/launcher=fedray_ray", "hydra.launcher.concurrency=3",
          f"data.root={tiny_cifar},{other},{missing}", "data.download=false", "data.check_integrity=false",
          "num_clients=2", "rounds=1", "workflows.cross_site_validate.enabled=false", f"hydra.sweep.dir={tmp_path}/sweep"],
         capture_output=True, text=True, timeout=SWEEP_TIMEOUT, cwd=tmp_path, env=env,

@@ -1,4 +1,4 @@
-"""`hydra/launcher=ray`: a sweep's jobs at once on one Ray, each job its own `python -m fedray.run` process.
+"""`hydra/launcher=fedray_ray`: a sweep's jobs at once on one Ray, each job its own `python -m fedray.run` process.
 
 Each job is a subprocess that joins the sweep's Ray (`$RAY_ADDRESS`: `ray.address`, or a private local Ray this
 process starts as any job would, fedray/driver/cluster.py) and plans its site actors on `ray.share` =

@@ -125,7 +125,7 @@ def _key(key: str) -> str:
 
 @contextmanager
 def _locked(sweep: Optional[Path]) -> Iterator[None]:
-    """A sweep's jobs, run at once (hydra/launcher=ray), take turns to find or create the shared runs."""
+    """A sweep's jobs, run at once (hydra/launcher=fedray_ray), take turns to find or create the shared runs."""
     if sweep is None:
         yield
         return

@@ -36,7 +36,7 @@ RESULT_COLUMNS = (
 )
 
 
-# What a parallel launcher (hydra/launcher=ray) adds to each job's overrides: where it ran, not what it tried.
+# What a parallel launcher (hydra/launcher=fedray_ray) adds to each job's overrides: where it ran, not what it tried.
 LAUNCHER_KEYS = frozenset({"ray.share"})
 
 # FLARE's cifar10-sim table: one row per algorithm, one column per Dirichlet alpha.

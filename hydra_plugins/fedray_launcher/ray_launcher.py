@@ -1,4 +1,4 @@
-"""fedray's Hydra launcher, `hydra/launcher=ray` (conf/hydra/launcher/ray.yaml): a sweep's jobs at once on one Ray.
+"""fedray's Hydra launcher, `hydra/launcher=fedray_ray` (conf/hydra/launcher/fedray_ray.yaml): a sweep's jobs at once on one Ray.
 
 Hydra instantiates launchers from the `hydra_plugins` namespace only, and imports every module in it while it
 looks for plugins: so this module is the thin class, and fedray/driver/sweep_launcher.py, imported at launch,
