@@ -10,6 +10,7 @@ is checked by `fedray.driver.preflight`, which imports torch.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class RayConfig:
     num_cpus: Optional[int] = None  # local Ray only
     num_gpus: Optional[int] = None  # local Ray only
     dashboard: bool = False
+    share: float = 1.0  # the part of the cluster's CPUs and GPUs its site actors plan on; hydra/launcher=fedray_ray: 1/concurrency
 
 
 @dataclass
@@ -112,6 +114,20 @@ class FlareConfig:
 @dataclass
 class TensorBoardConfig:
     per_site: Optional[bool] = None  # tb/site-k/ curves (streamed train loss, round metrics); null: up to PER_SITE_LIMIT sites
+
+
+@dataclass
+class TrackingConfig:
+    """An experiment tracker beside tb/ (conf/tracking/, README "Tracking"): the driver logs each round's metrics,
+    the config as params and the run's files as artifacts (fedray/records/tracking.py)."""
+
+    name: str = "none"  # none | mlflow | wandb
+    uri: Optional[str] = None  # mlflow: the tracking URI; null: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "fedray"  # the MLflow experiment, the W&B project
+    run_name: Optional[str] = None  # null: the run folder's path
+    group: Optional[str] = None  # a sweep's jobs: the MLflow parent run / W&B group; null: the sweep folder, in a sweep
+    mode: str = "offline"  # wandb: offline (files under the run folder's wandb/) | online | disabled
+    tags: Dict[str, str] = field(default_factory=dict)  # the run's tags
 
 
 @dataclass
@@ -250,6 +266,7 @@ class JobConfig:
     system: SystemConfig = field(default_factory=SystemConfig)  # conf/system/: uniform, lognormal, trace
     secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)  # conf/secure_aggregation/
     flare: FlareConfig = field(default_factory=FlareConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # conf/tracking/: none, mlflow, wandb
     workflows: WorkflowsConfig = field(default_factory=WorkflowsConfig)
 
 
@@ -271,6 +288,8 @@ _CHOICES = {
     "secure_aggregation.mode": ("none", "secagg_plus"),
     "secure_aggregation.dropout_at": ("before_masking", "after_masking"),
     "flare.params_transfer_type": ("FULL", "DIFF"),
+    "tracking.name": ("none", "mlflow", "wandb"),
+    "tracking.mode": ("offline", "online", "disabled"),
 }
 
 # What a DP config needs installed, and the line that says how to get it.
@@ -395,6 +414,7 @@ def validate(cfg: DictConfig) -> None:
             "must be 1 (or null) with cross-site evaluation, which needs each site's own model; "
             "or set workflows.cross_site_validate.enabled=false",
         )
+    require(0 < cfg.ray.share <= 1, "ray.share", "must be in (0, 1]: the part of the cluster this job plans on")
     require(cfg.job_timeout >= 0, "job_timeout", "must be >= 0 seconds (0: no limit)")
     if cfg.site.num_actors is not None:
         require(cfg.site.num_actors <= cfg.num_clients, "site.num_actors", f"must be at most num_clients={cfg.num_clients}")
@@ -489,6 +509,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_fedbuff(cfg, require)
     _validate_system(cfg, require)
     _validate_secagg(cfg, require)
+    _validate_tracking(cfg)
 
 
 def _validate_secagg(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
@@ -568,6 +589,23 @@ def _validate_partition(cfg: DictConfig, require: Callable[[bool, str, str], Non
         require(smallest >= 1, key, f"num_clients={cfg.num_clients} sites leave site-1 {smallest} of "
                 f"data.num_train={num_train} samples; lower num_clients or choose a milder skew "
                 "(linear < square < exponential)")
+
+
+
+# What each tracker needs installed (the modules its code imports), and the extra that installs them.
+TRACKER_MODULES = {"mlflow": ("mlflow", "sqlalchemy", "alembic"), "wandb": ("wandb",)}
+
+
+def _validate_tracking(cfg: DictConfig) -> None:
+    """A tracker whose package is missing fails here, in one line, not after the run's first round."""
+    name = cfg.tracking.name
+    needed = TRACKER_MODULES.get(name, ())
+    if name == "mlflow" and cfg.tracking.uri and not cfg.tracking.uri.startswith("sqlite:"):
+        needed = needed[:1]  # a tracking server or a folder store needs no SQL store here
+    missing = [module for module in needed if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(f"tracking={name}: {', '.join(missing)} not installed; pip install 'fedray[{name}]' "
+                          "(or tracking=none)")
 
 
 def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fedray.config import CONF_DIR, ConfigError
+from fedray.driver import sweep_launcher
 from fedray.driver.cluster import release
 from fedray.driver.job import USER_ERRORS, JobInterrupted, run_job
 from fedray.driver.preflight import load_config
@@ -91,10 +92,12 @@ def _main(args: list[str]) -> None:
         _check_before_start(args)
     except USER_ERRORS as err:
         _exit(err)
+    _register_launcher()
     try:
         _hydra_main()
     finally:
         release()  # the local Ray a sweep's jobs shared (or one still starting for a failed job)
+    _sweep_failed.update(sweep_launcher.job_failed)  # hydra/launcher=fedray_ray's jobs, each run in its own process
     failed = [str(num) for num, did_fail in _sweep_failed.items() if did_fail]
     if failed:
         print(
@@ -103,6 +106,15 @@ def _main(args: list[str]) -> None:
             file=sys.stderr,
         )
         sys.exit(1)
+
+
+def _register_launcher() -> None:
+    """fedray's `hydra/launcher=fedray_ray` in Hydra's plugin table: Hydra finds plugins by listing hydra_plugins/, which
+    an editable install's import hook hides from it (the class imports, but is "Unknown plugin class")."""
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.fedray_launcher.ray_launcher import FedrayRayLauncher
+
+    Plugins.instance().register(FedrayRayLauncher)
 
 
 def _leave(code: int | str | None) -> None:

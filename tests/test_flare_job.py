@@ -120,7 +120,7 @@ def test_components_that_change_the_math_are_refused_each_on_its_line_and_loggin
     shutil.copytree(JOBS / "hello-pt", job)
     path, server = _server_config(job)
     server["workflows"][0]["args"]["stop_cond"] = "accuracy >= 80"
-    server["components"].append({"id": "mlflow", "path": "nvflare.app_opt.tracking.mlflow.mlflow_receiver.MLflowReceiver"})
+    server["components"].append({"id": "tb", "path": "nvflare.app_opt.tracking.tb.tb_receiver.TBAnalyticsReceiver"})
     server["components"].append({"id": "mine", "path": "my_company.fl.SecretSauce", "args": {}})
     server["task_result_filters"] = [{"tasks": ["train"], "filters": [
         {"path": "nvflare.app_common.filters.percentile_privacy.PercentilePrivacy", "args": {}}]}]
@@ -135,7 +135,7 @@ def test_components_that_change_the_math_are_refused_each_on_its_line_and_loggin
     # check then says its module is missing, below), it is no reason to refuse the folder.
     assert "SecretSauce" not in message
     assert "task_result_filters: PercentilePrivacy: filters are not in fedray yet" in message
-    assert any("MLflowReceiver" in line for line in warnings)
+    assert any("TBAnalyticsReceiver" in line for line in warnings)
 
     server["workflows"][0]["args"].pop("stop_cond")
     server.pop("task_result_filters")

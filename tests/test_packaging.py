@@ -20,7 +20,7 @@ from fedray import ConfigError, load_config
 from fedray.run import _check_before_start
 
 REPO = Path(__file__).resolve().parent.parent
-PROJECT_FILES = ("fedray", "conf", "pyproject.toml", "setup.py", "README.md")
+PROJECT_FILES = ("fedray", "conf", "hydra_plugins", "pyproject.toml", "setup.py", "README.md")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,7 @@ def test_the_wheel_holds_the_configs_and_the_commands(wheel):
     configs = sorted(name for name in names if name.startswith("fedray/conf/"))
     assert configs == sorted(f"fedray/conf/{path.relative_to(REPO / 'conf')}" for path in (REPO / "conf").rglob("*.yaml"))
     assert "fedray/conf/config.yaml" in configs and "fedray/flare/job_folder.py" in names
+    assert "hydra_plugins/fedray_launcher/ray_launcher.py" in names  # hydra/launcher=fedray_ray, found by Hydra's plugin scan
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "fedray = fedray.run:main" in entry_points and "fedray-report = fedray.records.report:main" in entry_points
 

@@ -112,6 +112,7 @@ def run_job(
                 job["site"][key] = os.path.abspath(job["site"][key])
         job["python_path"] = [os.path.abspath(folder) for folder in job.get("python_path", ())]
         recorder.summary["config"] = job
+        recorder.track(job)  # tracking=mlflow|wandb: a run with the config as its params
         if saved and saved["next_round"] >= job["workflows"]["scatter_and_gather"]["num_rounds"]:
             raise JobFailed(f"resume={recorder.run_dir}: that run already finished all its rounds")
         if saved:  # the folder as load read it (each file's checked version under its name), before Ray
@@ -235,7 +236,7 @@ def _run_sites(
     try:
         cluster = ray.cluster_resources()
         nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-        plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes)
+        plan = plan_sites(job["site"], cfg.num_clients, cluster, nodes, share=cfg.ray.share)
         sites = site_names(cfg.num_clients)
         namespace = job["job_id"]
         # The controller (and a FLARE job's server code) on the driver's node, beside the objects the run

@@ -24,17 +24,20 @@ class SitePlan:
     num_threads: int  # torch threads inside each actor
 
 
-def plan_sites(site: Mapping[str, Any], num_sites: int, cluster: Mapping[str, float], nodes: list[Mapping[str, float]]) -> SitePlan:
+def plan_sites(site: Mapping[str, Any], num_sites: int, cluster: Mapping[str, float], nodes: list[Mapping[str, float]],
+               share: float = 1.0) -> SitePlan:
     """Decide the site actors from `site.*` and the cluster's totals, or explain why it cannot run.
 
     With GPUs, each site gets its own actor with a GPU fraction (up to
     ACTORS_PER_GPU per GPU; more sites share them). On CPU, a pool of one
     single-threaded actor per core serves all sites in turn: the tutorial-sized
     models scale poorly across threads, and every extra process costs seconds
-    of start-up (torch import) and memory.
+    of start-up (torch import) and memory. `share`: the part of the cluster's CPUs and
+    GPUs this job may take (a parallel sweep's jobs run side by side).
     """
-    cpus = float(cluster.get("CPU", 1))
-    gpus = float(cluster.get("GPU", 0))
+    # `share` (ray.share): a parallel sweep's jobs each plan on their part, so all their actors fit at once.
+    cpus = float(cluster.get("CPU", 1)) * share
+    gpus = float(cluster.get("GPU", 0)) * share
     use_gpu = gpus > 0 if site["num_gpus"] is None else site["num_gpus"] > 0
     num_threads = site["num_threads"] or 1
     if runs_own_code(site):

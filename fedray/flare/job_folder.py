@@ -306,6 +306,31 @@ def _logging(what: str) -> Callable[[_Job, dict[str, Any]], None]:
     return warn
 
 
+def _mlflow_receiver(job: _Job, args: dict[str, Any]) -> None:
+    """FLARE's MLflowReceiver: tracking=mlflow (fedray/records/mlflow_tracker.py); its store, experiment, run name
+    and run tags. Without tracking_uri FLARE writes the job's result folder's mlflow.db; fedray's default is
+    <working folder>/mlflow.db, shared by runs and sweeps."""
+    kw_args = args.get("kw_args") or {}
+    _tracker(job, "mlflow", uri=args.get("tracking_uri"), experiment=kw_args.get("experiment_name"),
+             run_name=kw_args.get("run_name"), tags=kw_args.get("run_tags"))
+
+
+def _wandb_receiver(job: _Job, args: dict[str, Any]) -> None:
+    """FLARE's WandBReceiver: tracking=wandb (fedray/records/wandb_tracker.py), its mode (FLARE's default offline
+    too), project, group and run name."""
+    wandb_args = args.get("wandb_args") or {}
+    _tracker(job, "wandb", mode=args.get("mode"), experiment=wandb_args.get("project"), group=wandb_args.get("group"),
+             run_name=wandb_args.get("name"))
+
+
+def _tracker(job: _Job, name: str, **keys: Any) -> None:
+    """tracking=NAME, and the tracking.* keys the receiver's args gave."""
+    job.set("tracking", name)
+    for key, value in keys.items():
+        if value:
+            job.set(f"tracking.{key}", value)
+
+
 def _plumbing(job: _Job, args: dict[str, Any]) -> None:
     """FLARE's machinery that fedray replaces one for one: nothing to say."""
 
@@ -329,8 +354,8 @@ COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
     "PTFileModelPersistor": _pt_file_model_persistor,
     "IntimeModelSelector": _model_selector,
     "TBAnalyticsReceiver": _logging("TBAnalyticsReceiver"),
-    "MLflowReceiver": _logging("MLflowReceiver"),
-    "WandBReceiver": _logging("WandBReceiver"),
+    "MLflowReceiver": _mlflow_receiver,  # tracking=mlflow
+    "WandBReceiver": _wandb_receiver,  # tracking=wandb
     "ConvertToFedEvent": _logging("ConvertToFedEvent"),
     "AnalyticsReceiver": _logging("AnalyticsReceiver"),
     "FullModelShareableGenerator": _plumbing,  # fedray's sites exchange whole models

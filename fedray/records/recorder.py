@@ -25,6 +25,7 @@ from fedray.fl_model import Point
 from fedray.records.atomic import append_line, write_atomic
 from fedray.records.manifest import Manifest
 from fedray.records.tensorboard import TensorBoardWriter
+from fedray.records.tracking import Guarded, open_tracker
 
 # One drawing thread for the process: matplotlib caches open font files per thread, so a thread
 # per run (a sweep's hundreds of jobs) would leak a file and some memory each time.
@@ -59,11 +60,19 @@ class RunRecorder:
             for entry in self.summary["rounds"]:
                 _note_site_privacy(self.summary, entry["sites"])
         self.tensorboard = TensorBoardWriter(self.run_dir / "tb", per_site=per_site, simulated=simulated)
+        self.tracker: Guarded | None = None  # tracking=mlflow|wandb (`track`)
         self.drawing: Future | None = None
         self.written_at = -math.inf  # when summary.json was last written
 
+    def track(self, job: Mapping[str, Any]) -> None:
+        """Start the job's tracker, if it has one (`tracking`), with its resolved config as the params."""
+        self.tracker = open_tracker(job, self.run_dir, simulated=self.tensorboard.simulated,
+                                    per_site=self.tensorboard.per_site)
+
     def record_points(self, points: list[Point]) -> None:
         self.tensorboard.add_points(points)
+        if self.tracker:
+            self.tracker.points(points)
 
     def record_round(self, event: Mapping[str, Any], params: Mapping[str, np.ndarray]) -> None:
         data = model_bytes(params, round=event["round"])
@@ -87,6 +96,8 @@ class RunRecorder:
         if time.monotonic() - self.written_at >= SUMMARY_SECONDS:
             self._write_summary(indent=None)
         self.tensorboard.add_round(event)
+        if self.tracker:
+            self.tracker.round(event)
 
     def record_budget_stop(self, message: str) -> None:
         """The run stopped before a round that would pass privacy.target_epsilon (a completed run)."""
@@ -101,6 +112,8 @@ class RunRecorder:
         if event["results"]:
             draw_safely(cross_site_heatmap, event["results"], path=folder / "cross_val_results.png")
         self.write(cross_site={"results": event["results"], "failures": event["failures"]})
+        if self.tracker:
+            self.tracker.cross_site(event["results"])
 
     def finish(self, **fields: Any) -> dict[str, Any]:
         """The last summary.json, and the pictures in plots/ (TensorBoard's files are closed after each write)."""
@@ -108,6 +121,8 @@ class RunRecorder:
         if self.drawing is None:
             self.start_drawing()
         self.drawing.result()
+        if self.tracker:  # last: the plots and the final summary.json are its artifacts
+            self.tracker.finish(self.summary)
         return self.summary
 
     def start_drawing(self) -> None:

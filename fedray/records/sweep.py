@@ -36,6 +36,9 @@ RESULT_COLUMNS = (
 )
 
 
+# What a parallel launcher (hydra/launcher=fedray_ray) adds to each job's overrides: where it ran, not what it tried.
+LAUNCHER_KEYS = frozenset({"ray.share"})
+
 # FLARE's cifar10-sim table: one row per algorithm, one column per Dirichlet alpha.
 TABLE_ROWS, TABLE_COLUMNS, TABLE_VALUE = "algorithm", "partition.alpha", "final_test_accuracy"
 
@@ -47,6 +50,21 @@ class SweepSummary(Callback):
         log.info("sweep summary of %d jobs: %s", len(rows), sweep_dir / "sweep_summary.md")
         for line in algorithm_table(rows):
             log.info("%s", line)
+        tracking = OmegaConf.select(config, "tracking")
+        if tracking is not None and tracking.name == "mlflow":
+            _end_mlflow_sweep(OmegaConf.to_container(tracking), sweep_dir)
+
+
+def _end_mlflow_sweep(tracking: dict[str, Any], sweep_dir: Path) -> None:
+    """tracking=mlflow: the sweep's parent run gets sweep_summary.* and ends (a failure is a warning)."""
+    from fedray.records.tracking import shown
+
+    try:
+        from fedray.records.mlflow_tracker import end_sweep
+
+        end_sweep(tracking, tracking["group"] or shown(sweep_dir), sweep_dir)
+    except Exception as err:  # noqa: BLE001 - the sweep's results are on disk whatever MLflow does
+        log.warning("tracking=mlflow: the sweep's parent run was not ended (%s: %s)", type(err).__name__, err)
 
 
 def algorithm_table(table: list[dict[str, Any]]) -> list[str]:
@@ -98,7 +116,7 @@ def _row(job_dir: Path, sweep_dir: Path, fixed: set[str]) -> dict[str, Any]:
     for override in overrides:
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
-        if key not in fixed:
+        if key not in fixed and key not in LAUNCHER_KEYS:
             swept[key] = value
     return {"job": job_dir.relative_to(sweep_dir).as_posix(), "swept": swept, "results": _results(job_dir)}
 

@@ -64,25 +64,10 @@ class TensorBoardWriter:
             self._append(site, scalars)
 
     def add_round(self, event: Mapping[str, Any]) -> None:
-        """A finished round: the global metrics, round seconds and the answering sites' mean training
-        loss (weighted by their steps, as FedAvg weighs them); with `per_site`, each site's round metrics."""
-        step = event["round"]
+        """A finished round: `round_scalars`, the server's stamped with the simulated clock's time when it runs."""
         wall = event.get("sim_time") if self.simulated else None
-        server = [(tag, event["global"][tag], step) for tag in GLOBAL_TAGS if tag in event["global"]]  # eval_every
-        sites = [metrics for metrics in event["sites"].values() if "train_loss" in metrics and metrics.get("num_steps")]
-        if sites:
-            steps = sum(metrics["num_steps"] for metrics in sites)
-            server.append(("sites_train_loss", sum(m["train_loss"] * m["num_steps"] for m in sites) / steps, step))
-        privacy = event.get("privacy") or {}  # DP: epsilon spent so far (local: the most any site spent), clip norm
-        server += [(f"privacy/{key}", privacy[key], step) for key in PRIVACY_TAGS if key in privacy]
-        if self.simulated:
-            server.append(("sim_round_seconds", event.get("sim_seconds", 0.0), step))
-        self._append(SERVER, [*server, ("round_seconds", event["seconds"], step), ("sites_answered", len(event["sites"]), step)],
-                     wall)
-        if not self.per_site:
-            return
-        for site, metrics in event["sites"].items():
-            self._append(site, [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics])
+        for run, scalars in round_scalars(event, self.simulated, self.per_site).items():
+            self._append(run, scalars, wall if run == SERVER else None)
 
     def _append(self, run: str, scalars: list[tuple[str, float, int]], wall: float | None = None) -> None:
         """`wall`: the events' wall time (the simulated clock's); None: now."""
@@ -102,3 +87,25 @@ class TensorBoardWriter:
             records = RecordWriter(file)
             for event in events:
                 records.write(event.SerializeToString())
+
+
+def round_scalars(event: Mapping[str, Any], simulated: bool, per_site: bool) -> dict[str, list[tuple[str, float, int]]]:
+    """A finished round's scalars by run (SERVER, then each site with `per_site`), as (tag, value, round): the global
+    metrics, round seconds and the answering sites' mean training loss (weighted by their steps, as FedAvg weighs
+    them), DP's privacy/*, the simulated clock's; each site's round metrics. TensorBoard and the trackers
+    (fedray/records/tracking.py) write these same scalars."""
+    step = event["round"]
+    server = [(tag, event["global"][tag], step) for tag in GLOBAL_TAGS if tag in event["global"]]  # eval_every
+    sites = [metrics for metrics in event["sites"].values() if "train_loss" in metrics and metrics.get("num_steps")]
+    if sites:
+        steps = sum(metrics["num_steps"] for metrics in sites)
+        server.append(("sites_train_loss", sum(m["train_loss"] * m["num_steps"] for m in sites) / steps, step))
+    privacy = event.get("privacy") or {}  # DP: epsilon spent so far (local: the most any site spent), clip norm
+    server += [(f"privacy/{key}", privacy[key], step) for key in PRIVACY_TAGS if key in privacy]
+    if simulated:
+        server.append(("sim_round_seconds", event.get("sim_seconds", 0.0), step))
+    scalars = {SERVER: [*server, ("round_seconds", event["seconds"], step), ("sites_answered", len(event["sites"]), step)]}
+    if per_site:
+        for site, metrics in event["sites"].items():
+            scalars[site] = [(tag, metrics[key], step) for key, tag in SITE_ROUND_TAGS.items() if key in metrics]
+    return scalars
