@@ -72,7 +72,7 @@ class RunRecorder:
             self.files.save(f"models/{BEST_GLOBAL_MODEL}", data, event["round"])
             self.summary["best_round"] = event["round"]
         keep = ("round", "global", "sites", "failures", "seconds", "train_seconds", "evaluation_seconds", "sim_seconds",
-                "sim_time", "privacy")
+                "sim_time", "privacy", "secure_aggregation")
         entry = {key: event[key] for key in keep if key in event}  # privacy: DP runs' epsilon so far, clip norm
         self.summary["rounds"].append(entry)
         if "sim_time" in event:  # the simulated clock after this round (fedray/system/; 0 without one)

@@ -204,6 +204,8 @@ class Controller:
             privacy=privacy,
             on_stop=lambda reason: self._emit({"type": "privacy_budget", "message": reason}),
             clock=self._clock(params, args),
+            # secure_aggregation=he: the server's context, without the secret key (the driver's split, driver/job.py)
+            he_context=self.job["secure_aggregation"].get("context") if self.job["secure_aggregation"]["mode"] == "he" else None,
         )
 
     def _fedbuff(self, params: Params, args: dict[str, Any], state: dict | None) -> Params:
@@ -313,7 +315,8 @@ class Controller:
 
     def _round_end(self, current_round: int, params_ref: ray.ObjectRef, sites: dict, failures: dict, seconds: float,
                    improved: dict[str, LocalModel], state_ref: ray.ObjectRef, site_states: dict[str, ray.ObjectRef],
-                   privacy: dict[str, Any] | None = None, sim_seconds: float = 0.0, sim_time: float = 0.0) -> None:
+                   privacy: dict[str, Any] | None = None, sim_seconds: float = 0.0, sim_time: float = 0.0,
+                   secure_aggregation: dict[str, Any] | None = None) -> None:
         started = time.perf_counter()
         num_rounds = self.job["workflows"]["scatter_and_gather"]["num_rounds"]
         metrics: dict[str, float] = {}
@@ -349,6 +352,8 @@ class Controller:
             "site_states": site_states,  # the sites whose own state this round changed
             # DP: this round's record (epsilon so far, the clip norm it used) and the whole run's so far
             **({"privacy": privacy, "privacy_totals": self.privacy.totals()} if privacy is not None else {}),
+            # secure_aggregation=he: the server's seconds adding ciphertexts, the bytes it received and sends each site
+            **({"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}),
         })
 
     def _evaluate(self, params_ref: ray.ObjectRef, splits: list[tuple[str, np.ndarray]]) -> list[dict[str, float]]:

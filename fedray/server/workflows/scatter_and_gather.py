@@ -20,6 +20,7 @@ from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, local_model
 from fedray.privacy import PRIVACY_STATE, UNCLIPPED
 from fedray.privacy.mechanisms import private_names
 from fedray.privacy.server import ServerPrivacy
+from fedray.secure import he
 from fedray.server.tasks import Outcome, WorkerPool, gather
 from fedray.system import DROPPED, LATE
 from fedray.system.schedule import Planned, SyncClock, over_selected_count
@@ -69,6 +70,7 @@ def scatter_and_gather(
     privacy: ServerPrivacy | None = None,
     on_stop: Callable[[str], None] | None = None,
     clock: SyncClock | None = None,
+    he_context: bytes | None = None,
 ) -> Params:
     """Run FedAvg rounds `start_round .. num_rounds-1`.
 
@@ -91,6 +93,9 @@ def scatter_and_gather(
     sampled among those online, over-selected, and those that will not count (late, over-selected, dropped)
     known from the profiles before anything trains: they never train, and are failures of their kind.
     `on_round_end` then gets the round's simulated seconds and the clock after it (`sim_seconds`, `sim_time`).
+    `he_context` (secure_aggregation=he, fedray/secure/he.py: the server's context, no secret key): sites send
+    ciphertexts, folded by adding them; the encrypted average becomes the global model, which only the sites can
+    read (FLARE's HE shape); `on_round_end` gets the round's costs as `secure_aggregation=`.
     """
     per_round = clients_per_round or len(sites)
     all_sent = min_clients is None  # FLARE's default: a round waits for every site sent the task
@@ -174,7 +179,7 @@ def scatter_and_gather(
                     update = take_result(outcome)
                     if update is not None:
                         yield update
-                if task_outcome.site in batches and task_outcome.ok and task_outcome.value["sum"].sums:
+                if task_outcome.site in batches and task_outcome.ok and _holds_sum(task_outcome.value["sum"]):
                     # The batch's sites, already weighted and summed by the worker that trained them.
                     yield _without(task_outcome.value["sum"], excluded)
 
@@ -204,12 +209,16 @@ def scatter_and_gather(
             if SITE_STATE in result.meta:
                 # Kept in the object store, owned here, until the site's next round.
                 updated_site_states[outcome.site] = ray.put(result.meta[SITE_STATE])
+            if he.UPDATE in result.meta:  # a ciphertext: the site weighed its update itself
+                return result.meta.pop(he.UPDATE)
             if result.params is None:
                 return None
             params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
             return params, weight
 
-        if privacy:
+        if he_context is not None:
+            aggregated, secure = _fold_encrypted(arriving_updates(), he_context)
+        elif privacy:
             aggregated = privacy.aggregate(arriving_updates(), global_params, private_names(global_params, exclude_vars),
                                            current_round)
         else:
@@ -227,13 +236,16 @@ def scatter_and_gather(
             aggregated, state = algorithm.apply(global_params, aggregated, {**sums, COUNT: len(site_metrics)}, state,
                                                 current_round)
         site_states.update(updated_site_states)
-        global_params = {**global_params, **aggregated}
-        if not finite(global_params):
+        if he_context is not None:  # FLARE's HE: the encrypted average is the global model now (none: no site answered)
+            global_params = aggregated or global_params
+        elif not finite(global_params := {**global_params, **aggregated}):
             raise RoundFailed(f"round {current_round}: training diverged: the aggregated global model has NaN or Inf; lower lr")
         global_ref = ray.put(global_params)
         # A round that failed above released nothing and spends nothing; this one released its model.
         extra = {"privacy": privacy.close_round(current_round, unclipped)} if privacy else {}
         server_state = {**state, PRIVACY_STATE: privacy.state()} if privacy else state
+        if he_context is not None:
+            extra["secure_aggregation"] = secure
         if clock is not None:
             clock.now += plan.seconds
             extra.update(sim_seconds=waited + plan.seconds, sim_time=clock.now)
@@ -277,7 +289,7 @@ def _must_stop(ignore_result_error: Optional[bool], outcome: Outcome, still_poss
 def _site_outcomes(outcome: Outcome, batches: dict[str, list[str]]) -> list[Outcome]:
     """A task's outcome as its sites' outcomes: FLARE's rules (failures, min_clients) stay per site."""
     if outcome.site not in batches:
-        if outcome.ok and not finite(outcome.value.params):
+        if outcome.ok and outcome.value.params is not None and not finite(outcome.value.params):
             return [Outcome(outcome.site, failure="non_finite", seconds=outcome.seconds,
                             message=NON_FINITE)]
         return [outcome]
@@ -303,6 +315,23 @@ def _answered(outcome: Outcome, batches: dict[str, list[str]]) -> int:
     if outcome.site not in batches:
         return 1
     return sum(not isinstance(result, tuple) for result in outcome.value["results"].values())
+
+
+def _holds_sum(total: CompensatedSum | he.Encrypted | None) -> bool:
+    """A batch's partial sum holds a site: plain (its compensated sum) or under HE (the members' ciphertexts)."""
+    return isinstance(total, he.Encrypted) or bool(total is not None and total.sums)
+
+
+def _fold_encrypted(updates: Iterator[he.Encrypted], context: bytes) -> tuple[he.Encrypted | None, dict]:
+    """secure_aggregation=he: the round's ciphertexts added as they arrive, without the secret key (FLARE's
+    HEInTimeAccumulateWeightedAggregator), the weight sum kept plain; and the round's costs at the server."""
+    total, received = he.CipherSum(context), 0
+    for update in updates:
+        received += update.nbytes
+        total.add(update)
+    aggregate = total.result()
+    return aggregate, {"mode": "he", "aggregate_seconds": round(total.seconds, 6), "bytes_received": received,
+                       "global_bytes": aggregate.nbytes if aggregate else 0}
 
 
 def _without(total: CompensatedSum, excluded: Optional[re.Pattern]) -> CompensatedSum:
