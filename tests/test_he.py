@@ -23,6 +23,8 @@ from fedray.flare.job_folder import translate
 from fedray.secure import he
 from tests.conftest import start_site_worker
 
+pytest.importorskip("tenseal", reason="TenSEAL is an extra: pip install -e '.[he]'")
+
 JOBS = Path(__file__).resolve().parent / "flare_jobs"
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hello-pt"
 HE = ("secure_aggregation=he", "workflows.cross_site_validate.enabled=false", "num_clients=3", "rounds=2", "seed=3")
