@@ -350,7 +350,7 @@ COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
     # each site on its train result (fedray/privacy/flare_filters.py).
     **{name: _result_filter(name) for name in flare_filters.ARGS},  # ExcludeVars, PercentilePrivacy, SVTPrivacy
     # FLARE's homomorphic encryption: secure_aggregation=he (fedray/flare/he_job.py; the filters are read there).
-    he_job.AGGREGATOR: he_job.aggregator(lambda job, args, owner: _aggregation(job, args, owner)),
+    he_job.AGGREGATOR: he_job.aggregator(lambda job, args, owner: _aggregation(job, args, owner)),  # defined below
     he_job.GENERATOR: he_job.part(he_job.GENERATOR),
     he_job.SERIALIZER: he_job.part(he_job.SERIALIZER),
 }
