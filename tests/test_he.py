@@ -90,11 +90,12 @@ def test_the_decrypted_average_is_fedavgs_within_the_fixed_point_bound(contexts)
     assert len(ciphertexts[0].chunks) == 3 and 0.5e6 < ciphertexts[0].nbytes < 1e6
 
 
-def test_the_same_updates_give_the_same_bits_whatever_the_noise_order_and_batching(contexts):
+def test_the_same_updates_give_the_same_bits_whatever_the_noise_order_batching_and_keys(contexts):
     updates = _updates(seed=1)
     first, ciphertexts = _encrypted_average(updates, *contexts)
     again, ciphertexts_again = _encrypted_average(updates, *contexts, order=[4, 2, 0, 1, 3])
-    batched, _ = _encrypted_average(updates, *contexts, batches=[[0, 3], [1, 2, 4]], order=[1, 0])
+    new_keys = he.make_contexts(8192, [60, 40, 40], 40)  # another job's keys
+    batched, _ = _encrypted_average(updates, *new_keys, batches=[[0, 3], [1, 2, 4]], order=[1, 0])
     # CKKS's encryption noise is fresh every time (TenSEAL cannot seed it): different ciphertexts ...
     assert ciphertexts[0].chunks[0] != ciphertexts_again[0].chunks[0]
     # ... that decrypt to the same integers, hence the same bits.
