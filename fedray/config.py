@@ -174,7 +174,7 @@ class SecureAggregationConfig:
     """Secure aggregation (conf/secure_aggregation/, README "Secure aggregation"): none, or a protocol under which
     the controller never holds a site's plain update. Each protocol adds its own keys below its own comment."""
 
-    mode: str = "none"  # none | secagg_plus
+    mode: str = "none"  # none | secagg_plus | he
     # secagg_plus: SecAgg+ (Bell et al. 2020; fedray/secure/); each site's update clipped, quantized and masked
     num_shares: Optional[int] = None  # a site's neighbourhood, itself included (odd); null: 2 ceil(log2 cohort) + 1, all up to 7
     threshold: Any = 0.5  # shares that recover a site's secret: a count, or a fraction of num_shares (rounded up; at least 2)
@@ -183,6 +183,12 @@ class SecureAggregationConfig:
     modulus_bits: int = 32  # masks and sums modulo 2^modulus_bits; cohort x (2^quantization_bits - 1) must be below it
     dropout: float = 0.0  # the probability that a site drops out (at dropout_at), drawn per (seed, round, site)
     dropout_at: str = "before_masking"  # before_masking (shared keys, sent no vector) | after_masking (no unmasking answer)
+    # he: FLARE's homomorphic encryption (fedray/secure/he.py, README "Homomorphic encryption"), CKKS as its
+    # HEBuilder provisions it; fraction_bits: the fixed-point grid 2^-k the sites encrypt on (exact, reproducible sums)
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: List[int] = field(default_factory=lambda: [60, 40, 40])
+    scale_bits: int = 40
+    fraction_bits: int = 24
 
 
 @dataclass
@@ -285,7 +291,7 @@ _CHOICES = {
     "privacy.mode": ("none", "central", "local", "dp_sgd"),
     "privacy.accountant": ("rdp", "pld"),
     "system.name": ("uniform", "lognormal", "trace"),
-    "secure_aggregation.mode": ("none", "secagg_plus"),
+    "secure_aggregation.mode": ("none", "secagg_plus", "he"),
     "secure_aggregation.dropout_at": ("before_masking", "after_masking"),
     "flare.params_transfer_type": ("FULL", "DIFF"),
     "tracking.name": ("none", "mlflow", "wandb"),
@@ -505,6 +511,7 @@ def validate(cfg: DictConfig) -> None:
         require(Path(folder).is_dir(), "python_path", f"{folder}: no such folder")
     put_on_python_path(OmegaConf.to_container(cfg), cfg.site.script)  # a model beside the script, in custom/
     _validate_algorithm(cfg, require)
+    _validate_he(cfg, require)  # before privacy's: its ledger takes seconds, and HE refuses central DP anyway
     _validate_privacy(cfg, require)
     _validate_fedbuff(cfg, require)
     _validate_system(cfg, require)
@@ -606,6 +613,40 @@ def _validate_tracking(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"tracking={name}: {', '.join(missing)} not installed; pip install 'fedray[{name}]' "
                           "(or tracking=none)")
+
+
+def _validate_he(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """secure_aggregation=he (fedray/secure/he.py): TenSEAL installed, CKKS's keys, and what needs plain updates."""
+    sa, sag = cfg.secure_aggregation, cfg.workflows.scatter_and_gather
+    if sa.mode != "he":
+        return
+    from fedray.secure import he
+
+    try:
+        he.tenseal()
+    except ImportError as err:
+        raise ConfigError(f"secure_aggregation.mode=he: {err}") from None
+    for problem in he.problems(sa.poly_modulus_degree, list(sa.coeff_mod_bit_sizes), sa.scale_bits, sa.fraction_bits)[:1]:
+        raise ConfigError(problem)
+    plain = "the controller holds only ciphertexts under secure_aggregation=he"
+    require(cfg.algorithm._target_.split(".")[-1] in ("FedAvg", "FedProx", "Algorithm"), "algorithm",
+            f"must be fedavg or fedprox with secure_aggregation=he: {plain}, and this algorithm's server step needs "
+            "the plain average (FedOpt's optimizer, SCAFFOLD's control variates)")
+    require(cfg.aggregator._target_ == "fedray.aggregation.fedavg", "aggregator._target_",
+            f"must be fedray.aggregation.fedavg with secure_aggregation=he: {plain}, and it can only add them")
+    require(cfg.privacy.mode in ("none", "dp_sgd"), "privacy.mode",
+            f"must be none or dp_sgd with secure_aggregation=he: central and local DP's server step needs the plain "
+            f"updates ({plain})")
+    require(sag.mode == "sync", "workflows.scatter_and_gather.mode",
+            "must be sync with secure_aggregation=he (FedBuff's staleness weights need the plain updates)")
+    require(sag.exclude_vars is None, "workflows.scatter_and_gather.exclude_vars",
+            "must be null with secure_aggregation=he (every variable is encrypted, as FLARE's default encrypt_layers)")
+    require(not cfg.workflows.cross_site_validate.enabled, "workflows.cross_site_validate.enabled",
+            f"must be false with secure_aggregation=he: cross-site evaluation sends each site's plain model to the "
+            f"server ({plain}); the global model is still scored at the sites every eval_every rounds")
+    require(not cfg.site.batched_training, "site.batched_training", "must be false with secure_aggregation=he")
+    require(not cfg.flare.task_result_filters, "flare.task_result_filters",
+            "must be empty with secure_aggregation=he (encryption is the train result's filter)")
 
 
 def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

@@ -245,6 +245,8 @@ def _run_sites(
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         one_per_site = plan.num_actors == len(sites)
         names = sites if one_per_site else [f"site-worker-{k}" for k in range(1, plan.num_actors + 1)]
+        server_job, key_holder, readable = _he_contexts(job, namespace)
+        actors.extend([key_holder] if key_holder else [])
         workers = [
             SiteWorkerActor.options(
                 name=name, namespace=namespace, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
@@ -277,7 +279,7 @@ def _run_sites(
             actors.append(server_components)
             _await_workers({"the FLARE server components": server_components}, cfg.site.start_timeout)
         controller = ControllerActor.options(name="controller", namespace=namespace, scheduling_strategy=here).remote(
-            job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved),
+            server_job, sites, shared, val_index, len(dataset.test_labels), _resume_state(saved),
             server_components if job["flare"]["model_locator"] else None,
         )
         actors.append(controller)
@@ -289,7 +291,7 @@ def _run_sites(
             plan.num_threads, recorder.run_dir,
         )
         _ask_controller(recorder, controller.start, workers, one_per_site, [answers[name]["process"] for name in names])
-        _follow(controller, recorder, report, deadline)
+        _follow(controller, recorder, report, deadline, readable)
         timings["workflows"], clock = _lap(clock)
         recorder.start_drawing()
         return clock
@@ -343,11 +345,43 @@ def _creation_failure(err: BaseException) -> str:
     return _first_line(err)
 
 
+def _he_contexts(job: dict[str, Any], namespace: str) -> tuple[dict[str, Any], Optional[ray.actor.ActorHandle],
+                                                              Callable[[Any], Any]]:
+    """secure_aggregation=he: the job's CKKS contexts, made once (FLARE's provisioning makes them once per project):
+    the controller's job with the context without the secret key; the key holder the sites ask for theirs, with it
+    (an actor by name: 160 kB in the sites' constructor arguments would sit in the object store, which Ray warns of
+    for restartable actors); and how the driver reads the encrypted global model for the run folder (it stands for
+    the study's owner, who holds a site's key). Else the job, no holder, and the identity."""
+    secure = job["secure_aggregation"]
+    if secure["mode"] != "he":
+        return job, None, lambda params: params
+    from fedray.secure import he
+
+    site_context, server_context = he.make_contexts(secure["poly_modulus_degree"], secure["coeff_mod_bit_sizes"],
+                                                    secure["scale_bits"])
+    holder = _HEKeys.options(name=he.KEY_HOLDER, namespace=namespace).remote(site_context)
+    server_job = {**job, "secure_aggregation": {**secure, "context": server_context}}
+    return server_job, holder, lambda params: (he.decrypt(params, site_context) if isinstance(params, he.Encrypted)
+                                               else params)
+
+
+@ray.remote(num_cpus=0)
+class _HEKeys:
+    """The sites' CKKS context, with the secret key: FLARE's client_context.tenseal in each site's startup kit."""
+
+    def __init__(self, context: bytes) -> None:
+        self.context = context
+
+    def site_context(self) -> bytes:
+        return self.context
+
+
 def _follow(
     controller: ray.actor.ActorHandle,
     recorder: RunRecorder,
     report: Callable[[dict[str, Any]], None],
     deadline: float | None,
+    readable: Callable[[Any], Any] = lambda params: params,
 ) -> None:
     """Follow the controller's workflows (started), writing the sites' streamed points and each finished
     round, and relaying progress, as they come, until its "end" event; past `deadline` (job_timeout), stop."""
@@ -367,7 +401,7 @@ def _follow(
                 site_states = {site: ray.get(ref, timeout=60) for site, ref in event.pop("site_states").items()}
                 checkpoint.save_algorithm_states(recorder.files, event["round"],
                                                  ray.get(event.pop("algorithm_state"), timeout=60), site_states)
-                recorder.record_round(event, ray.get(event.pop("params"), timeout=60))
+                recorder.record_round(event, readable(ray.get(event.pop("params"), timeout=60)))
                 for site, (accuracy, result) in event.pop("improved_local_models").items():
                     checkpoint.save_local_model(recorder.files, event["round"], site, accuracy,
                                                 ray.get(result, timeout=60).params)

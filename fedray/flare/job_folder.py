@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fedray.config import ConfigError
+from fedray.flare import he_job
 from fedray.privacy import flare_filters
 
 SERVER = "server"
@@ -46,6 +47,7 @@ class _Job:
     used: set[str] = field(default_factory=set)  # component ids a workflow refers to
     result_filters: dict[str, list] = field(default_factory=dict)  # client app -> its task_result_filters
     transfer_types: set[str] = field(default_factory=set)  # its Client API executors' params_transfer_type
+    he_parts: set[str] = field(default_factory=set)  # FLARE's HE components found (fedray/flare/he_job.py)
 
     def set(self, key: str, value: Any) -> None:
         self.overrides[key] = value
@@ -103,6 +105,7 @@ def translate(path: str, report: Callable[[str], None] = lambda line: print(line
     if client:
         job.set("site.script", client[0])
         job.set("site.script_args", client[1])
+    he_job.finish(job)
     if num_sites and "num_clients" not in job.overrides:
         job.overrides = {"num_clients": num_sites, **job.overrides}
 
@@ -284,7 +287,7 @@ def _pt_file_model_persistor(job: _Job, args: dict[str, Any]) -> None:
     if args.get("model") is not None:
         _model(job, args["model"], "PTFileModelPersistor model")
     for arg in ("source_ckpt_file_full_name", "filter_id"):
-        if args.get(arg):
+        if args.get(arg) and not (arg == "filter_id" and he_job.is_serializer(job, args[arg], _class_name)):
             job.errors.append(f"PTFileModelPersistor {arg}={args[arg]}: not in fedray yet "
                               "(the job starts from model._target_'s seeded init)")
     for arg, default in (("global_model_file_name", "FL_global_model.pt"),
@@ -371,6 +374,10 @@ COMPONENTS: dict[str, Callable[[_Job, dict[str, Any]], None]] = {
     # FLARE's privacy filters, in a client's task_result_filters (anywhere else they are refused): run in
     # each site on its train result (fedray/privacy/flare_filters.py).
     **{name: _result_filter(name) for name in flare_filters.ARGS},  # ExcludeVars, PercentilePrivacy, SVTPrivacy
+    # FLARE's homomorphic encryption: secure_aggregation=he (fedray/flare/he_job.py; the filters are read there).
+    he_job.AGGREGATOR: he_job.aggregator(lambda job, args, owner: _aggregation(job, args, owner)),  # defined below
+    he_job.GENERATOR: he_job.part(he_job.GENERATOR),
+    he_job.SERIALIZER: he_job.part(he_job.SERIALIZER),
 }
 
 # The client's executors that run a Client API script, and the client components that carry its
@@ -597,6 +604,7 @@ def _client_filters(job: _Job, client: dict[str, Any], app: str) -> None:
     (flare.task_result_filters, fedray/privacy/flare_filters.py); any other filter, and every
     task_data_filter, is refused."""
     where = f"{app}'s config_fed_client"
+    client = he_job.client_without_he(job, client, app, _class_name)  # HE's filters: secure_aggregation=he
     for entry in client.get("task_data_filters") or []:
         names = [_class_name(f) for f in entry.get("filters", [])] or [_class_name(entry)]
         job.errors.append(f"{where} task_data_filters: {', '.join(names)}: filters are not in fedray yet")

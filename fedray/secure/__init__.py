@@ -1,4 +1,4 @@
-"""Secure aggregation (`secure_aggregation=secagg_plus`, README "Secure aggregation"): SecAgg+ (Bell et al. 2020)
+"""Secure aggregation (`secure_aggregation=secagg_plus|he`, README "Secure aggregation"): SecAgg+ (Bell et al. 2020)
 as pure functions over bytes and numpy arrays, no torch, no Ray.
 
 `keys.py`: X25519 key pairs, their agreed secrets (HKDF), AES-GCM for the encrypted shares. `shamir.py`: Shamir
@@ -6,6 +6,7 @@ secret sharing over a prime field. `quantize.py`: clipping and stochastic roundi
 `masking.py`: the k-regular neighbour graph and the masks (a PRG seeded by an agreed secret, or a site's own seed).
 `site.py`: a site's steps (advertise keys, share keys, mask its update, answer the unmasking); `server.py`: the
 controller's (route the shares, ask the survivors, remove the masks), which never holds a site's plain update.
+`he.py` (`secure_aggregation=he`): FLARE's homomorphic encryption with TenSEAL's CKKS (encrypt, add, decrypt).
 
 In simulation every key comes from a generator seeded by (seed, round, site, purpose): the same bits on any worker,
 in any batch, after any retry. A deployment's keys come from the operating system's randomness.

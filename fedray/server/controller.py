@@ -208,6 +208,8 @@ class Controller:
             clock=self._clock(params, args),
             # SecAgg+: the controller gets masked vectors only (fedray/server/workflows/secagg.py)
             secure=SecureAggregation(self.job, self.pool, args["train_timeout"], self.max_task_retries) if secure(self.job) else None,
+            # secure_aggregation=he: the server's context, without the secret key (the driver's split, driver/job.py)
+            he_context=self.job["secure_aggregation"].get("context") if self.job["secure_aggregation"]["mode"] == "he" else None,
         )
 
     def _fedbuff(self, params: Params, args: dict[str, Any], state: dict | None) -> Params:
@@ -354,7 +356,8 @@ class Controller:
             "site_states": site_states,  # the sites whose own state this round changed
             # DP: this round's record (epsilon so far, the clip norm it used) and the whole run's so far
             **({"privacy": privacy, "privacy_totals": self.privacy.totals()} if privacy is not None else {}),
-            # SecAgg+: this round's bytes per site, seconds in key agreement, masking and unmasking, dropouts
+            # SecAgg+: this round's bytes per site, seconds in key agreement, masking and unmasking, dropouts;
+            # HE: the server's seconds adding ciphertexts, the bytes it received and sends each site
             **({"secure_aggregation": secure_aggregation} if secure_aggregation is not None else {}),
         })
 

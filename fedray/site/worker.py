@@ -43,9 +43,11 @@ from fedray.python_path import put_on_python_path
 from fedray.secure import site as secure_site
 from fedray.secure import BEFORE_MASKING, DROPPED_OUT, MASKED, SECAGG, SECONDS, secure
 from fedray.secure.quantize import flat_update
+from fedray.secure import he
 from fedray.site import memory_watch
 from fedray.site import metric_stream as tracking  # FLARE calls it tracking
 from fedray.site.batched_training import train_sites_batched
+from fedray.site.encryption import SiteEncryption
 from fedray.site.executor_runner import ExecutorSite
 from fedray.site.script_runner import ScriptError, ScriptSite
 from fedray.site.training import (
@@ -118,6 +120,10 @@ class TorchWorker:
         # SecAgg+ (fedray/secure/): each site's update leaves it quantized and masked, never in the clear.
         self.secure = secure_site.Settings.of(job) if secure(job) else None
         self.privacy = job.get("privacy") or {}
+        # secure_aggregation=he: global models arrive encrypted, updates leave encrypted (fedray/site/encryption.py).
+        # The secret key from the job's key holder, by name as the data (FLARE's client startup kit's context).
+        self.he = SiteEncryption(job, ray.get(_named_actor(he.KEY_HOLDER, namespace).site_context.remote(),
+                                              timeout=DATA_TIMEOUT)) if job["secure_aggregation"]["mode"] == "he" else None
         self.noise_multipliers: dict[tuple[int, int], float] = {}  # dp_sgd's, by (records, rounds): calibrated once
         # Without per-site curves (a cross-device run's hundreds of sites) nothing is streamed at all.
         self.streams = bool(metric_stream) and per_site_curves(job)
@@ -153,14 +159,23 @@ class TorchWorker:
         """A local update from `global_params`. `message` is what the algorithm's server part sends
         each site this round (meta keys to arrays, e.g. SCAFFOLD's global control variate),
         `site_state` this site's own state from its last round (None at first)."""
+        global_params = self._plain(global_params)
         if self.app:
             result = self._train_script(global_params, current_round, total_rounds, message or {})
-            return self._released(site, result, global_params, message, current_round)
+            return self._sealed(site, self._released(site, result, global_params, message, current_round))
 
         result = self._local_update(site, global_params, lambda: load_params(self.model, global_params), current_round,
                                     total_rounds, message, site_state)
         tracking.flush()  # the driver's mailbox has this site's streamed points before its result
-        return self._released(site, result, global_params, message, current_round)
+        return self._sealed(site, self._released(site, result, global_params, message, current_round))
+
+    def _plain(self, params: Any) -> Any:
+        """The global model a task brings, decrypted under secure_aggregation=he."""
+        return self.he.plain(params) if self.he else params
+
+    def _sealed(self, site: str, result: FLModel) -> FLModel:
+        """Under secure_aggregation=he the result's update encrypted, weighed by its steps (fedray/site/encryption.py)."""
+        return self.he.seal(site, result, result.meta[NUM_STEPS_CURRENT_ROUND]) if self.he else result
 
     def _released(self, site: str, result: FLModel, global_params: Mapping[str, np.ndarray],
                   message: Optional[Mapping[str, Any]], current_round: int) -> FLModel:
@@ -292,8 +307,11 @@ class TorchWorker:
         each times factor x steps, "results": site -> FLModel without params, or (kind, message)
         for a site that failed}. The sum is exact enough that any batching gives the same bits."""
 
+        global_params = self._plain(global_params)
         if self.job["site"].get("batched_training"):
             return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors, message)
+        if self.he:  # each site encrypts its own update; the batch adds their ciphertexts (fedray/secure/he.py)
+            return self._train_sites_encrypted(sites, global_params, current_round, total_rounds, message, site_states)
         total = CompensatedSum()
         masked: list[np.ndarray] = []  # SecAgg+: the batch's sum of masked vectors, once there is one
         results: dict[str, Any] = {}
@@ -319,6 +337,31 @@ class TorchWorker:
             result.params = None
         tracking.flush()
         return {"sum": total, "results": results, **({"masked": masked[0] if masked else None} if self.secure else {})}
+
+    def _train_sites_encrypted(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
+                               total_rounds: int, message: Optional[Mapping[str, Any]],
+                               site_states: Optional[Sequence[Any]]) -> dict[str, Any]:
+        """`train_sites` under secure_aggregation=he: {"sum": the members' ciphertexts added (he.Encrypted, or None),
+        "results": as train_sites'}. Each site encrypts its own update, as it would alone."""
+        total: he.CipherSum | None = None
+        results: dict[str, Any] = {}
+        reload = reloader(self.model, global_params)  # the global weights as tensors once, for every site
+        for site, state in zip(sites, site_states or [None] * len(sites)):
+            try:
+                state = ray.get(state, timeout=DATA_TIMEOUT) if isinstance(state, ray.ObjectRef) else state
+                result = self._local_update(site, global_params, reload, current_round, total_rounds, message, state)
+                result = self._sealed(site, self._released(site, result, global_params, message, current_round))
+                total = total or he.CipherSum(self.he.context)
+                total.add(result.meta.pop(he.UPDATE))
+                results[site] = result
+            except TrainingStopped:
+                raise
+            except FloatingPointError:
+                results[site] = ("non_finite", NON_FINITE)
+            except Exception as err:  # this site's own failure; the batch's other sites go on
+                results[site] = ("error", f"{type(err).__name__}: {err}".splitlines()[0])
+        tracking.flush()
+        return {"sum": total.result() if total else None, "results": results}
 
     def _train_sites_at_once(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
                              total_rounds: int, factors: Sequence[float],
@@ -408,7 +451,7 @@ class TorchWorker:
         for owner, model in zip(models, ray.get(list(models.values()), timeout=300)):
             if cancelled():  # given up on: stop between models
                 raise TrainingStopped(f"{site}: validation stopped: the server gave up on this task")
-            params = model.params if isinstance(model, FLModel) else model
+            params = self._plain(model.params if isinstance(model, FLModel) else model)
             if self.app:
                 asked = FLModel(params=self._for_app(params), meta={"model_owner": owner})
                 results[owner] = _validation_metrics(self.app.ask("validate", asked).metrics, self.app)
@@ -427,7 +470,7 @@ class TorchWorker:
 
     def evaluate_part(self, params: Mapping[str, np.ndarray], split: str, indices: np.ndarray) -> dict[str, float]:
         """Sums (not means) over `indices` of `split`, so the server can pool several workers' parts."""
-        load_params(self.model, params)
+        load_params(self.model, self._plain(params))
         images, labels = (self.test_images, self.test_labels) if split == "test" else (self.train_images, self.train_labels)
         return evaluate(self.model, images, labels, indices, self.job["eval_batch_size"])
 

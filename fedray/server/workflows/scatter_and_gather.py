@@ -21,6 +21,7 @@ from fedray.privacy import PRIVACY_STATE, UNCLIPPED
 from fedray.privacy.mechanisms import private_names
 from fedray.privacy.server import ServerPrivacy
 from fedray.secure import DROPPED_OUT
+from fedray.secure import he
 from fedray.server.tasks import Outcome, WorkerPool, gather
 from fedray.server.workflows.secagg import SecureAggregation, Unrecoverable
 from fedray.system import DROPPED, LATE
@@ -72,6 +73,7 @@ def scatter_and_gather(
     on_stop: Callable[[str], None] | None = None,
     clock: SyncClock | None = None,
     secure: SecureAggregation | None = None,
+    he_context: bytes | None = None,
 ) -> Params:
     """Run FedAvg rounds `start_round .. num_rounds-1`.
 
@@ -97,6 +99,9 @@ def scatter_and_gather(
     `secure` (SecAgg+, fedray/server/workflows/secagg.py): the round's sites agree keys before they train, send
     masked vectors, and the controller averages the unmasked sum (each site weight 1); `on_round_end` gets its
     costs as `secure_aggregation=`.
+    `he_context` (secure_aggregation=he, fedray/secure/he.py: the server's context, no secret key): sites send
+    ciphertexts, folded by adding them; the encrypted average becomes the global model, which only the sites can
+    read (FLARE's HE shape); `on_round_end` gets the round's costs as `secure_aggregation=`.
     """
     per_round = clients_per_round or len(sites)
     all_sent = min_clients is None  # FLARE's default: a round waits for every site sent the task
@@ -189,7 +194,7 @@ def scatter_and_gather(
                         yield update
                 if secure is not None and task_outcome.site in batches and task_outcome.ok:
                     secure.take_batch(task_outcome.value)  # the batch's sum of masked vectors
-                if task_outcome.site in batches and task_outcome.ok and task_outcome.value["sum"].sums:
+                if task_outcome.site in batches and task_outcome.ok and _holds_sum(task_outcome.value["sum"]):
                     # The batch's sites, already weighted and summed by the worker that trained them.
                     yield _without(task_outcome.value["sum"], excluded)
 
@@ -221,6 +226,8 @@ def scatter_and_gather(
                 updated_site_states[outcome.site] = ray.put(result.meta[SITE_STATE])
             if secure is not None:
                 secure.take_site(outcome.site, result)  # its masked vector; its params are None
+            if he.UPDATE in result.meta:  # a ciphertext: the site weighed its update itself
+                return result.meta.pop(he.UPDATE)
             if result.params is None:
                 return None
             params = {k: v for k, v in result.params.items() if not (excluded and excluded.search(k))}
@@ -228,7 +235,9 @@ def scatter_and_gather(
 
         updates = secure.unmasked(arriving_updates(), global_params) if secure else arriving_updates()
         try:
-            if privacy:  # central DP's noise is added to the unmasked sum, as the server would
+            if he_context is not None:
+                aggregated, he_costs = _fold_encrypted(updates, he_context)
+            elif privacy:  # central DP's noise is added to the unmasked sum, as the server would
                 aggregated = privacy.aggregate(updates, global_params, private_names(global_params, exclude_vars),
                                                current_round)
             else:
@@ -248,8 +257,9 @@ def scatter_and_gather(
             aggregated, state = algorithm.apply(global_params, aggregated, {**sums, COUNT: len(site_metrics)}, state,
                                                 current_round)
         site_states.update(updated_site_states)
-        global_params = {**global_params, **aggregated}
-        if not finite(global_params):
+        if he_context is not None:  # FLARE's HE: the encrypted average is the global model now (none: no site answered)
+            global_params = aggregated or global_params
+        elif not finite(global_params := {**global_params, **aggregated}):
             raise RoundFailed(f"round {current_round}: training diverged: the aggregated global model has NaN or Inf; lower lr")
         global_ref = ray.put(global_params)
         # A round that failed above released nothing and spends nothing; this one released its model.
@@ -257,6 +267,8 @@ def scatter_and_gather(
         if secure is not None:
             extra["secure_aggregation"] = secure.record(site_metrics)
         server_state = {**state, PRIVACY_STATE: privacy.state()} if privacy else state
+        if he_context is not None:
+            extra["secure_aggregation"] = he_costs
         if clock is not None:
             clock.now += plan.seconds
             extra.update(sim_seconds=waited + plan.seconds, sim_time=clock.now)
@@ -329,6 +341,23 @@ def _answered(outcome: Outcome, batches: dict[str, list[str]]) -> int:
     if outcome.site not in batches:
         return 1
     return sum(not isinstance(result, tuple) for result in outcome.value["results"].values())
+
+
+def _holds_sum(total: CompensatedSum | he.Encrypted | None) -> bool:
+    """A batch's partial sum holds a site: plain (its compensated sum) or under HE (the members' ciphertexts)."""
+    return isinstance(total, he.Encrypted) or bool(total is not None and total.sums)
+
+
+def _fold_encrypted(updates: Iterator[he.Encrypted], context: bytes) -> tuple[he.Encrypted | None, dict]:
+    """secure_aggregation=he: the round's ciphertexts added as they arrive, without the secret key (FLARE's
+    HEInTimeAccumulateWeightedAggregator), the weight sum kept plain; and the round's costs at the server."""
+    total, received = he.CipherSum(context), 0
+    for update in updates:
+        received += update.nbytes
+        total.add(update)
+    aggregate = total.result()
+    return aggregate, {"mode": "he", "aggregate_seconds": round(total.seconds, 6), "bytes_received": received,
+                       "global_bytes": aggregate.nbytes if aggregate else 0}
 
 
 def _without(total: CompensatedSum, excluded: Optional[re.Pattern]) -> CompensatedSum:
