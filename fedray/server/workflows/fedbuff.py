@@ -77,6 +77,7 @@ def fedbuff(
     buffer_size: int,
     duration: Callable[[str], float],
     traces: Optional[Mapping[str, Mapping]] = None,
+    lost: Optional[Callable[[str, int], bool]] = None,
     staleness: str = "constant",
     staleness_a: float = 0.5,
     staleness_b: float = 4.0,
@@ -99,7 +100,7 @@ def fedbuff(
     aggregation's `sim_seconds` (since the last) and `sim_time` on the clock.
     `state` may carry FEDBUFF_STATE from a checkpoint: the models that trainings in flight then started from."""
     schedule = fedbuff_schedule(sites, concurrency=concurrency, buffer_size=buffer_size, num_aggregations=num_rounds,
-                                seed=seed, duration=duration, traces=traces)
+                                seed=seed, duration=duration, traces=traces, lost=lost)
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
     algorithm = algorithm or Algorithm()
@@ -181,9 +182,11 @@ def _steps(outcome: Outcome) -> int:
 def _aggregate(current: int, buffer: _Buffer, schedule: Schedule, global_params: Params, state: dict,
                algorithm: Algorithm, server_lr: float, ignore_result_error: Optional[bool]) -> tuple[Params, dict]:
     """Aggregation `current`: its complete buffer (and the trainings the traces dropped by then) made version current+1."""
-    for gone in schedule.dropped_by(current):  # known from the traces before any training: none ran
-        buffer.failures[gone.site] = {"kind": "dropped", "message": f"went offline at t={gone.arrival:g} s, "
-                                      "before its task would end", "seconds": 0.0, "sim_seconds": gone.arrival - gone.start}
+    for gone in schedule.dropped_by(current):  # known from the traces and the seed before any training: none ran
+        message = (f"dropped out (its seeded dropout draw, system.dropout): nothing arrived by t={gone.arrival:g} s"
+                   if gone.lost else f"went offline at t={gone.arrival:g} s, before its task would end")
+        buffer.failures[gone.site] = {"kind": "dropped", "message": message, "seconds": 0.0,
+                                      "sim_seconds": gone.arrival - gone.start}
     if not buffer.metrics and ignore_result_error is not True:
         raise RoundFailed(f"round {current}: no site of the buffer returned a result ({_describe(buffer.failures)})")
     if buffer.metrics:
