@@ -9,7 +9,9 @@ and aggregates every buffer_size=10 arrivals (5 x rounds aggregations). Plain SG
 (synthetic stand-in: the data's content does not change the time), no validation split, the global model
 scored only after the last round, one private Ray for every run, the sides alternating (sync, fedbuff, sync,
 fedbuff) so that a change in the machine's load hits both. `train_seconds` sums the rounds' training (the
-workflow, without start-up); results print and are saved to `benchmarks/results/<timestamp>-fedbuff.json`.
+workflow, without start-up); each run's 1-minute load average (`uptime`'s) is kept beside it, and each
+(num_clients, repeat) pair's fedbuff/sync ratios of wall and train seconds; results print and are saved to
+`benchmarks/results/<timestamp>-fedbuff.json`.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def main() -> None:
                         trainings = sum(len(r["sites"]) for r in summary["rounds"])
                         train = sum(r["train_seconds"] for r in summary["rounds"])
                         row = {"side": name, "num_clients": sites, "repeat": repeat, "wall_s": round(wall, 2),
+                               "load_1min": round(os.getloadavg()[0], 1),
                                "train_s": round(train, 2), "trainings": trainings,
                                "s_per_1000_trainings": round(1000 * train / trainings, 2),
                                "test_accuracy": summary["rounds"][-1]["global"].get("test_accuracy")}
@@ -76,8 +79,15 @@ def main() -> None:
                         print(json.dumps(row), flush=True)
     finally:
         ray.shutdown()
+    ratios = [{"num_clients": sync["num_clients"], "repeat": sync["repeat"],
+               "wall_ratio": round(fedbuff["wall_s"] / sync["wall_s"], 3),
+               "train_ratio": round(fedbuff["train_s"] / sync["train_s"], 3)}
+              for sync, fedbuff in zip(results[::2], results[1::2])]
+    for ratio in ratios:
+        print(json.dumps(ratio))
     out = REPO / "benchmarks" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}-fedbuff.json"
-    out.write_text(json.dumps({"machine": describe_machine(), "rounds": args.rounds, "results": results}, indent=2))
+    out.write_text(json.dumps({"machine": describe_machine(), "rounds": args.rounds, "results": results,
+                               "fedbuff_over_sync": ratios}, indent=2))
     print(f"saved {out}")
 
 

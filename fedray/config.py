@@ -673,7 +673,6 @@ def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]
             "must be null with mode=fedbuff (a buffer aggregates buffer_size arrivals)")
     require(sag.round_deadline is None, key + "round_deadline", "must be null with mode=fedbuff (it has no rounds to end)")
     require(sag.over_selection == 1, key + "over_selection", "must be 1 with mode=fedbuff (it aggregates every arrival)")
-    require(cfg.system.dropout == 0, "system.dropout", "not yet with mode=fedbuff; 0, or mode=sync")
 
 
 def fedbuff_concurrency(cfg: Any) -> int:

@@ -97,6 +97,8 @@ def write_sweep_summary(sweep_dir: Path, fixed_overrides: Iterable[str] = ()) ->
     swept = list(dict.fromkeys(key for row in rows for key in row["swept"]))
     table = [{"job": row["job"], **{key: row["swept"].get(key, "") for key in swept}, **row["results"]} for row in rows]
     columns = ["job", *swept, *RESULT_COLUMNS]
+    if any(row.get("sim_hours") is not None for row in table):  # runs on the simulated clock (system=)
+        columns.insert(columns.index("wall_seconds") + 1, "sim_hours")
     write_atomic(sweep_dir / "sweep_summary.csv", _csv(table, columns).encode())
     write_atomic(sweep_dir / "sweep_summary.md", _markdown(table, columns).encode())
     return table
@@ -138,6 +140,8 @@ def _results(job_dir: Path) -> dict[str, Any]:
         "best_val_accuracy": best.get("val_accuracy"),
         "best_test_accuracy": best.get("test_accuracy"),
         "wall_seconds": summary.get("wall_seconds"),
+        # The run's final simulated time (fedray/system/), in hours; none without a clock (system=uniform: 0 s).
+        "sim_hours": summary["sim_seconds"] / 3600 if summary.get("sim_seconds") else None,
         "error": summary.get("error") or ("" if summary.get("status") == "completed" else "did not finish"),
     }
 

@@ -40,7 +40,7 @@ from fedray.server.workflows import (
 )
 from fedray.server.workflows.secagg import SecureAggregation
 from fedray.system.availability import safe_load, site_traces
-from fedray.system.clock import task_seconds
+from fedray.system.clock import dropped, task_seconds
 from fedray.system.profiles import build_profiles
 from fedray.system.schedule import SyncClock, clock_runs, samples_per_task
 
@@ -219,7 +219,7 @@ class Controller:
             self.sites, self.pool, params,
             on_round_end=self._round_end, on_site_done=self._site_done, num_rounds=args["num_rounds"],
             concurrency=concurrency, buffer_size=args["buffer_size"] or concurrency, duration=self._task_seconds(params),
-            traces=self._traces(),
+            traces=self._traces(), lost=self._lost(),
             staleness=args["staleness"], staleness_a=args["staleness_a"], staleness_b=args["staleness_b"],
             server_lr=args["server_lr"], start_round=self.resume["next_round"] if self.resume else args["start_round"],
             seed=self.job["seed"], train_timeout=args["train_timeout"], aggregation_weights=args["aggregation_weights"],
@@ -233,6 +233,14 @@ class Controller:
         """A site task's simulated seconds (fedray/system/clock.py), from its profile, samples and the model's size."""
         profiles, samples, model_bytes = self._site_costs(params)
         return lambda site: task_seconds(profiles[site], model_bytes, samples[site])
+
+    def _lost(self) -> Callable[[str, int], bool] | None:
+        """FedBuff's seeded dropout (`system.dropout`): whether a site's task of a round is lost, drawn per
+        (seed, round, site) as in synchronous rounds (fedray/system/clock.py); None when no task can be."""
+        if not self.job["system"]["dropout"]:
+            return None
+        profiles, seed = build_profiles(self.job["system"], self.sites, self.job["seed"]), self.job["seed"]
+        return lambda site, task_round: dropped(profiles[site], seed, task_round, site)
 
     def _traces(self) -> dict[str, dict] | None:
         """The sites' availability traces (`system.availability`), or None: always online."""

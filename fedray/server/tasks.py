@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import ray
 from ray.actor import ActorHandle
@@ -207,6 +207,8 @@ def gather(
     max_retries: int = 0,
     unavailable_after: Optional[float] = None,
     count: Callable[[Outcome], int] = lambda outcome: int(outcome.ok),
+    more: Optional[Callable[[], Iterable[tuple[str, Call]]]] = None,
+    site_of: Callable[[str], str] = lambda label: label,
 ) -> Iterator[Outcome]:
     """Run `calls` (site, call(worker) -> ObjectRef), each on a free worker among `pool.candidates(site)`.
 
@@ -218,6 +220,11 @@ def gather(
     answers from the same process) runs again, up to MAX_LOST_CALLS times, without counting
     as a retry. `count(outcome)`: the results an outcome brings towards `min_results` (a
     batch of sites brings several).
+
+    `more`: calls the caller adds while it reads the answers (FedBuff's next model versions): asked
+    before each dispatch, and a worker that answers takes the next queued call before its answer is
+    yielded (the caller's work on it then overlaps the worker's); the loop ends once nothing is queued,
+    running or added. `site_of(label)`: the site whose workers may run a call (labels unique per task).
     """
     queue: deque[tuple[str, Call, int]] = deque((site, call, 0) for site, call in calls)
     in_flight: dict[ray.ObjectRef, tuple[str, Call, int, ActorHandle, float]] = {}
@@ -229,7 +236,13 @@ def gather(
     enough_at: Optional[float] = None
 
     try:
-        while queue or in_flight or parked:
+        while True:
+            if more is not None:
+                if not queue:  # "no free worker in `timeout` s" counts from when the queue last emptied
+                    began = time.monotonic()
+                queue.extend((site, call, 0) for site, call in more())
+            if not (queue or in_flight or parked):
+                break
             now = time.monotonic()
             if enough_at is not None and now >= enough_at + wait_after_min:
                 break
@@ -244,11 +257,11 @@ def gather(
                     successes += count(_given_up(outcome, pool, worker))
                     yield outcome
             busy = {entry[3] for entry in in_flight.values()}
-            _dispatch(queue, pool, [w for w in pool.free() if w not in busy], in_flight)
+            _dispatch(queue, pool, [w for w in pool.free() if w not in busy], in_flight, site_of)
 
             if not in_flight:
                 # Every worker the queued sites may use is busy (a given-up task, a restart) or retired.
-                given_up = [entry for entry in queue if all(pool.retired(w) for w in pool.candidates(entry[0]))]
+                given_up = [entry for entry in queue if all(pool.retired(w) for w in pool.candidates(site_of(entry[0])))]
                 for site, _, retries in given_up:
                     yield Outcome(site, failure="died", retries=retries,
                                   message="its actor died more often than site.max_restarts")
@@ -297,6 +310,9 @@ def gather(
                 if outcome.ok:
                     if min_results is not None and successes >= min_results and enough_at is None:
                         enough_at = time.monotonic()
+                if more is not None and outcome.failure != "died" and worker not in pool.busy and not pool.retired(worker):
+                    queue.extend((site, call, 0) for site, call in more())
+                    _dispatch(queue, pool, [worker], in_flight, site_of)
                 yield outcome
 
             if timeout > 0:
@@ -331,14 +347,15 @@ def _given_up(outcome: Outcome, pool: WorkerPool, worker: ActorHandle) -> Outcom
     return outcome
 
 
-def _dispatch(queue: deque, pool: WorkerPool, idle: list[ActorHandle], in_flight: dict) -> None:
+def _dispatch(queue: deque, pool: WorkerPool, idle: list[ActorHandle], in_flight: dict,
+              site_of: Callable[[str], str] = lambda label: label) -> None:
     """Start queued sites, in order, on idle workers they may use."""
     idle_set = set(idle)
     for _ in range(len(queue)):
         if not idle_set:
             return
         site, call, retries = queue.popleft()
-        worker = next((w for w in pool.candidates(site) if w in idle_set), None)
+        worker = next((w for w in pool.candidates(site_of(site)) if w in idle_set), None)
         if worker is None:
             queue.append((site, call, retries))  # its workers are busy; it waits for them
             continue

@@ -2,9 +2,10 @@
 
 The schedule (`fedbuff_schedule.py`: who starts from which version, which buffer each arrival lands in) is
 computed first, from the seed and the sites' task durations on the simulated clock; this loop only executes
-it. After version k exists, every training that starts from it is sent at once (in parallel, batched as a
-synchronous round's sites) and folded into the buffer it will land in; buffer k is then complete (its
-trainings started from versions <= k), and version k+1 is computed from it:
+it, in one stream of tasks across versions: once version k exists, the trainings that start from it are
+queued (batched as a synchronous round's sites, those landing in one buffer together), while earlier
+versions' trainings still run; each answer is folded into the buffer it lands in, and buffer k, once all its
+arrivals are in (they started from versions <= k), makes version k+1:
 
     x_{k+1} = x_k + server_lr * sum_i w_i s(tau_i) (x_i - x_{v_i}) / sum_i w_i,   w_i = factor_i x steps_i
 
@@ -14,10 +15,11 @@ sums are compensated (`CompensatedSum`), so neither the order of answers nor the
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from functools import partial
 from typing import Callable, Mapping, Optional
 
@@ -27,12 +29,11 @@ import ray
 from fedray.aggregation import CompensatedSum, Params, _cast, finite
 from fedray.algorithms import COUNT, Algorithm
 from fedray.fl_model import NUM_STEPS_CURRENT_ROUND, local_model
-from fedray.server.tasks import Outcome, WorkerPool, gather
-from fedray.server.workflows.fedbuff_schedule import Training, fedbuff_schedule, staleness_weight
+from fedray.server.tasks import Call, Outcome, WorkerPool, gather
+from fedray.server.workflows.fedbuff_schedule import Schedule, Training, fedbuff_schedule, staleness_weight
 from fedray.server.workflows.scatter_and_gather import (
     LocalModel,
     RoundFailed,
-    _answered,
     _describe,
     _failure,
     _site_outcomes,
@@ -76,6 +77,7 @@ def fedbuff(
     buffer_size: int,
     duration: Callable[[str], float],
     traces: Optional[Mapping[str, Mapping]] = None,
+    lost: Optional[Callable[[str, int], bool]] = None,
     staleness: str = "constant",
     staleness_a: float = 0.5,
     staleness_b: float = 4.0,
@@ -98,118 +100,201 @@ def fedbuff(
     aggregation's `sim_seconds` (since the last) and `sim_time` on the clock.
     `state` may carry FEDBUFF_STATE from a checkpoint: the models that trainings in flight then started from."""
     schedule = fedbuff_schedule(sites, concurrency=concurrency, buffer_size=buffer_size, num_aggregations=num_rounds,
-                                seed=seed, duration=duration, traces=traces)
+                                seed=seed, duration=duration, traces=traces, lost=lost)
     factors = aggregation_weights or {}
     excluded = re.compile(exclude_vars) if exclude_vars else None
     algorithm = algorithm or Algorithm()
     state = algorithm.init(global_params, len(sites)) if state is None else dict(state)
     saved = state.pop(FEDBUFF_STATE, None) or {}
     versions: dict[int, Params] = {int(v): params for v, params in saved.get("versions", {}).items()}
-    buffers: dict[int, _Buffer] = defaultdict(_Buffer)
+    versions[start_round] = global_params
+    counted = [t for t in schedule.trainings if t.aggregation is not None]  # the rest arrive after the run's end
+    missing = Counter(t.aggregation for t in counted)  # arrivals each buffer still waits for
+    from_version: dict[int, list[Training]] = defaultdict(list)
+    for training in counted:
+        from_version[training.version].append(training)
 
     def weight_factor(training: Training) -> float:
         return factors.get(training.site, 1.0) * staleness_weight(training.staleness, staleness, staleness_a, staleness_b)
 
+    tasks = _Tasks(num_rounds, sites_per_task, weight_factor, excluded, window=2 * len(pool.workers))
     global_ref = ray.put(global_params)  # one copy per version in the object store: its tasks' and the round event's
-    for current in range(start_round, num_rounds):
-        started = time.perf_counter()
-        versions[current] = global_params
-        # On resume, the trainings in flight at the checkpoint run again from their saved start versions.
-        resumed = schedule.pending_after(current - 1) if current == start_round else []
-        runs = schedule.starting_from(current) + [t for t in resumed if t.aggregation is not None]
-        message = algorithm.message(state)
-        message_ref = ray.put(message) if message else None
-        for version in sorted({t.version for t in runs}):
-            from_version = [t for t in runs if t.version == version]
-            version_ref = global_ref if version == current else ray.put(versions[version])
-            _run(from_version, versions[version], version_ref, current, num_rounds, message_ref, weight_factor, factors,
-                 buffers, pool,
-                 excluded=excluded, train_timeout=train_timeout, max_task_retries=max_task_retries,
-                 sites_per_task=sites_per_task, best_local_models=best_local_models, on_site_done=on_site_done,
-                 ignore_result_error=ignore_result_error)
-        buffer = buffers.pop(current)
-        for gone in schedule.dropped_by(current):  # known from the traces before any training: none ran
-            buffer.failures[gone.site] = {"kind": "dropped", "message": f"went offline at t={gone.arrival:g} s, "
-                                          "before its task would end", "seconds": 0.0, "sim_seconds": gone.arrival - gone.start}
-        if not buffer.metrics and ignore_result_error is not True:
-            raise RoundFailed(f"round {current}: no site of the buffer returned a result ({_describe(buffer.failures)})")
-        if buffer.metrics:
-            averaged = buffer.update(global_params, server_lr)
-            averaged, state = algorithm.apply(global_params, averaged, {COUNT: len(buffer.weights)}, state, current)
-            global_params = {**global_params, **averaged}
-        if not finite(global_params):
-            raise RoundFailed(f"round {current}: training diverged: the aggregated global model has NaN or Inf; lower lr")
-        # Only the start versions of trainings still in flight are kept (for them, and for the checkpoint).
-        needed = {t.version for t in schedule.pending_after(current)}
-        versions = {v: params for v, params in versions.items() if v in needed}
-        saved_versions = {str(v): params for v, params in versions.items()}
-        global_ref = ray.put(global_params)
-        on_round_end(current, global_ref, buffer.metrics, buffer.failures, time.perf_counter() - started,
-                     buffer.improved, ray.put({**state, FEDBUFF_STATE: {"versions": saved_versions}}), {},
-                     sim_seconds=schedule.times[current] - (schedule.times[current - 1] if current else 0.0),
-                     sim_time=schedule.times[current])
+    message_ref = _message_ref(algorithm, state)
+    # On resume, the trainings in flight at the checkpoint run again from their saved start versions.
+    resumed = [t for t in schedule.pending_after(start_round - 1) if t.aggregation is not None]
+    for version, params in sorted(versions.items()):
+        if version == start_round:
+            tasks.add(from_version[version], params, global_ref, message_ref)
+        elif [t for t in resumed if t.version == version]:
+            tasks.add([t for t in resumed if t.version == version], params, ray.put(params), message_ref)
+    buffers: dict[int, _Buffer] = defaultdict(_Buffer)
+    current, started = start_round, time.perf_counter()
+    outcomes = gather([], pool, more=tasks.release, timeout=train_timeout * max(1, sites_per_task),
+                      max_retries=max_task_retries, site_of=tasks.site_of)
+    for task_outcome in outcomes:
+        batch = task_outcome.site in tasks.batches
+        arrivals = tasks.done(task_outcome)
+        for training, outcome in arrivals:
+            missing[training.aggregation] -= 1
+            if on_site_done is not None:
+                on_site_done(training.aggregation, outcome)
+            _fold(buffers[training.aggregation], training, outcome, tasks.bases[training.version],
+                  weight_factor(training) * _steps(outcome), factors, best_local_models, ignore_result_error)
+            tasks.forget(training)
+        if batch and task_outcome.ok and task_outcome.value["sum"].sums:  # its sites' trained weights, summed
+            buffers[arrivals[0][0].aggregation].trained.merge(_without(task_outcome.value["sum"], excluded))
+        # A later buffer may fill first (its arrivals trained sooner): buffers aggregate in turn, each once complete.
+        while current < num_rounds and missing[current] == 0:
+            buffer = buffers.pop(current)
+            global_params, state = _aggregate(current, buffer, schedule, global_params, state, algorithm, server_lr,
+                                              ignore_result_error)
+            # Only the start versions of trainings still to arrive are kept (for them, and for the checkpoint).
+            needed = {t.version for t in schedule.pending_after(current)}
+            versions = {v: params for v, params in versions.items() if v in needed}
+            saved_versions = {str(v): params for v, params in versions.items()}
+            global_ref = ray.put(global_params)
+            if current + 1 < num_rounds:  # queued before the round's records: the workers need not wait for them
+                versions[current + 1] = global_params
+                message_ref = _message_ref(algorithm, state)
+                tasks.add(from_version[current + 1], global_params, global_ref, message_ref)
+            on_round_end(current, global_ref, buffer.metrics, buffer.failures, time.perf_counter() - started,
+                         buffer.improved, ray.put({**state, FEDBUFF_STATE: {"versions": saved_versions}}), {},
+                         sim_seconds=schedule.times[current] - (schedule.times[current - 1] if current else 0.0),
+                         sim_time=schedule.times[current])
+            current, started = current + 1, time.perf_counter()
+        if current == num_rounds:
+            break
+    if current < num_rounds:  # every counted training answers (or fails) once: only a bug leaves a buffer open
+        raise RoundFailed(f"round {current}: {missing[current]} arrival(s) of its buffer never answered")
     return global_params
 
 
-def _run(trainings: list[Training], params: Params, params_ref: ray.ObjectRef, current: int, num_rounds: int,
-         message_ref: ray.ObjectRef | None, weight_factor: Callable[[Training], float], factors: dict[str, float],
-         buffers: dict[int, _Buffer], pool: WorkerPool, *, excluded: Optional[re.Pattern], train_timeout: float,
-         max_task_retries: int, sites_per_task: int, best_local_models: dict[str, LocalModel] | None,
-         on_site_done: Callable[[int, Outcome], None] | None, ignore_result_error: Optional[bool]) -> None:
-    """Train `trainings` (all from one version, `params`, in the object store as `params_ref`) in parallel and fold
-    each into its buffer."""
-    base = {k: v for k, v in params.items() if not (excluded and excluded.search(k))}
-    # A site drawn again from one version trains in a later wave, as another round (Training.round): a task's
-    # label is its site (or batch), and its seeds must differ from its first task's.
-    waves: dict[int, list[Training]] = defaultdict(list)
-    for training in trainings:
-        waves[training.repeat].append(training)
-    for _, wave in sorted(waves.items()):
-        by_site = {t.site: t for t in wave}
-        if sites_per_task > 1:
-            groups: dict[int, list[Training]] = defaultdict(list)  # a batch's sum goes to one buffer
-            for training in wave:
-                groups[training.aggregation].append(training)
-            members = [group[i:i + sites_per_task] for _, group in sorted(groups.items())
-                       for i in range(0, len(group), sites_per_task)]
-            batches = {f"batch-{k + 1}": [t.site for t in batch] for k, batch in enumerate(members)}
-            # The worker seeds a site's shuffle by the round it is told (Training.round): one per wave.
-            calls = [(label, partial(_train_batch, names, params_ref, by_site[names[0]].round(num_rounds), num_rounds,
-                                     [weight_factor(by_site[s]) for s in names], message_ref, [None] * len(names)))
-                     for label, names in batches.items()]
-        else:
-            batches = {}
-            calls = [(t.site, partial(_train, t.site, params_ref, t.round(num_rounds), num_rounds, message_ref, None))
-                     for t in wave]
-        outcomes = gather(calls, pool, timeout=train_timeout * max(1, sites_per_task), max_retries=max_task_retries,
-                          count=lambda outcome: _answered(outcome, batches))
-        for task_outcome in outcomes:
-            for outcome in _site_outcomes(task_outcome, batches):
-                training = by_site[outcome.site]
-                buffer = buffers[training.aggregation]
-                if on_site_done is not None:
-                    on_site_done(current, outcome)
-                if not outcome.ok:
-                    buffer.failures[outcome.site] = _failure(outcome)
-                    if ignore_result_error is False:
-                        raise RoundFailed(f"round {current}: {outcome.site} {outcome.failure} and ignore_result_error=false")
-                    continue
-                result = outcome.value
-                steps = result.meta[NUM_STEPS_CURRENT_ROUND]
-                weight = weight_factor(training) * steps  # as the worker weighs a batch's site
-                buffer.weights.append(factors.get(training.site, 1.0) * steps)  # the mean's divisor: no staleness
-                buffer.metrics[outcome.site] = {**result.metrics, "num_steps": steps, "staleness": training.staleness,
-                                                "start_version": training.version,
-                                                "sim_seconds": training.arrival - training.start}
-                buffer.base.add(base, weight)
-                if result.params is not None:
-                    buffer.trained.add({k: v for k, v in result.params.items() if k in base}, weight)
-                if best_local_models is not None and outcome.ref is not None:
-                    accuracy = result.metrics.get("local_val_accuracy", float("nan"))
-                    best = best_local_models.get(outcome.site)
-                    if best is None or not accuracy <= best.accuracy:
-                        kept = ray.put(local_model(result))
-                        best_local_models[outcome.site] = buffer.improved[outcome.site] = LocalModel(accuracy, kept)
-            if task_outcome.site in batches and task_outcome.ok and task_outcome.value["sum"].sums:
-                buffers[by_site[batches[task_outcome.site][0]].aggregation].trained.merge(
-                    _without(task_outcome.value["sum"], excluded))
+def _message_ref(algorithm: Algorithm, state: dict) -> ray.ObjectRef | None:
+    """The algorithm's message to the sites that start from the model version `state` goes with."""
+    message = algorithm.message(state)
+    return ray.put(message) if message else None
+
+
+def _steps(outcome: Outcome) -> int:
+    return outcome.value.meta[NUM_STEPS_CURRENT_ROUND] if outcome.ok else 0
+
+
+def _aggregate(current: int, buffer: _Buffer, schedule: Schedule, global_params: Params, state: dict,
+               algorithm: Algorithm, server_lr: float, ignore_result_error: Optional[bool]) -> tuple[Params, dict]:
+    """Aggregation `current`: its complete buffer (and the trainings the traces dropped by then) made version current+1."""
+    for gone in schedule.dropped_by(current):  # known from the traces and the seed before any training: none ran
+        message = (f"dropped out (its seeded dropout draw, system.dropout): nothing arrived by t={gone.arrival:g} s"
+                   if gone.lost else f"went offline at t={gone.arrival:g} s, before its task would end")
+        buffer.failures[gone.site] = {"kind": "dropped", "message": message, "seconds": 0.0,
+                                      "sim_seconds": gone.arrival - gone.start}
+    if not buffer.metrics and ignore_result_error is not True:
+        raise RoundFailed(f"round {current}: no site of the buffer returned a result ({_describe(buffer.failures)})")
+    if buffer.metrics:
+        averaged = buffer.update(global_params, server_lr)
+        averaged, state = algorithm.apply(global_params, averaged, {COUNT: len(buffer.weights)}, state, current)
+        global_params = {**global_params, **averaged}
+    if not finite(global_params):
+        raise RoundFailed(f"round {current}: training diverged: the aggregated global model has NaN or Inf; lower lr")
+    return global_params, state
+
+
+def _fold(buffer: _Buffer, training: Training, outcome: Outcome, base: Params, weight: float, factors: dict[str, float],
+          best_local_models: dict[str, LocalModel] | None, ignore_result_error: Optional[bool]) -> None:
+    """One arrival into the buffer it lands in (a batch's trained weights come as its task's partial sum)."""
+    if not outcome.ok:
+        buffer.failures[outcome.site] = _failure(outcome)
+        if ignore_result_error is False:
+            raise RoundFailed(f"round {training.aggregation}: {outcome.site} {outcome.failure} and ignore_result_error=false")
+        return
+    result = outcome.value
+    steps = result.meta[NUM_STEPS_CURRENT_ROUND]
+    buffer.weights.append(factors.get(training.site, 1.0) * steps)  # the mean's divisor: no staleness
+    buffer.metrics[outcome.site] = {**result.metrics, "num_steps": steps, "staleness": training.staleness,
+                                    "start_version": training.version, "sim_seconds": training.arrival - training.start}
+    buffer.base.add(base, weight)  # weight as the worker weighs a batch's site
+    if result.params is not None:
+        buffer.trained.add({k: v for k, v in result.params.items() if k in base}, weight)
+    if best_local_models is not None and outcome.ref is not None:
+        accuracy = result.metrics.get("local_val_accuracy", float("nan"))
+        best = best_local_models.get(outcome.site)
+        if best is None or not accuracy <= best.accuracy:
+            kept = ray.put(local_model(result))
+            best_local_models[outcome.site] = buffer.improved[outcome.site] = LocalModel(accuracy, kept)
+
+
+class _Tasks:
+    """The schedule's trainings as tasks: queued by version as each exists, released to `gather` a few at a time
+    (the buffer that aggregates first, first), and each answer told back as its trainings' outcomes."""
+
+    def __init__(self, num_rounds: int, sites_per_task: int, weight_factor: Callable[[Training], float],
+                 excluded: Optional[re.Pattern], window: int) -> None:
+        self.num_rounds, self.sites_per_task, self.weight_factor = num_rounds, sites_per_task, weight_factor
+        self.excluded = excluded
+        # Released tasks not yet answered: enough to keep every worker busy with one queued behind, few enough
+        # that a task the next aggregation waits for is not queued behind later buffers' tasks.
+        self.window = window
+        self.ready: list[tuple[int, int, str, Call]] = []  # heap: (buffer it lands in, first training, label, call)
+        self.trainings: dict[str, list[Training]] = {}  # label -> its trainings (a site's, or a batch's)
+        self.batches: set[str] = set()  # labels of multi-site tasks, until they answer
+        self.bases: dict[int, Params] = {}  # start version -> its weights (without exclude_vars), while in use
+        self.users: Counter = Counter()  # start version -> trainings from it not yet answered
+        self.out = 0
+
+    def add(self, trainings: list[Training], params: Params, params_ref: ray.ObjectRef,
+            message_ref: ray.ObjectRef | None) -> None:
+        """Queue `trainings` (all from one version, `params`, in the object store as `params_ref`)."""
+        if not trainings:
+            return
+        version = trainings[0].version
+        self.bases[version] = {k: v for k, v in params.items() if not (self.excluded and self.excluded.search(k))}
+        self.users[version] += len(trainings)
+        # A task's sites share a start version, a round (a site drawn again from one version trains as another
+        # round, Training.round, so its seeds differ) and a buffer (a batch's sum goes to one).
+        groups: dict[tuple[int, int], list[Training]] = defaultdict(list)
+        for training in trainings:
+            groups[training.repeat, training.aggregation].append(training)
+        size = max(1, self.sites_per_task)
+        for group in groups.values():
+            for members in (group[i:i + size] for i in range(0, len(group), size)):
+                first = members[0]
+                if self.sites_per_task > 1:
+                    label = f"batch-{first.index}"
+                    self.batches.add(label)
+                    call = partial(_train_batch, [t.site for t in members], params_ref, first.round(self.num_rounds),
+                                   self.num_rounds, [self.weight_factor(t) for t in members], message_ref,
+                                   [None] * len(members))
+                else:
+                    label = f"{first.site}@{first.index}"
+                    call = partial(_train, first.site, params_ref, first.round(self.num_rounds), self.num_rounds,
+                                   message_ref, None)
+                self.trainings[label] = members
+                heapq.heappush(self.ready, (first.aggregation, first.index, label, call))
+
+    def release(self) -> list[tuple[str, Call]]:
+        """The next tasks for `gather`, while fewer than `window` are out."""
+        released = []
+        while self.ready and self.out < self.window:
+            _, _, label, call = heapq.heappop(self.ready)
+            released.append((label, call))
+            self.out += 1
+        return released
+
+    def site_of(self, label: str) -> str:
+        return self.trainings[label][0].site if label in self.trainings else label
+
+    def done(self, outcome: Outcome) -> list[tuple[Training, Outcome]]:
+        """A task's answer as its trainings' outcomes, each named by its site."""
+        self.out -= 1
+        members = self.trainings.pop(outcome.site)
+        if outcome.site in self.batches:
+            self.batches.discard(outcome.site)
+            return list(zip(members, _site_outcomes(outcome, {outcome.site: [t.site for t in members]})))
+        (site_outcome,) = _site_outcomes(outcome, {})
+        site_outcome.site = members[0].site
+        return [(members[0], site_outcome)]
+
+    def forget(self, training: Training) -> None:
+        """Its start version's weights are dropped once no training from it is left to fold."""
+        self.users[training.version] -= 1
+        if not self.users[training.version]:
+            del self.bases[training.version], self.users[training.version]

@@ -36,6 +36,7 @@ class Training:
     # aggregation): a task's round for the site's seeds is version + repeat x num_rounds, so no two are the same.
     repeat: int = 0
     dropped: bool = False  # went offline before it would arrive (at `arrival`): never trained, never aggregated
+    lost: bool = False  # dropped by its seeded dropout draw (system.dropout): its slot is refilled at `arrival`
 
     def round(self, num_rounds: int) -> int:
         """The round the site is told: its start version (what an lr schedule counts), unique per site and task."""
@@ -73,7 +74,8 @@ class Schedule:
 
 
 def fedbuff_schedule(sites: Sequence[str], *, concurrency: int, buffer_size: int, num_aggregations: int, seed: int,
-                     duration: Callable[[str], float], traces: Optional[Mapping[str, Mapping]] = None) -> Schedule:
+                     duration: Callable[[str], float], traces: Optional[Mapping[str, Mapping]] = None,
+                     lost: Optional[Callable[[str, int], bool]] = None) -> Schedule:
     """Simulate FedBuff (Nguyen et al. 2022) on the clock.
 
     At time 0, `concurrency` sites are drawn (seeded, without replacement among idle sites) and start from
@@ -84,12 +86,15 @@ def fedbuff_schedule(sites: Sequence[str], *, concurrency: int, buffer_size: int
     With availability `traces` (fedray/system/availability.py), only a site online then is drawn (none online:
     the slot waits until an idle site comes online), and a site that goes offline before it would arrive drops
     out then (`dropped`: never trained, never aggregated) and its slot is refilled.
+    `lost(site, round)`: a task's seeded dropout draw (round: Training.round, unique per site and task); a lost
+    task is `dropped` too, at the time it would have arrived (the device left; the server hears nothing).
     """
     if not 1 <= buffer_size <= concurrency <= len(sites):
         raise ValueError(f"need 1 <= buffer_size ({buffer_size}) <= concurrency ({concurrency}) <= sites ({len(sites)})")
     draw = np.random.default_rng([seed, SCHEDULE_STREAM])
     idle = list(sites)
-    started: list[list] = []  # [index, site, version, start, arrival, aggregation, dropped]
+    started: list[list] = []  # [index, site, version, start, arrival, aggregation, dropped, lost]
+    repeats: dict[tuple[str, int], int] = {}  # tasks so far per (site, start version): Training.repeat
     events: list[tuple[float, int, int]] = []  # (time, 0: an arrival or a drop | 1: a wake-up, index)
     times: list[float] = []
     version = 0
@@ -121,7 +126,9 @@ def fedbuff_schedule(sites: Sequence[str], *, concurrency: int, buffer_size: int
             raise ValueError(f"{len(started)} tasks started by t={now:g} s and too few arrived to fill "
                              f"{num_aggregations} buffers: the sites go offline before their tasks end")
         ends = min(now + seconds, offline)
-        started.append([len(started), site, version, now, ends, None, offline < now + seconds])
+        repeat = repeats[site, version] = repeats.get((site, version), -1) + 1
+        gone = lost is not None and offline >= now + seconds and lost(site, version + repeat * num_aggregations)
+        started.append([len(started), site, version, now, ends, None, offline < now + seconds or gone, gone])
         heapq.heappush(events, (ends, 0, len(started) - 1))
         return True
 
@@ -169,7 +176,7 @@ def fedbuff_schedule(sites: Sequence[str], *, concurrency: int, buffer_size: int
     trainings = []
     for row in started:
         key = (row[1], row[2])
-        trainings.append(Training(*row[:6], repeat=seen.get(key, 0), dropped=row[6]))
+        trainings.append(Training(*row[:6], repeat=seen.get(key, 0), dropped=row[6], lost=row[7]))
         seen[key] = seen.get(key, 0) + 1
     return Schedule(trainings, times)
 
