@@ -20,7 +20,7 @@ NAMES = ("cifar10", "synthetic", "mnist", "fashion_mnist", "emnist", "cifar100",
 FORMATS = {"femnist": ("leaf", "tff", "parquet"), "shakespeare": ("leaf",), "huggingface": ("parquet", "csv", "imagefolder")}
 # torchvision's EMNIST splits and their classes (`letters` keeps torchvision's unused class 0, N/A).
 EMNIST_CLASSES = {"byclass": 62, "bymerge": 47, "balanced": 47, "letters": 27, "digits": 10, "mnist": 10}
-KNOWN_CLASSES = {"cifar10": 10, "mnist": 10, "fashion_mnist": 10, "cifar100": 100, "femnist": 62, "shakespeare": 80}
+KNOWN_CLASSES = {"cifar10": 10, "synthetic": 10, "mnist": 10, "fashion_mnist": 10, "cifar100": 100, "femnist": 62, "shakespeare": 80}
 # torchvision's folder under data.root and a file its loader needs, by name: the quick check before Ray.
 TORCHVISION_FILES = {
     "mnist": "MNIST/raw/train-images-idx3-ubyte",
