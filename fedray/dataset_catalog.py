@@ -60,6 +60,17 @@ def spec_of(data: Any) -> DataSpec:
     return DataSpec(data.task, tuple(int(size) for size in data.input_shape), int(num_classes))
 
 
+def has_natural_id(data: Any) -> bool:
+    """Whether the dataset's training samples carry a natural id (a writer, a speaking role) for
+    partition=natural: LEAF's and TFF's files always, a Hugging Face layout by its `data.id_column`, the
+    stand-in with `data.num_writers`."""
+    if data.name == "synthetic":
+        return bool(data.num_writers)
+    if data.name in ("femnist", "shakespeare") and (data.format or "leaf") in ("leaf", "tff"):
+        return True
+    return data.name in ("femnist", "huggingface") and bool(data.id_column)
+
+
 def default_root(name: str) -> str:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(cache, "fedray", name)

@@ -224,6 +224,23 @@ def test_synthetic_takes_any_image_shape_and_writers_shaped_as_leafs():
     assert np.array_equal(writer_ids(1000, 10, seed=1), writer_ids(1000, 10, seed=1))
 
 
+def test_which_datasets_carry_a_natural_id_for_partition_natural():
+    from omegaconf import OmegaConf
+
+    from fedray.dataset_catalog import has_natural_id
+
+    def data(**keys):
+        return OmegaConf.create({"format": None, "id_column": None, "num_writers": None, **keys})
+
+    assert has_natural_id(data(name="femnist")) and has_natural_id(data(name="shakespeare"))
+    assert has_natural_id(data(name="femnist", format="tff"))
+    assert has_natural_id(data(name="femnist", format="parquet", id_column="writer_id"))
+    assert not has_natural_id(data(name="femnist", format="parquet"))
+    assert has_natural_id(data(name="huggingface", id_column="user")) and not has_natural_id(data(name="huggingface"))
+    assert has_natural_id(data(name="synthetic", num_writers=10)) and not has_natural_id(data(name="synthetic"))
+    assert not any(has_natural_id(data(name=name)) for name in ("cifar10", "mnist", "emnist", "cifar100", "image_folder"))
+
+
 # --- bad input: one line before Ray --------------------------------------------------------------------------
 
 def test_bad_input_is_one_line_naming_the_key(tmp_path):

@@ -17,7 +17,7 @@ def hold_out_test(inputs: np.ndarray, labels: np.ndarray, ids: Optional[np.ndarr
     """A test split for files that have none: `fraction` of each id's samples (of all samples, without ids),
     seeded by (seed, "test"), as LEAF's sample-based split holds out a share of each user's."""
     rng = np.random.default_rng([seed, int.from_bytes(b"test", "little")])
-    groups = [np.arange(len(labels))] if ids is None else [np.flatnonzero(ids == key) for key in np.unique(ids)]
+    groups = [np.arange(len(labels))] if ids is None else _groups(ids)
     test = []
     for members in groups:
         count = int(round(len(members) * fraction)) if len(members) > 1 else 0
@@ -26,3 +26,10 @@ def hold_out_test(inputs: np.ndarray, labels: np.ndarray, ids: Optional[np.ndarr
     train_index = np.setdiff1d(np.arange(len(labels)), test_index)
     return Dataset(inputs[train_index], labels[train_index], inputs[test_index], labels[test_index],
                    None if ids is None else ids[train_index])
+
+
+def _groups(ids: np.ndarray) -> list[np.ndarray]:
+    """Each id's sample indices, ascending, ids in sorted order: one stable sort, not a scan per id (FEMNIST's
+    3,500 writers over 800,000 samples)."""
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    return np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])

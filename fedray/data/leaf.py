@@ -22,6 +22,8 @@ from fedray.data.synthetic import Dataset
 ALPHABET = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
 WINDOW = 80
 _INDEX = {letter: k for k, letter in enumerate(ALPHABET)}
+_TABLE = np.full(256, -1, dtype=np.int16)  # byte -> index into ALPHABET; -1: not in it
+_TABLE[[ord(letter) for letter in ALPHABET]] = np.arange(len(ALPHABET))
 
 
 def load_leaf(name: str, root: str, seed: int) -> Dataset:
@@ -69,12 +71,15 @@ def _femnist(x: list[Any], y: list[Any], file: str) -> tuple[np.ndarray, np.ndar
 
 
 def _shakespeare(x: list[str], y: list[str], file: str) -> tuple[np.ndarray, np.ndarray]:
-    if any(len(window) != WINDOW for window in x):
-        raise DataError(f"data.root: {file} holds Shakespeare windows that are not {WINDOW} characters long")
-    try:
-        tokens = np.asarray([[_INDEX[letter] for letter in window] for window in x], dtype=np.int16).reshape(-1, WINDOW)
-        labels = np.asarray([_INDEX[letter] for letter in y], dtype=np.int64)
-    except KeyError as err:
-        raise DataError(f"data.root: {file} has the character {err.args[0]!r}, which is not in LEAF's "
-                        "80-character alphabet") from None
-    return tokens, labels
+    if any(len(window) != WINDOW for window in x) or any(len(letter) != 1 for letter in y):
+        raise DataError(f"data.root: {file} holds Shakespeare windows that are not {WINDOW} characters long, "
+                        "or targets that are not one character")
+    # One table lookup over all the bytes (LEAF's alphabet is ASCII): 4 million windows in seconds, not minutes.
+    text = "".join(x) + "".join(y)
+    raw = np.frombuffer(text.encode("latin-1", errors="replace"), dtype=np.uint8)
+    codes = _TABLE[raw]
+    if (codes < 0).any() or not text.isascii():
+        bad = next(letter for letter in text if letter not in _INDEX)
+        raise DataError(f"data.root: {file} has the character {bad!r}, which is not in LEAF's 80-character alphabet")
+    split = len(x) * WINDOW
+    return codes[:split].reshape(-1, WINDOW), codes[split:].astype(np.int64)
