@@ -41,9 +41,8 @@ _PACKAGE.__path__ = [str(Path(__file__).resolve().parent.parent / "fedray")]
 sys.modules.setdefault("fedray", _PACKAGE)
 
 from fedray.aggregation import pool_metrics  # noqa: E402
-from fedray.data.cifar10 import load_cifar10  # noqa: E402
+from fedray.data.cifar10 import load_cifar10, load_dataset  # noqa: E402
 from fedray.data.partition import partition  # noqa: E402
-from fedray.models import Net  # noqa: E402
 from fedray.site.training import evaluate, get_params, load_params, to_device, train_epochs  # noqa: E402
 
 Params = dict[str, np.ndarray]
@@ -57,8 +56,16 @@ def main(argv: list[str] | None = None) -> None:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
-    dataset = load_cifar10(args.data_root, download=False, check_integrity=args.check_integrity)
-    shards = partition(dataset.train_labels, args.num_sites, method="iid", val_fraction=args.val_fraction, seed=args.seed)
+    if args.data_config:  # any dataset by fedray's own loader and keys (W3: the FEMNIST-shaped stand-in)
+        from omegaconf import OmegaConf
+
+        dataset = load_dataset(OmegaConf.create(json.loads(args.data_config)))
+    else:
+        dataset = load_cifar10(args.data_root, download=False, check_integrity=args.check_integrity)
+    natural = {"ids": dataset.train_ids} if args.partition == "natural" else {}
+    shards = partition(dataset.train_labels, args.num_sites, method=args.partition, val_fraction=args.val_fraction,
+                       seed=args.seed, **natural)
+    _state["model_class"] = _model_class(args.model)
     train_images, train_labels = to_device(_chw(dataset.train_images), dataset.train_labels, torch.device("cpu"))
     test_images, test_labels = to_device(_chw(dataset.test_images), dataset.test_labels, torch.device("cpu"))
     _state.update(args=args, shards=shards, images=train_images, labels=train_labels,
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     timings["data"], clock = _lap(clock)
 
     torch.manual_seed(args.seed)
-    global_params = get_params(Net())
+    global_params = get_params(_state["model_class"]())
     pool = _start_pool(args) if args.parallel == "processes" else None
     if pool is None:
         torch.set_num_threads(args.workers)
@@ -195,7 +202,7 @@ def _init_worker() -> None:
 
 def _init_model() -> None:
     """The model a worker loads each task's weights into; its first optimizer pays torch.optim's one-off import."""
-    _state["model"] = Net()
+    _state["model"] = _state["model_class"]()
     torch.optim.SGD(_state["model"].parameters(), lr=0.01)
 
 
@@ -205,7 +212,15 @@ def _init_done(_: int) -> int:
 
 
 def _chw(images: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if images.ndim == 4 else images
+
+
+def _model_class(target: str):
+    """`model._target_`'s class (a model built with its defaults, as fedray's conf/model/ builds them)."""
+    import importlib
+
+    module, _, name = target.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def _lap(since: float) -> tuple[float, float]:
@@ -215,7 +230,10 @@ def _lap(since: float) -> tuple[float, float]:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", required=True, help="a folder holding cifar-10-batches-py/")
+    parser.add_argument("--data-root", default=None, help="a folder holding cifar-10-batches-py/")
+    parser.add_argument("--data-config", default=None, help="fedray's data keys as JSON, in place of --data-root")
+    parser.add_argument("--partition", default="iid", help="fedray's partition.name (natural: by the data's ids)")
+    parser.add_argument("--model", default="fedray.models.Net", help="the model class, as model._target_")
     parser.add_argument("--check-integrity", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--num-sites", type=int, default=8)
     parser.add_argument("--clients-per-round", type=int, default=None, help="sites sampled each round (default: all)")

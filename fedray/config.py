@@ -24,6 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fedray import dataset_catalog as catalog
 from fedray.privacy import flare_filters
 from fedray.python_path import put_on_python_path
 
@@ -58,6 +59,19 @@ class DataConfig:
     num_train: Optional[int] = None  # synthetic: its size; cifar10: a seeded subsample
     num_test: Optional[int] = None
     seed: int = 0  # the data's own seed, so that changing `seed` keeps the dataset
+    # What the dataset gives the model (conf/data/ sets them; fedray/dataset_catalog.py): the checks, the sites and
+    # the stand-in follow them.
+    task: str = "image_classification"  # image_classification | next_token
+    input_shape: List[int] = field(default_factory=lambda: [3, 32, 32])  # [C, H, W] images; [L] token windows
+    num_classes: Optional[int] = 10  # null: the dataset's own count (an EMNIST split's, an image folder's)
+    format: Optional[str] = None  # femnist: leaf | tff | parquet; huggingface: parquet | csv | imagefolder
+    split: Optional[str] = None  # emnist: byclass | bymerge | balanced | letters | digits | mnist
+    train_files: Optional[str] = None  # huggingface (and femnist's parquet): a glob under root
+    test_files: Optional[str] = None  # null: a seeded tenth of each natural id's samples is the test set
+    input_column: Optional[str] = None
+    label_column: Optional[str] = None
+    id_column: Optional[str] = None  # the natural id (writer, speaker) for partition=natural
+    num_writers: Optional[int] = None  # synthetic: samples spread over writers as LEAF's FEMNIST's
 
 
 @dataclass
@@ -279,7 +293,8 @@ class JobConfig:
 ConfigStore.instance().store(name="fedray_schema", node=JobConfig)
 
 _CHOICES = {
-    "data.name": ("cifar10", "synthetic"),
+    "data.name": catalog.NAMES,
+    "data.task": catalog.TASKS,
     "partition.name": ("iid", "dirichlet", "inner_dirichlet", "natural", "shard", "pathological", "linear", "square",
                        "exponential"),
     "partition.class_assignment": ("first-deterministic", "random", "deterministic"),
@@ -398,6 +413,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.num_train", "data.num_test"):
         value = OmegaConf.select(cfg, key)
         require(value is None or value >= 1, key, "must be at least 1 (or null for all)")
+    _validate_data(cfg, require)
     require(cfg.partition.alpha > 0, "partition.alpha", "must be positive, e.g. partition.alpha=0.5")
     require(cfg.partition.min_samples >= 1, "partition.min_samples", "must be at least 1")
     _validate_partition(cfg, require)
@@ -568,8 +584,6 @@ def _validate_secagg(cfg: DictConfig, require: Callable[[bool, str, str], None])
 
 
 _SIZE_SKEW = {"linear": lambda k, n: k, "square": lambda k, n: k * k, "exponential": lambda k, n: math.exp(k - n)}
-# The built-in datasets without a natural id (a writer, a speaking role) for partition=natural.
-NO_NATURAL_ID = ("cifar10", "synthetic")
 
 
 def _validate_partition(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
@@ -579,9 +593,9 @@ def _validate_partition(cfg: DictConfig, require: Callable[[bool, str, str], Non
     require(part.shards_per_site >= 1, "partition.shards_per_site", "must be at least 1 (McMahan et al.'s: 2)")
     require(part.classes_per_site >= 1, "partition.classes_per_site", "must be at least 1")
     if part.name == "natural":
-        require(cfg.data.name not in NO_NATURAL_ID, "data.name", f"{cfg.data.name} has no natural id (a writer, a "
-                "speaking role) for partition=natural; choose a dataset with one or another partition (iid, dirichlet, "
-                "shard, pathological)")
+        require(catalog.has_natural_id(cfg.data), "data.name", f"{cfg.data.name} has no natural id (a writer, a "
+                "speaking role) for partition=natural; choose a dataset with one (femnist, shakespeare, synthetic with "
+                "data.num_writers, huggingface with data.id_column) or another partition (iid, dirichlet, shard, pathological)")
     if part.name == "shard" and num_train is not None:
         needed = cfg.num_clients * part.shards_per_site
         require(needed <= num_train, "partition.shards_per_site", f"{part.shards_per_site} x num_clients="
@@ -647,6 +661,21 @@ def _validate_he(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> 
     require(not cfg.site.batched_training, "site.batched_training", "must be false with secure_aggregation=he")
     require(not cfg.flare.task_result_filters, "flare.task_result_filters",
             "must be empty with secure_aggregation=he (encryption is the train result's filter)")
+
+
+def _validate_data(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:
+    """The dataset's declaration fits its task, and its files are there (fedray/dataset_catalog.py)."""
+    data = cfg.data
+    sizes = list(data.input_shape)
+    require(all(size >= 1 for size in sizes) and len(sizes) == (1 if data.task == "next_token" else 3),
+            "data.input_shape", "must be [C, H, W] for images, [L] for next_token windows, each at least 1")
+    require(data.num_classes is None or data.num_classes >= 2, "data.num_classes", "must be at least 2 (or null)")
+    require(data.num_writers is None or (data.name == "synthetic" and data.num_writers >= 1), "data.num_writers",
+            "spreads data=synthetic's samples over writers; at least 1, or null")
+    require(data.name != "synthetic" or data.task == "image_classification", "data.task",
+            "data=synthetic makes images; set data.task=image_classification")
+    for problem in catalog.problems(data)[:1]:
+        raise ConfigError(problem)
 
 
 def _validate_fedbuff(cfg: DictConfig, require: Callable[[bool, str, str], None]) -> None:

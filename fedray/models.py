@@ -63,3 +63,36 @@ class ModerateCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_layer(x)
         return self.fc_layer(x.view(x.size(0), -1))
+
+
+class FemnistCNN(nn.Module):
+    """LEAF's FEMNIST CNN (models/femnist/cnn.py): two 5x5 'same' convolutions (32, 64 channels) each followed
+    by 2x2 max pooling, a dense layer of 2048 and 62 outputs; 28x28 grey images, as FedJAX's and pfl-research's."""
+
+    def __init__(self, num_classes: int = 62) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5, padding=2)
+        self.conv2 = nn.Conv2d(32, 64, 5, padding=2)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(7 * 7 * 64, 2048)
+        self.fc2 = nn.Linear(2048, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+class CharLSTM(nn.Module):
+    """LEAF's Shakespeare model (models/shakespeare/stacked_lstm.py): an 8-wide embedding of its 80 characters,
+    two LSTM layers of 256, and the next character's logits from the last position of the 80-character window."""
+
+    def __init__(self, vocab_size: int = 80, embedding_dim: int = 8, hidden_size: int = 256, num_layers: int = 2) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers=num_layers, batch_first=True)
+        self.fc = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        output, _ = self.lstm(self.embedding(tokens))
+        return self.fc(output[:, -1])

@@ -36,7 +36,7 @@ def test_defaults_compose_and_interpolate():
             "workflows.pre_train.weights_client_name",
             "site-1 ... site-2",
         ),
-        (["data=imagenet"], "data=imagenet", "cifar10, synthetic"),
+        (["data=imagenet"], "data=imagenet", "cifar10, cifar100"),
         (["partition=dirichlet", "partition.alpha=0"], "partition.alpha", "positive"),
         (["data.val_fraction=1.5"], "data.val_fraction", "[0, 1)"),
         (["workflows.scatter_and_gather.exclude_vars='(conv'"], "exclude_vars", "regular expression"),

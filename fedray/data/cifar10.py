@@ -5,18 +5,16 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig
 
-from fedray.data.synthetic import Dataset, make_synthetic
+from fedray.dataset_catalog import DataError
+from fedray.data.synthetic import Dataset, make_synthetic, writer_ids
 
 ARCHIVE = "cifar-10-python.tar.gz"
 FOLDER = "cifar-10-batches-py"
-
-
-class DataError(RuntimeError):
-    """The dataset cannot be loaded; the message is one line naming the key or path."""
 
 
 def default_root() -> str:
@@ -25,16 +23,25 @@ def default_root() -> str:
 
 
 def ensure_dataset(data: DictConfig) -> None:
-    """The quick checks (and the download, if allowed and needed): a bad data.root fails in a second."""
-    if data.name != "synthetic":
+    """The quick checks (and the download, if allowed and needed): a bad data.root fails in a second.
+    The other datasets' files are checked by `fedray.dataset_catalog.problems`, in the config's validation."""
+    if data.name == "cifar10":
         _ensure_files(Path(data.root or default_root()).expanduser(), data.download)
 
 
 def load_dataset(data: DictConfig) -> Dataset:
     if data.name == "synthetic":
-        dataset = make_synthetic(data.num_train or 50_000, data.num_test or 10_000, seed=data.seed)
-    else:
+        channels, height, width = data.get("input_shape") or (3, 32, 32)
+        dataset = make_synthetic(data.num_train or 50_000, data.num_test or 10_000, seed=data.seed,
+                                 shape=(height, width, channels), num_classes=data.get("num_classes") or 10)
+        if data.get("num_writers"):  # FEMNIST-shaped writers over the samples, for natural partitions
+            dataset = dataset._replace(train_ids=writer_ids(len(dataset.train_labels), data.num_writers, data.seed))
+    elif data.name == "cifar10":
         dataset = load_cifar10(data.root or default_root(), data.download, data.check_integrity)
+    else:
+        from fedray.data.loaders import load
+
+        dataset = load(data)
     return _subsample(dataset, data.num_train, data.num_test, data.seed)
 
 
@@ -95,11 +102,12 @@ def _fetch(root: Path, have_archive: bool) -> None:
         ) from None
 
 
-def _unchecked_loader():
-    """torchvision's CIFAR10 without the md5 check, for files in its format that are not the official ones."""
+def _unchecked_loader(base: Any = None):
+    """torchvision's CIFAR10 (or `base`: CIFAR100) without the md5 check, for files in its format that are
+    not the official ones."""
     import torchvision
 
-    class UncheckedCIFAR10(torchvision.datasets.CIFAR10):
+    class UncheckedCIFAR10(base or torchvision.datasets.CIFAR10):
         def _check_integrity(self) -> bool:
             folder = Path(self.root) / self.base_folder
             return all((folder / name).is_file() for name, _ in self.train_list + self.test_list)
@@ -115,11 +123,11 @@ def _unchecked_loader():
 def _subsample(dataset: Dataset, num_train: int | None, num_test: int | None, seed: int) -> Dataset:
     rng = np.random.default_rng(seed)
 
-    def pick(images, labels, count):
+    def pick(images, labels, count, ids=None):
         if count is None or count >= len(labels):
-            return images, labels
+            return images, labels, ids
         index = np.sort(rng.choice(len(labels), size=count, replace=False))
-        return images[index], labels[index]
+        return images[index], labels[index], None if ids is None else ids[index]
 
-    return Dataset(*pick(dataset.train_images, dataset.train_labels, num_train),
-                   *pick(dataset.test_images, dataset.test_labels, num_test))
+    train_images, train_labels, train_ids = pick(dataset.train_images, dataset.train_labels, num_train, dataset.train_ids)
+    return Dataset(train_images, train_labels, *pick(dataset.test_images, dataset.test_labels, num_test)[:2], train_ids)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -22,39 +22,48 @@ CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 
 class Dataset(NamedTuple):
-    """Images as uint8 [N, 32, 32, 3] (HWC, as torchvision's CIFAR10.data) and int64 labels."""
+    """Inputs and int64 labels. Images are uint8 [N, H, W, C] (HWC, as torchvision's CIFAR10.data; C=1 for
+    grey); token windows (next-token prediction) are int16 [N, L]; other features float32 [N, ...].
+    `train_ids`: each training sample's natural id (its writer, its speaking role), or None."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
+    train_ids: Optional[np.ndarray] = None
 
 
 def make_synthetic(num_train: int = 50_000, num_test: int = 10_000, seed: int = 0,
-                   signal: float = 0.22, blotch: float = 60.0, grain: float = 25.0) -> Dataset:
-    """Images of 10 classes; `signal` (how far apart the class patterns are, 0..1), `blotch`
-    (coarse noise shaped like the patterns) and `grain` (pixel noise) set how hard it is."""
+                   signal: float = 0.22, blotch: float = 60.0, grain: float = 25.0,
+                   shape: tuple[int, int, int] = (32, 32, 3), num_classes: int = 10) -> Dataset:
+    """Images (HWC `shape`) of `num_classes` classes; `signal` (how far apart the class patterns are, 0..1),
+    `blotch` (coarse noise shaped like the patterns) and `grain` (pixel noise) set how hard it is.
+    CIFAR-10's shape and classes by default (the same draws, so the same bits, as before shapes were keys)."""
+    height, width, channels = shape
     rng = np.random.default_rng(seed)
-    shared = rng.uniform(0, 255, size=(1, 4, 4, 3))
-    coarse = (1 - signal) * shared + signal * rng.uniform(0, 255, size=(len(CLASSES), 4, 4, 3))
-    prototypes = _upsample(coarse).astype(np.float32)  # [10, 32, 32, 3]
+    shared = rng.uniform(0, 255, size=(1, 4, 4, channels))
+    coarse = (1 - signal) * shared + signal * rng.uniform(0, 255, size=(num_classes, 4, 4, channels))
+    prototypes = _upsample(coarse, height, width).astype(np.float32)  # [K, H, W, C]
     # Every class pattern rolled by every (dy, dx) in [-3, 3]: samples pick one by index.
     shifted = np.stack([np.stack([np.roll(prototypes, (dy, dx), axis=(1, 2)) for dx in range(-3, 4)], axis=1)
-                        for dy in range(-3, 4)], axis=1)  # [10, 7, 7, 32, 32, 3]
+                        for dy in range(-3, 4)], axis=1)  # [K, 7, 7, H, W, C]
     # Pixel noise is drawn from a bank: fresh normals for 60,000 images would dominate the time.
-    grain_bank = grain * rng.standard_normal(size=(2048, 32, 32, 3), dtype=np.float32)
+    grain_bank = grain * rng.standard_normal(size=(2048, height, width, channels), dtype=np.float32)
     train = _draw(shifted, grain_bank, num_train, blotch, rng)
     test = _draw(shifted, grain_bank, num_test, blotch, rng)
     return Dataset(*train, *test)
 
 
-def _upsample(coarse: np.ndarray) -> np.ndarray:
-    return np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)
+def _upsample(coarse: np.ndarray, height: int = 32, width: int = 32) -> np.ndarray:
+    """A 4x4 grid blown up to height x width (cells of ceil(size / 4) pixels, cropped)."""
+    grown = np.repeat(np.repeat(coarse, -(-height // 4), axis=1), -(-width // 4), axis=2)
+    return grown[:, :height, :width]
 
 
 def _draw(shifted: np.ndarray, grain_bank: np.ndarray, count: int, blotch: float, rng: np.random.Generator):
+    height, width, channels = shifted.shape[3:]
     labels = rng.integers(0, len(shifted), size=count).astype(np.int64)
-    images = np.empty((count, 32, 32, 3), dtype=np.uint8)
+    images = np.empty((count, height, width, channels), dtype=np.uint8)
     for start in range(0, count, 5000):  # chunks keep the float temporaries small
         chunk = slice(start, min(start + 5000, count))
         n = chunk.stop - chunk.start
@@ -63,10 +72,29 @@ def _draw(shifted: np.ndarray, grain_bank: np.ndarray, count: int, blotch: float
         sample -= 128
         sample *= rng.uniform(0.6, 1.2, size=(n, 1, 1, 1)).astype(np.float32)
         sample += 128
-        sample += _upsample(blotch * rng.standard_normal(size=(n, 4, 4, 3), dtype=np.float32))
+        sample += _upsample(blotch * rng.standard_normal(size=(n, 4, 4, channels), dtype=np.float32), height, width)
         sample += grain_bank[rng.integers(0, len(grain_bank), size=n)]
         images[chunk] = np.clip(sample, 0, 255)
     return images, labels
+
+
+# LEAF's FEMNIST (Caldas et al. 2018, table 1): 226.83 samples per writer on average, standard deviation 88.94.
+LEAF_FEMNIST_MEAN, LEAF_FEMNIST_STD = 226.83, 88.94
+
+
+def writer_ids(num_samples: int, num_writers: int, seed: int) -> np.ndarray:
+    """Each of `num_samples` samples' writer (0 .. num_writers - 1), the writers' counts shaped as LEAF's
+    FEMNIST's (a normal of its mean and deviation, at least 1/10 of the mean), scaled to `num_samples`;
+    seeded by (seed, "writers"), so the images' own draws are untouched."""
+    if not 1 <= num_writers <= num_samples:
+        raise ValueError(f"data.num_writers={num_writers}: must be between 1 and the {num_samples} training samples")
+    rng = np.random.default_rng([seed, int.from_bytes(b"writers", "little")])
+    shape = np.clip(rng.normal(LEAF_FEMNIST_MEAN, LEAF_FEMNIST_STD, size=num_writers), LEAF_FEMNIST_MEAN / 10, None)
+    counts = np.maximum(np.floor(shape / shape.sum() * num_samples).astype(np.int64), 1)
+    counts[np.argsort(-shape)[: max(0, num_samples - counts.sum())]] += 1  # the remainder, to the largest writers
+    while counts.sum() > num_samples:  # the floor of 1 took more than the remainder: from the largest
+        counts[np.argmax(counts)] -= 1
+    return rng.permutation(np.repeat(np.arange(num_writers), counts))
 
 
 def write_cifar10(root: str | os.PathLike, dataset: Dataset) -> Path:

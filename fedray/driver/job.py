@@ -190,6 +190,8 @@ def _run(
 def _load_and_partition(cfg: DictConfig, timings: dict[str, float]) -> tuple[Dataset, list[Shard]]:
     started = time.perf_counter()
     dataset = load_dataset(cfg.data)
+    # The samples' natural ids (writers, speaking roles) for partition=natural (fedray/data/partition.py).
+    natural = {"ids": dataset.train_ids} if cfg.partition.name == "natural" else {}
     try:
         shards = partition(
             dataset.train_labels,
@@ -203,6 +205,7 @@ def _load_and_partition(cfg: DictConfig, timings: dict[str, float]) -> tuple[Dat
             classes_per_site=cfg.partition.classes_per_site,
             class_assignment=cfg.partition.class_assignment,
             sizes=cfg.partition.sizes,
+            **natural,
         )
     except ValueError as err:  # a split the data cannot give (it names the key): one line, no actor started
         raise ConfigError(str(err)) from None
@@ -491,8 +494,9 @@ class _raise_on_sigterm:
 
 
 def _chw(images: np.ndarray) -> np.ndarray:
-    """HWC (as CIFAR-10 stores them) to NCHW (as torch convolves them), once, in the driver."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    """HWC images (as CIFAR-10 stores them) to NCHW (as torch convolves them), once, in the driver; token
+    windows and feature vectors as they are."""
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if images.ndim == 4 else images
 
 
 def _first_line(err: BaseException) -> str:

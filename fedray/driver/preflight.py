@@ -1,5 +1,5 @@
 """The checks a job's code must pass before any site starts: every `_target_` imports, the model
-takes a CIFAR-10 batch, `site.batched_training` can run. Apart from `fedray.config` because they
+takes a batch of the dataset's inputs and gives its classes, `site.batched_training` can run. Apart from `fedray.config` because they
 import torch (1.2 s): a job runs them while its Ray starts (fedray/driver/job.py).
 """
 
@@ -12,6 +12,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from fedray.config import ConfigError, compose, server_code_ids
+from fedray.dataset_catalog import DataSpec, spec_of
 
 # torch, and the site code that needs it, are imported in the functions: `python -m fedray.run` imports
 # this module at start, and torch's import (1.2 s) must overlap Ray's start, not come before it.
@@ -37,7 +38,7 @@ def check_code(cfg: DictConfig) -> None:
     targets += [f"algorithm.{key}" for key in ("server_optimizer", "server_lr_scheduler") if cfg.algorithm.get(key) is not None]
     for key in targets:
         _require_importable_target(cfg, key)
-    model = check_model(cfg.model)
+    model = check_model(cfg.model, spec_of(cfg.data), cfg.data.name)
     if cfg.site.flare_app:
         check_flare_app(cfg.site.flare_app)
     if server_code_ids(cfg.flare):
@@ -89,14 +90,18 @@ def _check_batched_training(cfg: DictConfig, model: Any) -> None:
         raise ConfigError(f"{key}: {err}") from None
 
 
-# What every site feeds a model: CIFAR-10's images and classes (the generated stand-in has the same shape).
+# CIFAR-10's images and classes: what a model is checked against when no dataset is named.
 INPUT_SHAPE = (3, 32, 32)
 NUM_CLASSES = 10
+CIFAR10 = DataSpec("image_classification", INPUT_SHAPE, NUM_CLASSES)
+# A model for each dataset's task and shape, named in the hint when the job's model does not fit.
+MODEL_FOR = {"next_token": "model=char_lstm", (1, 28, 28): "model=femnist_cnn", (3, 32, 32): "model=cnn"}
 
 
-def check_model(model_cfg: DictConfig) -> Any:
-    """Build the model and run one forward pass on a dummy batch, so a model that cannot take
-    CIFAR-10 fails here in one line rather than in every site actor."""
+def check_model(model_cfg: DictConfig, spec: DataSpec = CIFAR10, dataset: str = "cifar10") -> Any:
+    """Build the model and run one forward pass on a dummy batch of the dataset's inputs (`spec`: float
+    images, or int64 token windows), so a model that cannot take them, or gives other than the dataset's
+    classes, fails here in one line rather than in every site actor."""
     import torch
     from hydra.utils import instantiate
 
@@ -108,15 +113,21 @@ def check_model(model_cfg: DictConfig) -> Any:
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"model._target_={target}: builds a {type(model).__name__}, not a torch.nn.Module")
     model.eval()
+    tokens = spec.task == "next_token"
+    channels, *size = spec.input_shape
+    what = f"{channels}-token windows" if tokens else "x".join(map(str, (*size, channels))) + " images"  # HxWxC
+    hint = MODEL_FOR.get("next_token" if tokens else spec.input_shape)
     try:
         with torch.no_grad():
-            output = model(torch.zeros(2, *INPUT_SHAPE))
+            output = model(torch.zeros(2, *spec.input_shape, dtype=torch.int64 if tokens else torch.float32))
     except Exception as err:
-        raise ConfigError(f"model._target_={target}: fails on a batch of 32x32x3 images ({_first_line(err)})") from None
+        fix = f"; pick a model for them, e.g. {hint}" if hint else ""
+        raise ConfigError(f"model._target_={target}: fails on a batch of {what} of data={dataset} "
+                          f"({_first_line(err)}){fix}") from None
     shape = tuple(getattr(output, "shape", ()))
-    if shape != (2, NUM_CLASSES):
-        raise ConfigError(f"model._target_={target}: gives outputs of shape {shape} for 2 images, CIFAR-10 needs "
-                          f"(2, {NUM_CLASSES}) (e.g. +model.num_classes={NUM_CLASSES})")
+    if shape != (2, spec.num_classes):
+        raise ConfigError(f"model._target_={target}: gives outputs of shape {shape} for 2 inputs, data={dataset} needs "
+                          f"(2, {spec.num_classes}) (e.g. +model.num_classes={spec.num_classes})")
     return model
 
 

@@ -61,7 +61,12 @@ def to_device(images: np.ndarray, labels: np.ndarray, device: torch.device) -> t
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
-    return images.float().div_(127.5).sub_(1.0)
+    """A batch as the model takes it, by what the dtype says it holds: uint8 pixels to [-1, 1] (the
+    tutorial's Normalize(0.5, 0.5)); integer tokens (next-token windows, int16 in memory) to the int64 an
+    embedding takes; other floats as they are."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(127.5).sub_(1.0)
+    return images if images.is_floating_point() else images.long()
 
 
 def load_params(model: nn.Module, params: Mapping[str, np.ndarray]) -> None:
