@@ -12,7 +12,6 @@ process per sample, which is a core's worth of noise on a small machine.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import threading
