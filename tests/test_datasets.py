@@ -286,3 +286,24 @@ def test_tiny_job_trains_and_evaluates(tmp_path, dataset, model, sites):
     # Every site scored every site's best model and the server's on its validation split.
     matrix = summary["cross_site"]["results"]
     assert len(matrix) == sites and all(len(row) == sites + 2 for row in matrix.values())
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_femnist_by_writer_gives_the_same_bits_one_site_a_task_on_two_actors_or_batched_on_one(tmp_path):
+    """LEAF's FEMNIST split by writer (partition=natural) and LEAF's CNN: its 6.6M-parameter dense layer and
+    its convolutions on one torch thread per site give the same weights whatever the batching and actors."""
+    import torch
+
+    _femnist_leaf(tmp_path / "data", _femnist_writers(3, 30))
+    base = [f"data.root={tmp_path / 'data'}", "data=femnist", "model=femnist_cnn", "partition=natural", "num_clients=3",
+            "rounds=2", "local_epochs=1", "batch_size=16", "lr=0.05", "eval_batch_size=64",
+            "workflows.cross_site_validate.enabled=false"]
+    weights = []
+    for layout in (["site.sites_per_task=1", "site.num_actors=2"], ["site.sites_per_task=3", "site.num_actors=1"]):
+        run_dir = tmp_path / layout[0]
+        summary = run_job(load_config([*base, *layout]), run_dir)
+        assert summary["status"] == "completed" and all(len(r["sites"]) == 3 for r in summary["rounds"])
+        weights.append(torch.load(run_dir / "models" / "FL_global_model.pt", weights_only=True)["model"])
+    partition = json.loads((tmp_path / "site.sites_per_task=1" / "partition.json").read_text())
+    assert sorted(len(site["ids"]) for site in partition["sites"].values()) == [1, 1, 1]  # a writer a site
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
