@@ -310,10 +310,9 @@ class TorchWorker:
         global_params = self._plain(global_params)
         if self.job["site"].get("batched_training"):
             return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors, message)
-        if self.he:  # each site encrypts its own update; the batch adds their ciphertexts (fedray/secure/he.py)
-            return self._train_sites_encrypted(sites, global_params, current_round, total_rounds, message, site_states)
         total = CompensatedSum()
         masked: list[np.ndarray] = []  # SecAgg+: the batch's sum of masked vectors, once there is one
+        ciphers: list[he.CipherSum] = []  # HE: each site encrypts its own update; the batch adds the ciphertexts
         results: dict[str, Any] = {}
         states = site_states or [None] * len(sites)
         reload = reloader(self.model, global_params)  # the global weights as tensors once, for every site
@@ -327,41 +326,32 @@ class TorchWorker:
                 result = self._released(site, result, global_params, message, current_round)
                 if self.secure is not None:  # the batch adds its sites' masked vectors, modulo 2^modulus_bits
                     results[site] = _masked_into(masked, result)
+                elif self.he:
+                    results[site] = self._encrypted_into(ciphers, site, result)
                 else:
                     results[site] = _summed(total, result.params, self._weight(factor, result.meta[NUM_STEPS_CURRENT_ROUND])) or result
             except TrainingStopped:
                 raise  # the whole batch was given up on
+            except FloatingPointError:  # HE: an update with NaN or Inf cannot be encoded
+                results[site] = ("non_finite", NON_FINITE)
+                continue
             except Exception as err:  # this site's own failure; the batch's other sites go on
                 results[site] = ("error", f"{type(err).__name__}: {err}".splitlines()[0])
                 continue
             result.params = None
         tracking.flush()
+        if self.he:  # {"sum": the members' ciphertexts added (he.Encrypted), or None}
+            return {"sum": ciphers[0].result() if ciphers else None, "results": results}
         return {"sum": total, "results": results, **({"masked": masked[0] if masked else None} if self.secure else {})}
 
-    def _train_sites_encrypted(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
-                               total_rounds: int, message: Optional[Mapping[str, Any]],
-                               site_states: Optional[Sequence[Any]]) -> dict[str, Any]:
-        """`train_sites` under secure_aggregation=he: {"sum": the members' ciphertexts added (he.Encrypted, or None),
-        "results": as train_sites'}. Each site encrypts its own update, as it would alone."""
-        total: he.CipherSum | None = None
-        results: dict[str, Any] = {}
-        reload = reloader(self.model, global_params)  # the global weights as tensors once, for every site
-        for site, state in zip(sites, site_states or [None] * len(sites)):
-            try:
-                state = ray.get(state, timeout=DATA_TIMEOUT) if isinstance(state, ray.ObjectRef) else state
-                result = self._local_update(site, global_params, reload, current_round, total_rounds, message, state)
-                result = self._sealed(site, self._released(site, result, global_params, message, current_round))
-                total = total or he.CipherSum(self.he.context)
-                total.add(result.meta.pop(he.UPDATE))
-                results[site] = result
-            except TrainingStopped:
-                raise
-            except FloatingPointError:
-                results[site] = ("non_finite", NON_FINITE)
-            except Exception as err:  # this site's own failure; the batch's other sites go on
-                results[site] = ("error", f"{type(err).__name__}: {err}".splitlines()[0])
-        tracking.flush()
-        return {"sum": total.result() if total else None, "results": results}
+    def _encrypted_into(self, ciphers: list[he.CipherSum], site: str, result: FLModel) -> FLModel:
+        """HE: a batch's site's update encrypted, as it would leave the site alone, and added into the batch's
+        ciphertext sum (`ciphers`: empty, or the sum so far)."""
+        result = self._sealed(site, result)
+        if not ciphers:
+            ciphers.append(he.CipherSum(self.he.context))
+        ciphers[0].add(result.meta.pop(he.UPDATE))
+        return result
 
     def _train_sites_at_once(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
                              total_rounds: int, factors: Sequence[float],
