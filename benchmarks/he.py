@@ -25,9 +25,8 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from machine import describe_machine  # noqa: E402
 from measure import run_measured  # noqa: E402
-from workload import WORKLOADS, fedray_command, find_data  # noqa: E402
+from workload import WORKLOADS, add_w2_options, fedray_command, find_data, save_results  # noqa: E402
 
 SIDES = {"plain": [], "he": ["secure_aggregation=he"]}
 
@@ -60,11 +59,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cohorts", default="50", help="sites a round, comma-separated (W2: 50)")
-    parser.add_argument("--tiny", action="store_true", help="tiny-W2: seconds, for checking the script")
-    parser.add_argument("--data-root", default=None, help="holds cifar-10-batches-py/ (else fedray's cache or a stand-in)")
-    parser.add_argument("--work-dir", default="/tmp/fedray-bench")
-    parser.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--timeout", type=float, default=3600)
+    add_w2_options(parser, timeout=3600)
     args = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     full, tiny = WORKLOADS["W2"]
@@ -93,14 +88,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     results = {"what": "W2's shape with and without secure_aggregation=he", "sides": SIDES, "runs": runs,
                "he_over_plain_seconds_per_round": ratios,
                "settings": {"workload": base.name, "rounds": args.rounds, "data_root": data.root,
-                            "stand_in_data": data.stand_in},
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": describe_machine(),
-               "command": " ".join(["python", "benchmarks/he.py", *(argv if argv is not None else sys.argv[1:])])}
+                            "stand_in_data": data.stand_in}}
     print(json.dumps({"he_over_plain_seconds_per_round": ratios}))
-    out = Path(args.results_dir) / f"{stamp}-he.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(out)
+    save_results(results, args.results_dir, f"{stamp}-he", "he.py", argv)
     return results
 
 

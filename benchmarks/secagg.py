@@ -26,9 +26,8 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from machine import describe_machine  # noqa: E402
 from measure import run_measured  # noqa: E402
-from workload import WORKLOADS, fedray_command, find_data  # noqa: E402
+from workload import WORKLOADS, add_w2_options, fedray_command, find_data, save_results  # noqa: E402
 
 SIDES = {"plain": [], "secagg_plus": ["secure_aggregation=secagg_plus"]}
 
@@ -60,11 +59,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=6, help="rounds per run (the first is not counted)")
     parser.add_argument("--cohorts", default="10,50,200", help="sites a round, comma-separated")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side, alternating (a loaded machine)")
-    parser.add_argument("--tiny", action="store_true", help="tiny-W2: seconds, for checking the script")
-    parser.add_argument("--data-root", default=None, help="holds cifar-10-batches-py/ (else fedray's cache or a stand-in)")
-    parser.add_argument("--work-dir", default="/tmp/fedray-bench")
-    parser.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--timeout", type=float, default=1800)
+    add_w2_options(parser, timeout=1800)
     args = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     full, tiny = WORKLOADS["W2"]
@@ -89,14 +84,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     results = {"what": "W2's wall per round with and without SecAgg+, and its costs, by cohort", "sides": SIDES,
                "points": points, "median_round_seconds": medians, "secagg_over_plain": ratios,
                "settings": {"workload": base.name, "rounds": args.rounds, "cohorts": cohorts, "data_root": data.root,
-                            "stand_in_data": data.stand_in},
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": describe_machine(),
-               "command": " ".join(["python", "benchmarks/secagg.py", *(argv if argv is not None else sys.argv[1:])])}
+                            "stand_in_data": data.stand_in}}
     print(json.dumps({"secagg_over_plain": ratios}))
-    out = Path(args.results_dir) / f"{stamp}-secagg.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(out)
+    save_results(results, args.results_dir, f"{stamp}-secagg", "secagg.py", argv)
     return results
 
 

@@ -24,9 +24,8 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from machine import describe_machine  # noqa: E402
 from measure import run_measured  # noqa: E402
-from workload import WORKLOADS, fedray_command, find_data  # noqa: E402
+from workload import WORKLOADS, add_w2_options, fedray_command, find_data, save_results  # noqa: E402
 
 SIDES = {
     "uniform": [],
@@ -38,11 +37,7 @@ SIDES = {
 def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--tiny", action="store_true", help="tiny-W2: seconds, for checking the script")
-    parser.add_argument("--data-root", default=None, help="holds cifar-10-batches-py/ (else fedray's cache or a stand-in)")
-    parser.add_argument("--work-dir", default="/tmp/fedray-bench")
-    parser.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--timeout", type=float, default=1800)
+    add_w2_options(parser, timeout=1800)
     args = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     full, tiny = WORKLOADS["W2"]
@@ -70,14 +65,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                "median_wall_seconds": medians,
                "overhead_percent": {side: round(100 * (medians[side] / medians["uniform"] - 1), 2)
                                     for side in SIDES if side != "uniform"},
-               "settings": {"workload": workload.name, "data_root": data.root, "stand_in_data": data.stand_in},
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": describe_machine(),
-               "command": " ".join(["python", "benchmarks/system.py", *(argv if argv is not None else sys.argv[1:])])}
+               "settings": {"workload": workload.name, "data_root": data.root, "stand_in_data": data.stand_in}}
     print(json.dumps({"median_wall_seconds": medians, "overhead_percent": results["overhead_percent"]}))
-    out = Path(args.results_dir) / f"{stamp}-system.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(out)
+    save_results(results, args.results_dir, f"{stamp}-system", "system.py", argv)
     return results
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from fedray.data.cifar10 import FOLDER, default_root
 from fedray.data.synthetic import make_synthetic, write_cifar10
@@ -120,3 +123,26 @@ def plain_command(workload: Workload, data: Data, floor_options: list[str]) -> l
     options = [f"{option}={value}" for _, option, value in _settings(workload).values()]
     integrity = "--check-integrity" if data.check_integrity else "--no-check-integrity"
     return [sys.executable, str(PLAIN_FLOOR), *options, f"--data-root={data.root}", integrity, *floor_options]
+
+
+def add_w2_options(parser: argparse.ArgumentParser, timeout: float) -> None:
+    """The options of every W2-shaped comparison (benchmarks/he.py, secagg.py, system.py)."""
+    parser.add_argument("--tiny", action="store_true", help="tiny-W2: seconds, for checking the script")
+    parser.add_argument("--data-root", default=None, help="holds cifar-10-batches-py/ (else fedray's cache or a stand-in)")
+    parser.add_argument("--work-dir", default="/tmp/fedray-bench")
+    parser.add_argument("--results-dir", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--timeout", type=float, default=timeout)
+
+
+def save_results(results: dict[str, Any], results_dir: str, name: str, script: str,
+                 argv: Optional[Sequence[str]]) -> Path:
+    """`results` with when, where and how they were made, written to <results_dir>/<name>.json; the path printed."""
+    from machine import describe_machine
+
+    results.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), machine=describe_machine(),
+                   command=" ".join(["python", f"benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])]))
+    out = Path(results_dir) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(out)
+    return out
