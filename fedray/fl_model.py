@@ -37,6 +37,11 @@ def local_model(result: FLModel) -> FLModel:
     meta = {key: value for key, value in result.meta.items() if key != LOCAL_MODEL}
     return replace(result, params=result.meta[LOCAL_MODEL], meta=meta)
 
+# A server state's entry of models by name that stay the same while kept (FedBuff's start versions of the
+# trainings in flight): the checkpoint writes each once, as a file of its own, not every round with the state
+# (fedray/records/checkpoint.py), and `resume=` puts them back.
+KEPT_MODELS = "fedray_kept_models"
+
 # A cross-site cell is the validator's own metrics, as FLARE's ValidationJsonGenerator keeps them:
 # fedray's sites send val_accuracy, Client API scripts usually accuracy, hello-pt's validator val_acc.
 ACCURACY_KEYS = ("val_accuracy", "accuracy", "val_acc")

@@ -67,16 +67,30 @@ def test_a_failing_site_in_a_batch_fails_alone(job_config):
         assert out["results"]["site-3"][0] == "error" and "index" in out["results"]["site-3"][1].lower()
         steps = {site: out["results"][site].meta["NUM_STEPS_CURRENT_ROUND"] for site in ("site-1", "site-2")}
         assert out["sum"].total_weight == steps["site-1"] * 1.0 + steps["site-2"] * 2.0
+        one_sum = out["sum"]
         assert out["results"]["site-1"].params is None  # the weights travel summed, not per site
+        # FedBuff's batches: one sum per buffer the sites land in (`groups`), which merged are the batch's one sum.
+        out = ray.get(worker.train_sites.remote(["site-1", "site-3", "site-2"], global_params, 0, 1, [1.0, 1.0, 2.0],
+                                                groups=[3, 3, 9]), timeout=300)
+        sums = out["sums"]
+        assert "sum" not in out and sums.keys() == {3, 9} and out["results"]["site-3"][0] == "error"
+        assert sums[3].total_weight == steps["site-1"] and sums[9].total_weight == 2.0 * steps["site-2"]
+        merged = CompensatedSum()
+        merged.merge(sums[9])
+        merged.merge(sums[3])
+        assert all(np.array_equal(merged.result()[k], whole) for k, whole in one_sum.result().items())
     finally:
         ray.kill(worker)
         ray.kill(holder)
 
 
-def test_sites_trained_at_once_equal_sites_in_turn_to_float32_rounding(job_config, tmp_path):
+@pytest.mark.parametrize("mode", [(), ("workflows.scatter_and_gather.mode=fedbuff", "workflows.scatter_and_gather.concurrency=4",
+                                      "workflows.scatter_and_gather.buffer_size=2", "system=lognormal")], ids=["sync", "fedbuff"])
+def test_sites_trained_at_once_equal_sites_in_turn_to_float32_rounding(job_config, tmp_path, mode):
     """site.batched_training (torch.func.vmap over a task's sites, for GPUs) against the same job one site
-    at a time: the same per-site steps and, to float32 rounding, the same global weights and losses."""
-    common = (*POOL, "clients_per_round=5", "site.sites_per_task=3", "momentum=0.5")
+    at a time: the same per-site steps and, to float32 rounding, the same global weights and losses (FedBuff:
+    a task's sites summed by the buffer each lands in)."""
+    common = (*POOL, "clients_per_round=5", "site.sites_per_task=3", "momentum=0.5", *mode)
     in_turn = run_job(job_config(*common), tmp_path / "in-turn", on_event=lambda e: None)
     at_once = run_job(job_config(*common, "site.batched_training=true"), tmp_path / "at-once", on_event=lambda e: None)
     assert at_once["status"] == "completed"

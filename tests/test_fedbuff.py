@@ -1,5 +1,6 @@
 """Asynchronous FedBuff: its schedule on the simulated clock (pure), its staleness weights, its config, and runs."""
 
+import json
 import random
 import threading
 import time
@@ -101,14 +102,15 @@ def test_a_buffer_moves_the_model_by_server_lr_times_the_staleness_weighted_mean
 
     x0, x1 = {"w": np.array([1.0, 2.0], np.float32)}, {"w": np.array([1.5, 1.0], np.float32)}
     a, b = {"w": np.array([2.0, 2.0], np.float32)}, {"w": np.array([1.0, 3.0], np.float32)}
+    c = {"w": np.array([0.5, 2.5], np.float32)}
     buffer = _Buffer()
-    # a trained 4 steps from version 0 (staleness 1, weight 0.5); b 2 steps from version 1 (staleness 0).
-    for params, start, steps, stale in ((a, x0, 4, 0.5), (b, x1, 2, 1.0)):
+    # a trained 4 steps and c 3 from version 0 (staleness 1, weight 0.5); b 2 steps from version 1 (staleness 0).
+    for params, version, start, steps, stale in ((a, 0, x0, 4, 0.5), (b, 1, x1, 2, 1.0), (c, 0, x0, 3, 0.5)):
         buffer.trained.add(params, stale * steps)
-        buffer.base.add(start, stale * steps)
+        buffer.started_from(version, start, stale * steps)
         buffer.weights.append(float(steps))
     moved = buffer.update(x1, server_lr=0.5)["w"]
-    expected = x1["w"] + 0.5 * (0.5 * 4 * (a["w"] - x0["w"]) + 2 * (b["w"] - x1["w"])) / 6
+    expected = x1["w"] + 0.5 * (0.5 * 4 * (a["w"] - x0["w"]) + 2 * (b["w"] - x1["w"]) + 0.5 * 3 * (c["w"] - x0["w"])) / 9
     assert moved.dtype == np.float32 and np.array_equal(moved, expected.astype(np.float32))
 
 
@@ -242,9 +244,13 @@ def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_with_killed_wor
                 on_event=StopAfterSecondAggregation())
     from fedray.records.checkpoint import read_state_file
 
-    # The checkpoint keeps the models that the trainings still in flight started from.
-    kept = read_state_file(stopped / "checkpoint" / "algorithm_state.pt")["state"]["fedray_fedbuff"]["versions"]
-    assert kept and set(kept) <= {"0", "1"}
+    # The checkpoint keeps the models that the trainings still in flight started from, a file each, written once.
+    kept = read_state_file(stopped / "checkpoint" / "algorithm_state.pt")["state"]["fedray_kept_models"]
+    assert kept and set(kept) <= {"version-0", "version-1"}
+    listed = json.loads((stopped / "checkpoint" / "manifest.json").read_text())["files"]
+    assert {f"checkpoint/kept_models/{name}.pt" for name in kept} <= listed.keys()
+    # Version k exists from aggregation k-1 on and is first kept (written) by aggregation k's checkpoint.
+    assert all(listed[f"checkpoint/kept_models/{name}.pt"]["round"] == int(name.split("-")[1]) for name in kept)
     resumed = run_job(job_config(*fedbuff_keys, "site.num_actors=2", "site.sites_per_task=1", f"resume={stopped}"),
                       tmp_path / "ignored")
     assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
@@ -262,4 +268,4 @@ def test_fedopt_steps_its_server_optimizer_on_each_buffer(job_config, ray_sessio
                       tmp_path / "fedopt")
     assert summary["status"] == "completed" and len(summary["rounds"]) == 2
     state = read_state_file(tmp_path / "fedopt" / "checkpoint" / "algorithm_state.pt")["state"]
-    assert state["optimizer"]["state"] and "fedray_fedbuff" in state  # FedOpt's momentum after 2 buffers
+    assert state["optimizer"]["state"] and "fedray_kept_models" in state  # FedOpt's momentum after 2 buffers

@@ -351,3 +351,29 @@ def test_a_state_that_is_not_plain_data_is_refused_when_saved_naming_the_key():
         to_saved({"opt": {"fn": lambda: 0, "x": 1}}, "the state")
     with pytest.raises(NotPlainData, match="numpy array of Python objects"):
         to_saved({"a": np.array([object()])})
+
+
+def test_kept_models_are_written_once_and_leave_the_disk_once_no_manifest_lists_them(tmp_path):
+    from fedray.fl_model import KEPT_MODELS
+    from fedray.records.manifest import Manifest
+
+    files = Manifest(tmp_path)
+    model = {"w": np.arange(4, dtype=np.float32)}
+    versions = {0: model, 1: {"w": model["w"] + 1}, 2: {"w": model["w"] + 2}}
+    kept_by_round = [[0], [0, 1], [1, 2], [2]]  # FedBuff's start versions in flight after each aggregation
+    written = []
+    for current_round, kept in enumerate(kept_by_round):
+        state = {"server_lr": 0.5, KEPT_MODELS: {f"version-{v}": versions[v] for v in kept}}
+        checkpoint.save_algorithm_states(files, current_round, state, {})
+        files.commit(current_round)
+        written.append({name: entry["round"] for name, entry in files.files.items() if "kept_models" in name})
+        saved = read_state_file(tmp_path / checkpoint.ALGORITHM_STATE)["state"]
+        assert saved == {"server_lr": 0.5, KEPT_MODELS: [f"version-{v}" for v in kept]}  # names, not models
+    folder = "checkpoint/kept_models"
+    # Each written in the round it was first kept, never again.
+    assert written[-1] == {f"{folder}/version-2.pt": 2} and written[2] == {f"{folder}/version-1.pt": 1,
+                                                                           f"{folder}/version-2.pt": 2}
+    # version-0 left the manifest in round 2 and the disk in round 3 (the previous manifest, round 2's, lists it no
+    # more); version-1 left it in round 3 and stays while round 2's manifest (now the previous one) lists it.
+    assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["version-1.pt", "version-2.pt"]
+    assert torch.equal(load(tmp_path / folder / "version-2.pt")["model"]["w"], torch.arange(4.0) + 2)

@@ -32,7 +32,7 @@ from fedray.driver.cluster import ray_for
 from fedray.driver.preflight import check_code, check_dp_sgd_budget
 from fedray.driver.progress import Progress
 from fedray.driver.resources import ResourceError, plan_sites
-from fedray.fl_model import FLModel
+from fedray.fl_model import KEPT_MODELS, FLModel
 from fedray.records import checkpoint
 from fedray.records.atomic import DiskFull
 from fedray.records.checkpoint import ResumeError
@@ -403,7 +403,8 @@ def _follow(
             if event["type"] == "round":
                 site_states = {site: ray.get(ref, timeout=60) for site, ref in event.pop("site_states").items()}
                 checkpoint.save_algorithm_states(recorder.files, event["round"],
-                                                 ray.get(event.pop("algorithm_state"), timeout=60), site_states)
+                                                 _kept_models(ray.get(event.pop("algorithm_state"), timeout=60)),
+                                                 site_states)
                 recorder.record_round(event, readable(ray.get(event.pop("params"), timeout=60)))
                 for site, (accuracy, result) in event.pop("improved_local_models").items():
                     checkpoint.save_local_model(recorder.files, event["round"], site, accuracy,
@@ -419,6 +420,15 @@ def _follow(
                 return
             events_taken += 1  # taken once written: a round is never lost between the controller and the files
             report(event)
+
+
+def _kept_models(state: Any) -> Any:
+    """The server state with its KEPT_MODELS, which the controller sends by reference (FedBuff's start versions
+    in flight, each put once when made), read from the object store (zero-copy) for the checkpoint."""
+    if not isinstance(state, dict) or not isinstance(state.get(KEPT_MODELS), dict):
+        return state
+    names, refs = zip(*state[KEPT_MODELS].items()) if state[KEPT_MODELS] else ((), ())
+    return {**state, KEPT_MODELS: dict(zip(names, ray.get(list(refs), timeout=60)))}
 
 
 def _ask_controller(recorder: RunRecorder, method: Any, *args: Any) -> Any:

@@ -7,6 +7,10 @@ local model when it improves (`checkpoint/local_models/site-k.pt`), `checkpoint/
 is kept). Training is seeded by (seed, round, site) and FedAvg does not depend on arrival order, so a
 resumed run ends with the same weights as one that never stopped.
 
+A server state's KEPT_MODELS (FedBuff's start versions of the trainings in flight: models that stay the
+same while kept) are written once each, `checkpoint/kept_models/NAME.pt`, the state listing their names; a
+model no longer kept leaves the manifest, and the disk once the previous manifest no longer lists it either.
+
 `load` reads the newest round whose files all match their manifest (or, when those are damaged, the
 round before, and says so), every .pt file with `torch.load(weights_only=True)` (`weights_only.py`),
 all before Ray starts; anything else is one line naming the file. Run folders written before the
@@ -26,6 +30,7 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fedray.fl_model import KEPT_MODELS
 from fedray.records import manifest as manifests
 from fedray.records.atomic import fsync_folder, write_atomic
 from fedray.records.manifest import MANIFEST, Manifest, previous
@@ -37,6 +42,7 @@ STATE = "checkpoint/state.json"
 LOCAL_MODELS = "checkpoint/local_models"
 ALGORITHM_STATE = "checkpoint/algorithm_state.pt"  # the algorithm's server state (FedOpt's moments, SCAFFOLD's c)
 SITE_STATES = "checkpoint/site_states"  # each site's own state (SCAFFOLD's c_i), written when it changes
+KEPT = "checkpoint/kept_models"  # the server state's KEPT_MODELS, a file each, written once
 GLOBAL, BEST = f"models/{GLOBAL_MODEL}", f"models/{BEST_GLOBAL_MODEL}"
 
 
@@ -54,10 +60,23 @@ def save_algorithm_states(files: Manifest, current_round: int, state: Any, site_
     that round's global model. A stateless algorithm's (FedAvg's) empty state is not written (two files
     a round): `load` reads a missing file as None, and the algorithm then starts from its `init`, that
     same empty state. Raises `weights_only.NotPlainData` for a state that is not plain data."""
+    if isinstance(state, Mapping) and KEPT_MODELS in state:
+        state = {**state, KEPT_MODELS: _save_kept(files, current_round, state[KEPT_MODELS])}
     if state or ALGORITHM_STATE in files.files:
         files.save(ALGORITHM_STATE, _state_bytes(current_round, state, "the algorithm's state"), current_round)
     for site, site_state in site_states.items():
         files.save(f"{SITE_STATES}/{site}.pt", _state_bytes(current_round, site_state, f"{site}'s state"), current_round)
+
+
+def _save_kept(files: Manifest, current_round: int, kept: Mapping[str, Mapping[str, np.ndarray]]) -> list[str]:
+    """The kept models not on disk yet written (FedBuff: one new version an aggregation, not the 5-6 in flight),
+    those no longer kept forgotten; their names, for the state."""
+    for name, params in kept.items():
+        if f"{KEPT}/{name}.pt" not in files.files:
+            files.save(f"{KEPT}/{name}.pt", model_bytes(params), current_round)
+    for path in [path for path in files.files if path.startswith(KEPT + "/") and Path(path).stem not in kept]:
+        files.forget(path)
+    return sorted(kept)
 
 
 def _state_bytes(current_round: int, value: Any, where: str) -> bytes:
@@ -130,9 +149,11 @@ def _from_manifest(run_dir: Path, where: str, model: Any, config: Mapping[str, A
         raise ResumeError(f"{where}: {paths[GLOBAL]} is of round {saved_global.get('round')}, not the manifest's")
     global_params = _checked(model, saved_global, paths[GLOBAL], config)
     best_params = _checked(model, _read(paths[BEST], where), paths[BEST], config) if BEST in paths else global_params
-    local_models, site_states, algorithm_state = {}, {}, None
+    local_models, site_states, algorithm_state, kept = {}, {}, None, {}
     for name, path in paths.items():
-        if name.startswith(LOCAL_MODELS + "/"):
+        if name.startswith(KEPT + "/"):
+            kept[Path(name).stem] = _checked(model, _read(path, where), path, config)
+        elif name.startswith(LOCAL_MODELS + "/"):
             saved = _read(path, where)
             local_models[Path(name).stem] = (float(saved.get("local_val_accuracy", math.nan)),
                                              _checked(model, saved, path, config))
@@ -144,6 +165,12 @@ def _from_manifest(run_dir: Path, where: str, model: Any, config: Mapping[str, A
                 algorithm_state = from_saved(saved["state"])
             else:
                 site_states[Path(name).stem] = from_saved(saved["state"])
+    if isinstance(algorithm_state, dict) and KEPT_MODELS in algorithm_state:
+        missing = sorted(set(algorithm_state[KEPT_MODELS]) - kept.keys())
+        if missing:
+            raise ResumeError(f"{where}: the server state keeps {missing[0]}, but the checkpoint's manifest lists no "
+                              f"{KEPT}/{missing[0]}.pt; restore the file or start a new run")
+        algorithm_state[KEPT_MODELS] = {name: kept[name] for name in algorithm_state[KEPT_MODELS]}
     return _resumed(last_round, global_params, best_params, files.facts.get("best_val_accuracy"), local_models,
                     algorithm_state, site_states, files, paths,
                     best_round=files.facts.get("best_round"),
@@ -245,7 +272,7 @@ def restore(saved: Mapping[str, Any]) -> Manifest:
                 files.save(name, _state_bytes(written_in, state, "state"), written_in)
             else:
                 files.adopt(name, written_in)
-    for folder in (run_dir / SITE_STATES, run_dir / LOCAL_MODELS, run_dir / "models"):
+    for folder in (run_dir / SITE_STATES, run_dir / LOCAL_MODELS, run_dir / KEPT, run_dir / "models"):
         for path in _current_files(folder):  # newer than the round resume goes on from: never to be read
             if manifests.relative(run_dir, path) not in files.files:
                 path.unlink()

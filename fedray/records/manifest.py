@@ -46,12 +46,21 @@ class Manifest:
     round: Optional[int] = None
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
+    # Files the manifest no longer lists, deleted once no manifest kept does: the previous one may list them.
+    _forgotten: list[str] = field(default_factory=list)  # left the files since the last commit
+    _leaving: list[str] = field(default_factory=list)  # left before it: gone after the next commit
 
     def save(self, name: str, data: bytes, current_round: int) -> None:
         """Write `data` to `name` (relative to the run folder), keeping the old file as its previous version."""
         path = self.run_dir / name
         write_atomic(path, data, previous=previous(path))
         self.files[name] = {"round": current_round, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    def forget(self, name: str) -> None:
+        """`name` is no longer part of the checkpoint: it leaves the manifest at the next commit, and the
+        disk at the commit after (until then the previous manifest, which resume may fall back on, lists it)."""
+        if self.files.pop(name, None) is not None:
+            self._forgotten.append(name)
 
     def adopt(self, name: str, current_round: int) -> None:
         """List a file already on disk (one read from a run folder written before manifests)."""
@@ -63,6 +72,10 @@ class Manifest:
         self.round, self.facts = current_round, facts
         text = json.dumps({"format": FORMAT, "round": current_round, **facts, "files": self.files}, indent=1)
         write_atomic(self.run_dir / MANIFEST, text.encode(), previous=self.run_dir / PREVIOUS_MANIFEST)
+        for name in self._leaving:  # listed by neither this manifest nor the previous one
+            if name not in self.files:
+                (self.run_dir / name).unlink(missing_ok=True)
+        self._leaving, self._forgotten = self._forgotten, []
 
 
 def read(run_dir: Path, name: str = MANIFEST) -> Optional[Manifest]:

@@ -224,7 +224,9 @@ class Controller:
             server_lr=args["server_lr"], start_round=self.resume["next_round"] if self.resume else args["start_round"],
             seed=self.job["seed"], train_timeout=args["train_timeout"], aggregation_weights=args["aggregation_weights"],
             exclude_vars=args["exclude_vars"], ignore_result_error=args["ignore_result_error"],
-            max_task_retries=self.max_task_retries, sites_per_task=self._sites_per_task(args["buffer_size"] or concurrency),
+            # `concurrency` sites in flight, from concurrency / buffer_size versions: a version's trainings go as one
+            # task while the versions in flight keep every worker busy, else they are split over the workers.
+            max_task_retries=self.max_task_retries, sites_per_task=self._sites_per_task(concurrency),
             best_local_models=self.best_local_models if self.job["workflows"]["cross_site_validate"]["enabled"] else None,
             algorithm=algorithms.build(self.job.get("algorithm")), state=state,
         )

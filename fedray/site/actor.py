@@ -42,8 +42,9 @@ class SiteWorker:
 
     def train_sites(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
                     total_rounds: int, factors: Sequence[float], message: Optional[Mapping[str, Any]] = None,
-                    site_states: Optional[Sequence[Any]] = None) -> dict[str, Any]:
-        return self.worker.train_sites(sites, global_params, current_round, total_rounds, factors, message, site_states)
+                    site_states: Optional[Sequence[Any]] = None, groups: Optional[Sequence[int]] = None) -> dict[str, Any]:
+        return self.worker.train_sites(sites, global_params, current_round, total_rounds, factors, message, site_states,
+                                       groups)
 
     def secagg_stage(self, stage: str, sites: Sequence[str], current_round: int, requests: Mapping[str, Any]) -> dict[str, Any]:
         return self.worker.secagg_stage(stage, sites, current_round, requests)

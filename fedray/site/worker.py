@@ -301,23 +301,24 @@ class TorchWorker:
 
     def train_sites(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
                     total_rounds: int, factors: Sequence[float], message: Optional[Mapping[str, Any]] = None,
-                    site_states: Optional[Sequence[Any]] = None) -> dict[str, Any]:
+                    site_states: Optional[Sequence[Any]] = None, groups: Optional[Sequence[int]] = None) -> dict[str, Any]:
         """Several sites' `train`, one after another, from one fetch of the global weights (a
         cross-device round's many small sites). Returns {"sum": the compensated sum of their weights,
         each times factor x steps, "results": site -> FLModel without params, or (kind, message)
-        for a site that failed}. The sum is exact enough that any batching gives the same bits."""
+        for a site that failed}. The sum is exact enough that any batching gives the same bits.
+        `groups`: the sum each site goes to (FedBuff: the buffer it lands in); then {"sums": group -> sum, ...}."""
 
         global_params = self._plain(global_params)
         if self.job["site"].get("batched_training"):
-            return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors, message)
-        total = CompensatedSum()
+            return self._train_sites_at_once(sites, global_params, current_round, total_rounds, factors, message, groups)
+        totals = _Sums(groups, len(sites))
         masked: list[np.ndarray] = []  # SecAgg+: the batch's sum of masked vectors, once there is one
         ciphers: list[he.CipherSum] = []  # HE: each site encrypts its own update; the batch adds the ciphertexts
         results: dict[str, Any] = {}
         states = site_states or [None] * len(sites)
         reload = reloader(self.model, global_params)  # the global weights as tensors once, for every site
         # ObjectRefs of site states are resolved here, one site at a time (Ray resolves only top-level refs).
-        for site, factor, state in zip(sites, factors, states):
+        for site, factor, state, total in zip(sites, factors, states, totals.each):
             try:
                 state = ray.get(state, timeout=DATA_TIMEOUT) if isinstance(state, ray.ObjectRef) else state
                 # Folded before the next site trains: its params can be views of the model, not copies.
@@ -342,7 +343,7 @@ class TorchWorker:
         tracking.flush()
         if self.he:  # {"sum": the members' ciphertexts added (he.Encrypted), or None}
             return {"sum": ciphers[0].result() if ciphers else None, "results": results}
-        return {"sum": total, "results": results, **({"masked": masked[0] if masked else None} if self.secure else {})}
+        return {**totals.returned(), "results": results, **({"masked": masked[0] if masked else None} if self.secure else {})}
 
     def _encrypted_into(self, ciphers: list[he.CipherSum], site: str, result: FLModel) -> FLModel:
         """HE: a batch's site's update encrypted, as it would leave the site alone, and added into the batch's
@@ -354,8 +355,8 @@ class TorchWorker:
         return result
 
     def _train_sites_at_once(self, sites: Sequence[str], global_params: Mapping[str, np.ndarray], current_round: int,
-                             total_rounds: int, factors: Sequence[float],
-                             message: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+                             total_rounds: int, factors: Sequence[float], message: Optional[Mapping[str, Any]] = None,
+                             groups: Optional[Sequence[int]] = None) -> dict[str, Any]:
         """`train_sites` with `site.batched_training`: the sites trained together (fedray/site/batched_training.py),
         each with the shuffle its own `train` would draw; the same weights to float32 rounding, not the
         same bits. FedAvg and plain SGD only (driver.preflight refuses the rest); no streamed curve, and
@@ -370,9 +371,9 @@ class TorchWorker:
                                       epochs=self.job["local_epochs"], batch_size=self.job["batch_size"], lr=lr,
                                       momentum=momentum)
         seconds = (time.perf_counter() - started) / max(1, len(sites))
-        total = CompensatedSum()
+        totals = _Sums(groups, len(sites))
         results: dict[str, Any] = {}
-        for site, factor, outcome in zip(sites, factors, trained):
+        for site, factor, outcome, total in zip(sites, factors, trained, totals.each):
             sent = self._filtered(site, outcome.params, global_params, outcome.steps, current_round)
             released = self._released(site, FLModel(params=sent, meta={}), global_params, message, current_round)
             failure = _summed(total, released.params, self._weight(factor, outcome.steps))
@@ -388,7 +389,7 @@ class TorchWorker:
                          "local_val_loss": local["loss"], "seconds": seconds},
                 meta={NUM_STEPS_CURRENT_ROUND: outcome.steps, **released.meta}, current_round=current_round,
                 total_rounds=total_rounds)
-        return {"sum": total, "results": results}
+        return {**totals.returned(), "results": results}
 
     def _dp_sgd(self, site: str, optimizer: Any, generator: torch.Generator, history: list, current_round: int,
                 total_rounds: int) -> Any:
@@ -571,6 +572,19 @@ def _named_actor(name: str, namespace: str, timeout: float = LOOKUP_TIMEOUT) -> 
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+class _Sums:
+    """A batch's sums: one for all its sites, or one per group (`groups`: each site's, in the batch's order)."""
+
+    def __init__(self, groups: Optional[Sequence[int]], count: int) -> None:
+        self.groups = groups
+        self.sums: dict[Optional[int], CompensatedSum] = {}
+        keys = groups if groups is not None else [None] * count
+        self.each = [self.sums.setdefault(key, CompensatedSum()) for key in keys]  # each site's sum, in order
+
+    def returned(self) -> dict[str, Any]:
+        return {"sum": self.sums.get(None) or CompensatedSum()} if self.groups is None else {"sums": self.sums}
 
 
 def _summed(total: CompensatedSum, params: Mapping[str, np.ndarray], weight: float) -> tuple[str, str] | None:

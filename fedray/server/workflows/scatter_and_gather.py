@@ -376,8 +376,9 @@ def _aggregate_any(aggregate: Callable, updates: Iterator[tuple[Params, float]])
 
 
 def _train_batch(sites: list[str], global_ref: ray.ObjectRef, current_round: int, num_rounds: int, factors: list[float],
-                 message_ref: ray.ObjectRef | None, site_state_refs: list, worker: ActorHandle):
-    return worker.train_sites.remote(sites, global_ref, current_round, num_rounds, factors, message_ref, site_state_refs)
+                 message_ref: ray.ObjectRef | None, site_state_refs: list, worker: ActorHandle, groups: list[int] | None = None):
+    return worker.train_sites.remote(sites, global_ref, current_round, num_rounds, factors, message_ref, site_state_refs,
+                                     groups)
 
 
 def _train(site: str, global_ref: ray.ObjectRef, current_round: int, num_rounds: int,
