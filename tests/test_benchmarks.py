@@ -116,6 +116,29 @@ def test_floor_samples_the_sites_fedray_samples():
     assert floor_sample(8, None, 0, 0) == list(range(1, 9))
 
 
+def test_one_channel_images_reach_the_floors_model_as_they_reach_fedrays_sites():
+    """The floor convolves what fedray's sites convolve: NCHW with the plain strides the object store gives back.
+    One channel's transposed view is already "contiguous" to numpy with channel stride 1, which torch convolves
+    as channels_last, to other bits (W3's floor ended 1e-5 away from fedray's weights)."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from plain_fedavg import _chw as floor_chw
+
+    from fedray.driver.job import _chw as driver_chw
+    from fedray.models import FemnistCNN
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+    model = FemnistCNN()
+    batch = torch.tensor([4, 0, 2])
+    plain = torch.from_numpy(images.transpose(0, 3, 1, 2).copy(order="C"))  # as the object store rebuilds it
+    for chw in (floor_chw, driver_chw):
+        converted = torch.from_numpy(chw(images))
+        assert converted.stride() == plain.stride() == (784, 784, 28, 1)
+        assert torch.equal(model(converted[batch].float()), model(plain[batch].float()))
+
+
 @pytest.mark.slow
 def test_scale_table_runs_a_tiny_point(tmp_path):
     done = subprocess.run(

@@ -505,8 +505,10 @@ class _raise_on_sigterm:
 
 def _chw(images: np.ndarray) -> np.ndarray:
     """HWC images (as CIFAR-10 stores them) to NCHW (as torch convolves them), once, in the driver; token
-    windows and feature vectors as they are."""
-    return np.ascontiguousarray(images.transpose(0, 3, 1, 2)) if images.ndim == 4 else images
+    windows and feature vectors as they are. Always a copy in C order: with one channel the transposed view is
+    already "contiguous" to numpy, its channel stride 1, and torch convolves such a batch as channels_last, with
+    other float rounding (the object store gives the sites the plain strides back in any case)."""
+    return np.array(images.transpose(0, 3, 1, 2), order="C") if images.ndim == 4 else images
 
 
 def _first_line(err: BaseException) -> str:
