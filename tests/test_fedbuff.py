@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedray.config import ConfigError, compose
+from fedray.records.checkpoint import read_state_file
 from fedray.server.workflows.fedbuff_schedule import fedbuff_schedule, staleness_weight
 from tests.test_reliability import _kill_a_site_worker
 
@@ -242,8 +243,6 @@ def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_with_killed_wor
     with pytest.raises(Exception, match="interrupted"):
         run_job(job_config(*fedbuff_keys, "site.num_actors=2", "site.sites_per_task=1"), stopped,
                 on_event=StopAfterSecondAggregation())
-    from fedray.records.checkpoint import read_state_file
-
     # The checkpoint keeps the models that the trainings still in flight started from, a file each, written once.
     kept = read_state_file(stopped / "checkpoint" / "algorithm_state.pt")["state"]["fedray_kept_models"]
     assert kept and set(kept) <= {"version-0", "version-1"}
@@ -251,10 +250,41 @@ def test_a_fedbuff_run_gives_the_same_bits_on_two_actors_batched_with_killed_wor
     assert {f"checkpoint/kept_models/{name}.pt" for name in kept} <= listed.keys()
     # Version k exists from aggregation k-1 on and is first kept (written) by aggregation k's checkpoint.
     assert all(listed[f"checkpoint/kept_models/{name}.pt"]["round"] == int(name.split("-")[1]) for name in kept)
+    old_format = _as_before_kept_models(stopped, tmp_path / "old-format")
     resumed = run_job(job_config(*fedbuff_keys, "site.num_actors=2", "site.sites_per_task=1", f"resume={stopped}"),
                       tmp_path / "ignored")
     assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
     assert _same_bits(_global(stopped), _global(run_dir))
+    # A run folder of the format before kept_models (the versions inside the server state) resumes to the same bits.
+    run_job(job_config(*fedbuff_keys, "site.num_actors=1", "site.sites_per_task=1", f"resume={old_format}"),
+            tmp_path / "ignored-too")
+    assert _same_bits(_global(old_format), _global(run_dir))
+
+
+def _as_before_kept_models(run_dir, copy):
+    """A copy of a stopped FedBuff run folder as fedray wrote it before checkpoint/kept_models/: the start versions
+    in flight inside the server state (algorithm_state.pt's "fedray_fedbuff"), its manifest entry to match."""
+    import hashlib
+    import shutil
+
+    from fedray.records.checkpoint import _state_bytes
+    from fedray.records.weights_only import load
+
+    shutil.copytree(run_dir, copy)
+    path, manifest_path = copy / "checkpoint" / "algorithm_state.pt", copy / "checkpoint" / "manifest.json"
+    saved, manifest = read_state_file(path), json.loads(manifest_path.read_text())
+    names = saved["state"].pop("fedray_kept_models")
+    saved["state"]["fedray_fedbuff"] = {"versions": {
+        name.split("-")[1]: {k: v.numpy() for k, v in load(copy / "checkpoint" / "kept_models" / f"{name}.pt")["model"].items()}
+        for name in names}}
+    data = _state_bytes(saved["round"], saved["state"], "state")
+    path.write_bytes(data)
+    manifest["files"] = {name: entry for name, entry in manifest["files"].items() if "kept_models" not in name}
+    manifest["files"]["checkpoint/algorithm_state.pt"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest_path.write_text(json.dumps(manifest))
+    shutil.rmtree(copy / "checkpoint" / "kept_models")
+    (copy / "checkpoint" / "manifest.prev.json").unlink(missing_ok=True)
+    return copy
 
 
 @pytest.mark.slow
