@@ -24,9 +24,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from machine import describe_machine, summary_line  # noqa: E402
+from machine import summary_line  # noqa: E402
 from measure import run_measured  # noqa: E402
 from run import _environment, weight_difference  # noqa: E402
+from workload import save_results  # noqa: E402
 
 from fedray.data.synthetic import LEAF_FEMNIST_MEAN  # noqa: E402
 
@@ -62,8 +63,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = {
         "workload": "W3",
         "settings": {**vars(args), "data": data},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": describe_machine(),
         "load_average": {"before": list(load_before), "after": list(os.getloadavg())},
         "fedray": {"seconds_per_round": round(fedray_round, 3), "wall_seconds": fedray.wall_seconds,
                    "peak_rss_mb": fedray.peak_rss_mb, "peak_anon_rss_mb": fedray.peak_anon_rss_mb,
@@ -75,9 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ratio_per_round": round(fedray_round / floor_round, 3),
         "max_weight_difference_to_fedray": weight_difference(work, work / "plain.npz"),
     }
-    path = Path(args.results_dir).resolve() / f"{time.strftime('%Y%m%d-%H%M%S')}-W3.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
+    path = save_results(results, args.results_dir, f"{time.strftime('%Y%m%d-%H%M%S')}-W3", "femnist.py", argv)
     print(f"W3: {args.writers} writers ({data['num_train']} images), {args.per_round} a round, {args.rounds} rounds, "
           f"LEAF's CNN; {summary_line(results['machine'])}; load {load_before[0]:.2f} before")
     for side in ("fedray", "floor"):
