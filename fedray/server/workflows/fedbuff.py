@@ -53,23 +53,23 @@ class _Buffer:
     def __init__(self) -> None:
         self.trained = CompensatedSum()
         self.weights: list[float] = []
-        self.base_weights: dict[int, list[float]] = defaultdict(list)  # start version -> its arrivals' w_i s_i
-        self.bases: dict[int, Params] = {}  # start version -> its weights (without exclude_vars)
+        # start version -> its weights (without exclude_vars) and its arrivals' w_i s_i
+        self.starts: dict[int, tuple[Params, list[float]]] = {}
         self.metrics: dict[str, dict] = {}
         self.failures: dict[str, dict] = {}
         self.improved: dict[str, LocalModel] = {}
 
     def started_from(self, version: int, params: Params, weight: float) -> None:
         """An arrival that started from `version` (`params`), weighed `weight` (w_i s_i) in the trained sum."""
-        self.base_weights[version].append(weight)
-        self.bases[version] = params
+        self.starts.setdefault(version, (params, []))[1].append(weight)
 
     def update(self, params: Params, server_lr: float) -> Params:
         """`params` (version k) moved by server_lr times the buffer's staleness-weighted mean update."""
         total = math.fsum(sorted(self.weights))  # exactly rounded: the same whatever the order of arrivals
         base = CompensatedSum()
-        for version in sorted(self.base_weights):  # each weight sum exactly rounded too: order-free
-            base.add(self.bases[version], math.fsum(sorted(self.base_weights[version])))
+        for version in sorted(self.starts):  # each weight sum exactly rounded too: order-free
+            start, weights = self.starts[version]
+            base.add(start, math.fsum(sorted(weights)))
         moved = {}
         for name, trained in self.trained.sums.items():
             delta = (trained + self.trained.errors[name]) - (base.sums[name] + base.errors[name])
