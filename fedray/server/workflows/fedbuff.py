@@ -48,7 +48,8 @@ FEDBUFF_STATE = "fedray_fedbuff"
 
 class _Buffer:
     """One aggregation's arrivals: sum_i w_i s_i x_i, and the w_i s_i and w_i by start version (sum_i w_i s_i x_{v_i}
-    is summed once per version when the buffer aggregates, not once per arrival: 10 x fewer folds of the model)."""
+    is summed once per version when the buffer aggregates, not once per arrival: W2's buffers of 10 arrivals hold
+    2 start versions on average, 6.6 with system=lognormal)."""
 
     def __init__(self) -> None:
         self.trained = CompensatedSum()
